@@ -1,0 +1,53 @@
+"""`mbert-jax`: the command-line entry point.
+
+Each sub-command lives with the code it drives; this module only parses the
+command name and hands the remaining arguments over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mbert_jax.models import summary, variants
+
+
+def describe_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mbert-jax describe",
+        description="Parameters by component and FLOPs per token of model variants.",
+    )
+    parser.add_argument("variants", nargs="*", help=f"one or more of: {', '.join(variants.names())}")
+    parser.add_argument("--all", action="store_true", help="describe every full-size variant")
+    args = parser.parse_args(argv)
+    names = list(variants.VARIANTS) if args.all else args.variants
+    if not names:
+        parser.error("name at least one variant, or pass --all")
+    for name in names:
+        try:
+            config = variants.get(name)
+        except ValueError as e:
+            parser.error(str(e))
+        print(summary.describe(name, config))
+        print()
+    return 0
+
+
+COMMANDS = {
+    "describe": describe_main,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: mbert-jax {" + ",".join(COMMANDS) + "} ...", file=sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""The transformer block, covering BERT and the IB-BERT / MobileBERT bottleneck.
+
+A block is two parts, so that ALBERT-style sharing can share either one:
+
+- `AttentionPart(prev)`: with a bottleneck, `layer_input = Norm(Dense(prev))`
+  to the intra-block width; queries/keys/values come from `prev`, from a
+  separate key/query bottleneck (MobileBERT) or from `layer_input`
+  (MobileBERT-TINY); then `Norm(Dense(context) + layer_input)`.
+  Without a bottleneck this is the post-LN BERT attention sublayer.
+- `FFNPart(x, prev)`: `num_feedforward_networks` stacked FFNs, each
+  `Norm(Dense(act(Dense(x))) + x)`, then with a bottleneck the output
+  projection back to the inter-block width `Norm(Dropout(Dense(x)) + prev)`.
+
+Dropout placement follows the official code (and transformers): with a
+bottleneck only the output projection has hidden dropout.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from mbert_jax.models import layers
+from mbert_jax.models.attention import SelfAttention
+from mbert_jax.models.config import ModelConfig
+from mbert_jax.models.layers import BATCH, EMBED, HEADS, INNER, KV, LENGTH, MLP
+
+
+def inner_name(config: ModelConfig) -> str:
+    """Logical name of the intra-block width."""
+    return INNER if config.use_bottleneck else EMBED
+
+
+class AttentionPart(nn.Module):
+    """Bottleneck inputs, self-attention, output projection, residual and norm."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, prev: jax.Array, mask: jax.Array, deterministic: bool = True):
+        cfg = self.config
+        inner = inner_name(cfg)
+        if cfg.use_bottleneck:
+            x = layers.dense(cfg, cfg.inner_size, (EMBED, inner), name="bottleneck_input")(prev)
+            layer_input = layers.norm(cfg, inner, name="bottleneck_input_norm")(x)
+            if cfg.use_bottleneck_attention:
+                q = k = v = layer_input
+                names = (inner, inner, inner)
+            elif cfg.key_query_shared_bottleneck:
+                x = layers.dense(cfg, cfg.inner_size, (EMBED, inner), name="kq_bottleneck")(prev)
+                q = k = layers.norm(cfg, inner, name="kq_bottleneck_norm")(x)
+                v = prev
+                names = (inner, inner, EMBED)
+            else:
+                q = k = v = prev
+                names = (EMBED, EMBED, EMBED)
+        else:
+            layer_input = q = k = v = prev
+            names = (EMBED, EMBED, EMBED)
+
+        context, scores, probs = SelfAttention(cfg, names, name="self_attention")(
+            q, k, v, mask, deterministic
+        )
+        out = layers.dense(cfg, cfg.inner_size, (HEADS, KV, inner), axis=(-2, -1), name="output")(
+            context
+        )
+        if not cfg.use_bottleneck:
+            out = nn.Dropout(rate=cfg.hidden_dropout)(out, deterministic=deterministic)
+        out = layers.norm(cfg, inner, name="output_norm")(out + layer_input)
+        return layers.constrain(out, (BATCH, LENGTH, inner)), scores, probs
+
+
+class FeedForward(nn.Module):
+    """`Norm(Dropout?(Dense(act(Dense(x)))) + x)` at the intra-block width."""
+
+    config: ModelConfig
+    dropout: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        inner = inner_name(cfg)
+        h = layers.dense(cfg, cfg.intermediate_size, (inner, MLP), name="intermediate")(x)
+        h = layers.activation(cfg.hidden_act)(h)
+        h = layers.constrain(h, (BATCH, LENGTH, MLP))
+        y = layers.dense(cfg, cfg.inner_size, (MLP, inner), name="output")(h)
+        if self.dropout:
+            y = nn.Dropout(rate=cfg.hidden_dropout)(y, deterministic=deterministic)
+        return layers.norm(cfg, inner, name="output_norm")(y + x)
+
+
+class FFNPart(nn.Module):
+    """The stacked FFNs and, with a bottleneck, the output projection to the block width."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, prev: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        count = cfg.num_feedforward_networks
+        for i in range(count):
+            last = i == count - 1
+            ffn = FeedForward(cfg, dropout=last and not cfg.use_bottleneck, name=f"ffn_{i}")
+            x = ffn(x, deterministic)
+        if cfg.use_bottleneck:
+            y = layers.dense(cfg, cfg.hidden_size, (INNER, EMBED), name="output_bottleneck")(x)
+            y = nn.Dropout(rate=cfg.hidden_dropout)(y, deterministic=deterministic)
+            x = layers.norm(cfg, EMBED, name="output_bottleneck_norm")(y + prev)
+        return layers.constrain(x, (BATCH, LENGTH, EMBED))
+
+
+class Block(nn.Module):
+    """One encoder layer. `shared_attention` / `shared_ffn` are parts shared across layers (ALBERT).
+
+    Returns the block output (the feature map, [batch, length, hidden]) and
+    the attention scores and probabilities ([batch, heads, length, length]).
+    """
+
+    config: ModelConfig
+    shared_attention: nn.Module | None = None
+    shared_ffn: nn.Module | None = None
+
+    def setup(self):
+        if self.shared_attention is None:
+            self.attention = AttentionPart(self.config)
+        if self.shared_ffn is None:
+            self.ffn = FFNPart(self.config)
+
+    def __call__(self, prev: jax.Array, mask: jax.Array, deterministic: bool = True):
+        attention = self.attention if self.shared_attention is None else self.shared_attention
+        ffn = self.ffn if self.shared_ffn is None else self.shared_ffn
+        x, scores, probs = attention(prev, mask, deterministic)
+        out = ffn(x, prev, deterministic)
+        return out, scores, probs

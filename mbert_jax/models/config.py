@@ -1,0 +1,226 @@
+"""`ModelConfig`: the one configuration that spans every encoder in the zoo.
+
+BERT, IB-BERT, MobileBERT(-TINY), TinyBERT, DistilBERT and ALBERT are all
+points in this field space (see `variants.py` for the named points). The
+config is a frozen dataclass so that it is hashable and can be a static
+attribute of Flax modules; `validate()` runs at construction and names the
+offending field in every error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax.numpy as jnp
+
+Normalization = Literal["layer_norm", "no_norm"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "relu6", "tanh"]
+EmbeddingTransform = Literal["none", "dense", "trigram"]
+LayerSharing = Literal["none", "all", "attention", "ffn"]
+
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "relu6", "tanh")
+NORMALIZATIONS = ("layer_norm", "no_norm")
+EMBEDDING_TRANSFORMS = ("none", "dense", "trigram")
+LAYER_SHARINGS = ("none", "all", "attention", "ffn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """An invalid model configuration; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Fields of the encoder family.
+
+    Widths: `hidden_size` is the inter-block width B (the width of every
+    block's output, the feature map used by MobileBERT transfer). When
+    `use_bottleneck` is set, each block works internally at
+    `intra_bottleneck_size` (MobileBERT: 128, IB-BERT: 1024); otherwise at
+    `hidden_size` (standard BERT block). `embedding_size` is the word-embedding
+    width E; with `embedding_transform="trigram"` the embeddings of tokens
+    t+1, t, t-1 are concatenated (3E) and projected to B (MobileBERT); with
+    `"dense"` they are projected E -> B (ALBERT); with `"none"` E must equal B.
+
+    `attention_mask_value`: the logit given to masked keys. `None` means a
+    large negative (masked keys get zero weight, as in BERT and transformers);
+    the official MobileBERT code uses -6.0 (quantization friendly), which
+    replaces the score of a masked key with -6 rather than adding to it.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    # Embeddings.
+    embedding_size: int | None = None  # None: equal to hidden_size.
+    embedding_transform: EmbeddingTransform = "none"
+    # Block structure.
+    use_bottleneck: bool = False
+    intra_bottleneck_size: int | None = None
+    key_query_shared_bottleneck: bool = False
+    use_bottleneck_attention: bool = False
+    num_feedforward_networks: int = 1
+    layer_sharing: LayerSharing = "none"
+    # Nonlinearities and normalization.
+    hidden_act: Activation = "gelu"
+    normalization: Normalization = "layer_norm"
+    layer_norm_eps: float = 1e-12
+    attention_mask_value: float | None = None
+    # Regularization and heads.
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    use_pooler: bool = True
+    num_labels: int = 2
+    initializer_range: float = 0.02
+    # Numerics and memory.
+    dtype: str = "float32"  # compute dtype; parameters are always float32.
+    remat: bool = False  # rematerialize each block in the backward pass.
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def embed_size(self) -> int:
+        """Word-embedding width E."""
+        return self.hidden_size if self.embedding_size is None else self.embedding_size
+
+    @property
+    def inner_size(self) -> int:
+        """Width inside a block (the attention context and FFN residual width)."""
+        return self.intra_bottleneck_size if self.use_bottleneck else self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.inner_size // self.num_heads
+
+    @property
+    def mlm_transform_size(self) -> int:
+        """Width of the MLM head transform (ALBERT maps down to E, others keep B)."""
+        return self.embed_size if self.embedding_transform == "dense" else self.hidden_size
+
+    @property
+    def mlm_untied_size(self) -> int:
+        """Columns of the MLM output matrix not tied to the word embedding."""
+        return self.mlm_transform_size - self.embed_size
+
+    @property
+    def compute_dtype(self) -> Any:
+        return jnp.dtype(self.dtype)
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ConfigError(
+                f"unknown ModelConfig field(s) {sorted(unknown)}; valid fields: "
+                f"{sorted(f.name for f in dataclasses.fields(self))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown ModelConfig field(s) {sorted(unknown)}")
+        return cls(**d)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> None:
+        def fail(field: str, msg: str):
+            raise ConfigError(f"ModelConfig.{field}: {msg}")
+
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "num_feedforward_networks",
+            "num_labels",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                fail(name, f"must be a positive integer, got {v!r}")
+        if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
+            fail(
+                "type_vocab_size",
+                f"must be an integer >= 0 (0: no token-type embedding), got {self.type_vocab_size!r}",
+            )
+        if self.embedding_size is not None and (
+            not isinstance(self.embedding_size, int) or self.embedding_size < 1
+        ):
+            fail("embedding_size", f"must be a positive integer or None, got {self.embedding_size!r}")
+        for name, allowed in (
+            ("hidden_act", ACTIVATIONS),
+            ("normalization", NORMALIZATIONS),
+            ("embedding_transform", EMBEDDING_TRANSFORMS),
+            ("layer_sharing", LAYER_SHARINGS),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, name) not in allowed:
+                fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                fail(name, f"must be in [0, 1), got {v!r}")
+        if self.embedding_transform == "none" and self.embed_size != self.hidden_size:
+            fail(
+                "embedding_size",
+                f"is {self.embed_size} but hidden_size is {self.hidden_size}; set "
+                "embedding_transform='dense' (ALBERT) or 'trigram' (MobileBERT) to project "
+                "the embeddings, or make them equal",
+            )
+        if self.use_bottleneck:
+            if self.intra_bottleneck_size is None or self.intra_bottleneck_size < 1:
+                fail(
+                    "intra_bottleneck_size",
+                    f"must be a positive integer when use_bottleneck=True, got "
+                    f"{self.intra_bottleneck_size!r}",
+                )
+            if self.key_query_shared_bottleneck and self.use_bottleneck_attention:
+                fail(
+                    "key_query_shared_bottleneck",
+                    "and use_bottleneck_attention are exclusive (MobileBERT uses the first, "
+                    "MobileBERT-TINY the second); set one of them to False",
+                )
+            if self.key_query_shared_bottleneck and self.intra_bottleneck_size > self.hidden_size:
+                fail(
+                    "intra_bottleneck_size",
+                    f"({self.intra_bottleneck_size}) is larger than hidden_size "
+                    f"({self.hidden_size}); a key/query-shared bottleneck must narrow the "
+                    "block, so lower it or set key_query_shared_bottleneck=False "
+                    "(the IB-BERT inverted bottleneck)",
+                )
+        else:
+            for name in ("key_query_shared_bottleneck", "use_bottleneck_attention"):
+                if getattr(self, name):
+                    fail(name, "requires use_bottleneck=True")
+        if self.inner_size % self.num_heads:
+            width = "intra_bottleneck_size" if self.use_bottleneck else "hidden_size"
+            fail(
+                "num_heads",
+                f"{width}={self.inner_size} is not divisible by num_heads={self.num_heads}",
+            )
+        if self.mlm_transform_size < self.embed_size:
+            fail(
+                "embedding_size",
+                f"({self.embed_size}) is larger than the MLM head width "
+                f"({self.mlm_transform_size}); the output matrix ties the first E columns "
+                "to the word embedding, so E must not exceed it",
+            )
+        if self.attention_mask_value is not None and self.attention_mask_value > 0:
+            fail(
+                "attention_mask_value",
+                f"must be negative (or None for a large negative), got {self.attention_mask_value}",
+            )

@@ -1,0 +1,78 @@
+"""Input embeddings: word (optionally trigram or factorized), position, token type."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbert_jax.models import layers
+from mbert_jax.models.config import ModelConfig
+from mbert_jax.models.layers import BATCH, EMBED, EMBED_IN, LENGTH, VOCAB
+
+
+def trigram(x: jax.Array) -> jax.Array:
+    """Concatenate the embeddings of tokens t+1, t, t-1 (zeros past the ends): [B, S, 3E]."""
+    zeros = jnp.zeros_like(x[:, :1])
+    next_tok = jnp.concatenate([x[:, 1:], zeros], axis=1)
+    prev_tok = jnp.concatenate([zeros, x[:, :-1]], axis=1)
+    return jnp.concatenate([next_tok, x, prev_tok], axis=-1)
+
+
+class Embeddings(nn.Module):
+    """BERT embeddings, with MobileBERT's trigram input and ALBERT's factorization.
+
+    `word_embeddings` is [vocab, E]; with `embedding_transform` "trigram" the
+    concatenated [3E] trigram is projected to the block width B, with "dense"
+    the [E] embedding is (ALBERT). Position and token-type embeddings are
+    B wide and added after the projection; then the norm and dropout.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        self.word_embeddings = layers.embed(
+            cfg, cfg.vocab_size, cfg.embed_size, (VOCAB, EMBED), name="word_embeddings"
+        )
+        self.position_embeddings = layers.embed(
+            cfg, cfg.max_position_embeddings, cfg.hidden_size, (None, EMBED), "position_embeddings"
+        )
+        if cfg.type_vocab_size > 0:
+            self.token_type_embeddings = layers.embed(
+                cfg, cfg.type_vocab_size, cfg.hidden_size, (None, EMBED), "token_type_embeddings"
+            )
+        if cfg.embedding_transform != "none":
+            self.embedding_transform = layers.dense(
+                cfg, cfg.hidden_size, (EMBED_IN, EMBED), name="embedding_transform"
+            )
+        self.norm = layers.norm(cfg, EMBED)
+        self.dropout = nn.Dropout(rate=cfg.hidden_dropout)
+
+    def word_table(self) -> jax.Array:
+        """The [vocab, E] word-embedding matrix (tied into the MLM output)."""
+        return self.word_embeddings.embedding
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        cfg = self.config
+        x = self.word_embeddings(input_ids)
+        if cfg.embedding_transform == "trigram":
+            x = trigram(x)
+        if cfg.embedding_transform != "none":
+            x = self.embedding_transform(x)
+        if position_ids is None:
+            position_ids = jnp.arange(input_ids.shape[1], dtype=jnp.int32)[None, :]
+        x = x + self.position_embeddings(position_ids)
+        if cfg.type_vocab_size > 0:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(token_type_ids)
+        x = self.norm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        return layers.constrain(x, (BATCH, LENGTH, EMBED))

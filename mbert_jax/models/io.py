@@ -1,0 +1,90 @@
+"""A model directory: the portable form of a trained model.
+
+    DIR/model_config.json   {"config": ModelConfig fields, "heads": [...]}
+    DIR/params.safetensors  every parameter, keyed by its '/'-joined path
+    DIR/vocab.txt           the WordPiece vocabulary (when known)
+
+The trainer writes one at the end of every run (beside its orbax training
+checkpoints, which also hold optimizer state); fine-tuning, export and
+`transformers` conversion read it. Writes are atomic: files go to a
+temporary sibling directory that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import traverse_util
+from safetensors.numpy import load_file, save_file
+
+from mbert_jax.models.config import ModelConfig
+from mbert_jax.models.model import validate_heads
+
+CONFIG_FILE = "model_config.json"
+PARAMS_FILE = "params.safetensors"
+VOCAB_FILE = "vocab.txt"
+
+
+def flatten(params: dict) -> dict[str, np.ndarray]:
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def save_model(
+    directory: str | os.PathLike,
+    config: ModelConfig,
+    heads: tuple[str, ...],
+    params: dict,
+    vocab_file: str | os.PathLike | None = None,
+) -> Path:
+    """Write a model directory atomically; returns its path."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        meta = {"config": config.to_dict(), "heads": list(validate_heads(heads))}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        save_file(flatten(params), str(tmp / PARAMS_FILE))
+        if vocab_file is not None:
+            shutil.copyfile(vocab_file, tmp / VOCAB_FILE)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def is_model_dir(directory: str | os.PathLike) -> bool:
+    d = Path(directory)
+    return (d / CONFIG_FILE).is_file() and (d / PARAMS_FILE).is_file()
+
+
+def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...], dict]:
+    """Read a model directory: `(config, heads, params)` with numpy parameters."""
+    d = Path(directory)
+    if not is_model_dir(d):
+        raise FileNotFoundError(
+            f"{d} is not a model directory (expected {CONFIG_FILE} and {PARAMS_FILE}); "
+            "pass the directory a training run wrote (WORKDIR/model) or one from save_model"
+        )
+    meta = json.loads((d / CONFIG_FILE).read_text())
+    config = ModelConfig.from_dict(meta["config"])
+    heads = validate_heads(meta["heads"])
+    return config, heads, unflatten(load_file(str(d / PARAMS_FILE)))
+
+
+def vocab_path(directory: str | os.PathLike) -> Path | None:
+    p = Path(directory) / VOCAB_FILE
+    return p if p.is_file() else None

@@ -1,0 +1,127 @@
+"""Small building blocks shared by every module of the zoo.
+
+Every parameter is created through `dense` / `norm` / `embed` here so that it
+carries logical axis names (`nn.with_logical_partitioning`); the trainer maps
+those names onto any mesh (see `mbert_jax.parallel`). Logical names used:
+
+- `vocab`: vocabulary rows; `embed`: the inter-block width B and the word
+  embedding width E; `embed_in`: the input side of square B x B kernels
+  (pooler, MLM transform) and of the embedding projection; `inner`: the width inside a bottleneck block;
+  `mlp`: the FFN inner width; `heads`, `kv`: attention heads and head width;
+  activations: `batch`, `length`, `length_kv` (attention keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbert_jax.models.config import ModelConfig
+
+# Logical axis names, spelled once.
+BATCH, LENGTH, LENGTH_KV = "batch", "length", "length_kv"
+VOCAB, EMBED, INNER, MLP, HEADS, KV = "vocab", "embed", "inner", "mlp", "heads", "kv"
+# The input side of the few square B x B (or 3E x B) matrices: one mesh axis
+# cannot shard both dimensions of a kernel, so they get a name of their own.
+EMBED_IN = "embed_in"
+
+ACT_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "relu6": jax.nn.relu6,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    return ACT_FNS[name]
+
+
+def kernel_init(config: ModelConfig, names: Sequence[str | None]):
+    return nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=config.initializer_range), tuple(names)
+    )
+
+
+def zeros_init(names: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(names))
+
+
+def ones_init(names: Sequence[str | None]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(names))
+
+
+def dense(
+    config: ModelConfig,
+    features: int | tuple[int, ...],
+    names: Sequence[str | None],
+    *,
+    axis: int | tuple[int, ...] = -1,
+    use_bias: bool = True,
+    name: str | None = None,
+) -> nn.DenseGeneral:
+    """A `DenseGeneral` whose kernel has logical axis names `names` (inputs then outputs)."""
+    out_ndim = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        use_bias=use_bias,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init(config, names),
+        bias_init=zeros_init(tuple(names)[-out_ndim:]),
+        name=name,
+    )
+
+
+class NoNorm(nn.Module):
+    """MobileBERT's NoNorm: an elementwise affine map `x * scale + bias`, no statistics."""
+
+    width_name: str = EMBED
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", ones_init((self.width_name,)), (features,), jnp.float32)
+        bias = self.param("bias", zeros_init((self.width_name,)), (features,), jnp.float32)
+        return x * scale.astype(self.dtype) + bias.astype(self.dtype)
+
+
+def norm(
+    config: ModelConfig, width_name: str, *, kind: str | None = None, name: str | None = None
+) -> nn.Module:
+    """The configured normalization (`kind` overrides it, e.g. the MLM head's real LayerNorm)."""
+    kind = kind or config.normalization
+    if kind == "no_norm":
+        return NoNorm(width_name=width_name, dtype=config.compute_dtype, name=name)
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        scale_init=ones_init((width_name,)),
+        bias_init=zeros_init((width_name,)),
+        name=name,
+    )
+
+
+def embed(
+    config: ModelConfig, num: int, features: int, names: Sequence[str | None], name: str
+) -> nn.Embed:
+    return nn.Embed(
+        num_embeddings=num,
+        features=features,
+        dtype=config.compute_dtype,
+        param_dtype=jnp.float32,
+        embedding_init=kernel_init(config, names),
+        name=name,
+    )
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Logical sharding constraint on an activation (a no-op outside a mesh with rules)."""
+    return nn.with_logical_constraint(x, tuple(names))

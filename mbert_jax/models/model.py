@@ -1,0 +1,159 @@
+"""`Model`: the encoder plus a chosen set of heads, and its output record.
+
+Parameters are `{"encoder": ..., "mlm": ..., "nsp": ..., "classifier": ...,
+"qa": ...}` (only the heads asked for), so a fine-tuning model takes the
+`encoder` subtree of a pretraining or distillation checkpoint unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mbert_jax.models.config import ModelConfig
+from mbert_jax.models.encoder import Encoder, EncoderOutput
+from mbert_jax.models.heads import ClassifierHead, MLMHead, SpanHead, gather_positions
+
+HEADS = ("mlm", "nsp", "classifier", "qa")
+PRETRAINING_HEADS = ("mlm", "nsp")
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    """The encoder's outputs plus those of the heads that ran (else None).
+
+    Attributes:
+      encoder: the `EncoderOutput` (hidden states, attention maps, ...).
+      mlm_logits: [batch, P, vocab] at `masked_lm_positions`, or [batch, length, vocab].
+      nsp_logits: [batch, 2].
+      logits: [batch, num_labels] sequence classification / regression.
+      start_logits, end_logits: [batch, length] span QA.
+    """
+
+    encoder: EncoderOutput
+    mlm_logits: jax.Array | None = None
+    nsp_logits: jax.Array | None = None
+    logits: jax.Array | None = None
+    start_logits: jax.Array | None = None
+    end_logits: jax.Array | None = None
+
+
+def validate_heads(heads: Sequence[str]) -> tuple[str, ...]:
+    heads = tuple(heads)
+    unknown = [h for h in heads if h not in HEADS]
+    if unknown:
+        raise ValueError(f"unknown head(s) {unknown}; valid heads: {list(HEADS)}")
+    return heads
+
+
+class Model(nn.Module):
+    """An encoder of the zoo with heads.
+
+    Attributes:
+      config: the `ModelConfig`.
+      heads: which heads exist, from `HEADS` ("mlm", "nsp", "classifier", "qa").
+    """
+
+    config: ModelConfig
+    heads: tuple[str, ...] = PRETRAINING_HEADS
+
+    def setup(self):
+        cfg = self.config
+        heads = validate_heads(self.heads)
+        self.encoder = Encoder(cfg)
+        if "mlm" in heads:
+            self.mlm = MLMHead(cfg)
+        if "nsp" in heads:
+            self.nsp = ClassifierHead(cfg, 2, dropout=False)
+        if "classifier" in heads:
+            self.classifier = ClassifierHead(cfg, cfg.num_labels)
+        if "qa" in heads:
+            self.qa = SpanHead(cfg)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        position_ids: jax.Array | None = None,
+        masked_lm_positions: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        num_layers: int | None = None,
+        stop_gradient_below: int | None = None,
+        run_heads: Sequence[str] | None = None,
+    ) -> ModelOutput:
+        """Encoder forward, then the heads in `run_heads` (default: all the model has).
+
+        `masked_lm_positions` ([batch, P]) makes the MLM head compute logits
+        only there, which removes most of the vocabulary projection's cost in
+        pretraining; without it the MLM head scores every position. Heads
+        need all layers, so they do not run when `num_layers` cuts the stack.
+        See `Encoder.__call__` for the other arguments.
+        """
+        out = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            num_layers=num_layers,
+            stop_gradient_below=stop_gradient_below,
+        )
+        run = validate_heads(self.heads if run_heads is None else run_heads)
+        missing = [h for h in run if h not in self.heads]
+        if missing:
+            raise ValueError(f"heads {missing} were asked for but the model has {self.heads}")
+        if out.pooled_output is None:  # a truncated stack: no heads.
+            return ModelOutput(encoder=out)
+        hidden = out.last_hidden_state
+        result = {}
+        if "mlm" in run:
+            x = hidden if masked_lm_positions is None else gather_positions(hidden, masked_lm_positions)
+            result["mlm_logits"] = self.mlm(x, self.encoder.word_table())
+        if "nsp" in run:
+            result["nsp_logits"] = self.nsp(out.pooled_output, deterministic)
+        if "classifier" in run:
+            result["logits"] = self.classifier(out.pooled_output, deterministic)
+        if "qa" in run:
+            result["start_logits"], result["end_logits"] = self.qa(hidden)
+        return ModelOutput(encoder=out, **result)
+
+
+def dummy_inputs(config: ModelConfig, batch_size: int = 1, length: int = 8) -> tuple:
+    length = min(length, config.max_position_embeddings)
+    ids = jnp.zeros((batch_size, length), jnp.int32)
+    return ids, jnp.ones_like(ids)
+
+
+def init_params(model: Model, rng: jax.Array) -> dict:
+    """Initialize every parameter of `model` (all its heads); a plain float32 pytree."""
+    return nn.meta.unbox(model.init(rng, *dummy_inputs(model.config))["params"])
+
+
+def logical_axes(model: Model) -> dict:
+    """The logical axis names of every parameter: a pytree of `PartitionSpec`s.
+
+    Computed with `jax.eval_shape`, so it allocates nothing.
+    """
+    boxed = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))["params"]
+    )
+    return nn.get_partition_spec(boxed)
+
+
+def param_shapes(model: Model) -> dict:
+    """`jax.ShapeDtypeStruct` of every parameter, without allocating."""
+    return nn.meta.unbox(
+        jax.eval_shape(
+            lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))["params"]
+        )
+    )
