@@ -17,7 +17,9 @@ def describe_main(argv: list[str]) -> int:
         prog="mbert-jax describe",
         description="Parameters by component and FLOPs per token of model variants.",
     )
-    parser.add_argument("variants", nargs="*", help=f"one or more of: {', '.join(variants.names())}")
+    parser.add_argument(
+        "variants", nargs="*", help=f"one or more of: {', '.join(variants.names())}"
+    )
     parser.add_argument("--all", action="store_true", help="describe every full-size variant")
     args = parser.parse_args(argv)
     names = list(variants.VARIANTS) if args.all else args.variants
@@ -33,8 +35,22 @@ def describe_main(argv: list[str]) -> int:
     return 0
 
 
+def train_main(argv: list[str]) -> int:
+    from mbert_jax.train.cli import train_main as main
+
+    return main(argv)
+
+
+def sweep_main(argv: list[str]) -> int:
+    from mbert_jax.train.cli import sweep_main as main
+
+    return main(argv)
+
+
 COMMANDS = {
     "describe": describe_main,
+    "train": train_main,
+    "sweep": sweep_main,
 }
 
 

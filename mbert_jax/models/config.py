@@ -155,12 +155,15 @@ class ModelConfig:
         if not isinstance(self.type_vocab_size, int) or self.type_vocab_size < 0:
             fail(
                 "type_vocab_size",
-                f"must be an integer >= 0 (0: no token-type embedding), got {self.type_vocab_size!r}",
+                "must be an integer >= 0 (0: no token-type embedding), "
+                f"got {self.type_vocab_size!r}",
             )
         if self.embedding_size is not None and (
             not isinstance(self.embedding_size, int) or self.embedding_size < 1
         ):
-            fail("embedding_size", f"must be a positive integer or None, got {self.embedding_size!r}")
+            fail(
+                "embedding_size", f"must be a positive integer or None, got {self.embedding_size!r}"
+            )
         for name, allowed in (
             ("hidden_act", ACTIVATIONS),
             ("normalization", NORMALIZATIONS),

@@ -21,6 +21,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mbert_jax.models import layers
 from mbert_jax.models.attention import make_attention_mask
@@ -74,7 +75,7 @@ def check_inputs(config: ModelConfig, input_ids: Any, token_type_ids: Any = None
     ):
         if ids is None or isinstance(ids, jax.core.Tracer):
             continue
-        ids = jnp.asarray(ids)
+        ids = np.asarray(ids)
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= max(limit, 1):
             field = "vocab_size" if name == "input_ids" else "type_vocab_size"

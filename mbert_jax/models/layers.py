@@ -6,9 +6,10 @@ those names onto any mesh (see `mbert_jax.parallel`). Logical names used:
 
 - `vocab`: vocabulary rows; `embed`: the inter-block width B and the word
   embedding width E; `embed_in`: the input side of square B x B kernels
-  (pooler, MLM transform) and of the embedding projection; `inner`: the width inside a bottleneck block;
-  `mlp`: the FFN inner width; `heads`, `kv`: attention heads and head width;
-  activations: `batch`, `length`, `length_kv` (attention keys).
+  (pooler, MLM transform) and of the embedding projection; `inner`: the
+  width inside a bottleneck block; `mlp`: the FFN inner width; `heads`,
+  `kv`: attention heads and head width; activations: `batch`, `length`,
+  `length_kv` (attention keys).
 """
 
 from __future__ import annotations
@@ -55,6 +56,39 @@ def ones_init(names: Sequence[str | None]):
     return nn.with_logical_partitioning(nn.initializers.ones_init(), tuple(names))
 
 
+class Dense(nn.Module):
+    """A dense layer contracting the last `contract` input axes, with named kernel axes.
+
+    Like `nn.DenseGeneral`, but the kernel is created at its full shape
+    ([*inputs, *features]) so its logical names apply at initialization too
+    (DenseGeneral initializes a flattened kernel and reshapes it, which breaks
+    a sharding constraint inside a mesh).
+    """
+
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]
+    contract: int
+    use_bias: bool
+    init_std: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = tuple(x.shape[-self.contract :]) + self.features
+        if len(shape) != len(self.names):
+            raise ValueError(f"kernel of shape {shape} needs {len(shape)} names, got {self.names}")
+        init = nn.initializers.normal(stddev=self.init_std)
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(init, self.names), shape, jnp.float32
+        )
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
+        if self.use_bias:
+            out_names = self.names[-len(self.features) :]
+            bias = self.param("bias", zeros_init(out_names), self.features, jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 def dense(
     config: ModelConfig,
     features: int | tuple[int, ...],
@@ -63,17 +97,19 @@ def dense(
     axis: int | tuple[int, ...] = -1,
     use_bias: bool = True,
     name: str | None = None,
-) -> nn.DenseGeneral:
-    """A `DenseGeneral` whose kernel has logical axis names `names` (inputs then outputs)."""
-    out_ndim = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
+) -> Dense:
+    """A `Dense` whose kernel has logical axis names `names` (inputs then outputs).
+
+    `axis` is -1 (contract the last input axis) or (-2, -1) (the last two).
+    """
+    contract = 1 if isinstance(axis, int) else len(axis)
+    return Dense(
+        features=(features,) if isinstance(features, int) else tuple(features),
+        names=tuple(names),
+        contract=contract,
         use_bias=use_bias,
+        init_std=config.initializer_range,
         dtype=config.compute_dtype,
-        param_dtype=jnp.float32,
-        kernel_init=kernel_init(config, names),
-        bias_init=zeros_init(tuple(names)[-out_ndim:]),
         name=name,
     )
 

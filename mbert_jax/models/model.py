@@ -117,7 +117,11 @@ class Model(nn.Module):
         hidden = out.last_hidden_state
         result = {}
         if "mlm" in run:
-            x = hidden if masked_lm_positions is None else gather_positions(hidden, masked_lm_positions)
+            x = (
+                hidden
+                if masked_lm_positions is None
+                else gather_positions(hidden, masked_lm_positions)
+            )
             result["mlm_logits"] = self.mlm(x, self.encoder.word_table())
         if "nsp" in run:
             result["nsp_logits"] = self.nsp(out.pooled_output, deterministic)
@@ -153,7 +157,5 @@ def logical_axes(model: Model) -> dict:
 def param_shapes(model: Model) -> dict:
     """`jax.ShapeDtypeStruct` of every parameter, without allocating."""
     return nn.meta.unbox(
-        jax.eval_shape(
-            lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))["params"]
-        )
+        jax.eval_shape(lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))["params"])
     )

@@ -43,9 +43,7 @@ class ParamCounts:
     @property
     def total(self) -> int:
         """Every parameter of a pretraining checkpoint (encoder, pooler, MLM, NSP)."""
-        return (
-            self.backbone + self.pooler + self.mlm_head + self.mlm_untied_output + self.nsp_head
-        )
+        return self.backbone + self.pooler + self.mlm_head + self.mlm_untied_output + self.nsp_head
 
 
 def param_counts(config: ModelConfig) -> ParamCounts:

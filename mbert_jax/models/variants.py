@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict] = {
         intra_bottleneck_size=1024,
         intermediate_size=4096,
         num_feedforward_networks=1,
+        attention_mask_value=-6.0,  # the official code fills masked keys with -6 in every model
     ),
     "mobilebert": dict(_MOBILEBERT),
     "mobilebert_tiny": dict(
@@ -150,3 +151,20 @@ def get(name: str, **overrides) -> ModelConfig:
         fields.update(MICRO[base])
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def from_block(block, **forced) -> ModelConfig:
+    """The `ModelConfig` of a config block `{variant, overrides}` (see `train.config.model_block`).
+
+    `forced` fields (e.g. the tokenizer's vocab_size) win over the block's
+    overrides; a conflicting explicit override is an error naming the field.
+    """
+    overrides = dict(block.get("overrides", {}) or {})
+    for name, value in forced.items():
+        if name in overrides and overrides[name] != value:
+            raise ValueError(
+                f"model override {name}={overrides[name]} conflicts with {value} required by "
+                f"the data (e.g. the tokenizer's vocabulary); remove the override"
+            )
+        overrides[name] = value
+    return get(block["variant"], **overrides)

@@ -1,0 +1,168 @@
+"""Data configs: `get_config()` (pretraining / distillation) and `get_task_config()`.
+
+Experiment configs embed one as `config.data` and may override any field.
+`pipeline.build_pretraining_data(config.data, ...)` and
+`tasks.build_task_data(config.data, ...)` read them; `validate` /
+`validate_task` name the field and the fix for every bad value.
+
+The defaults run out of the box offline: the embedded stdlib-documentation
+corpus, a 2,048-token WordPiece vocabulary learned from it (the micro model
+variants have `vocab_size=2048`), BERT's example settings (128 tokens, 20
+predictions, 15% masking, 10% short sequences, NSP on).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mbert_jax.data import corpus
+
+TASK_SOURCES = ("tsv", "hf", "json", "corpus")
+
+
+def _host_fields(c: ml_collections.ConfigDict) -> None:
+    c.cache_dir = ""  # empty: $MBERT_JAX_CACHE/data or ~/.cache/mbert_jax/data
+    c.num_threads = 2  # grain prefetch threads (0: build batches in the training thread)
+    c.prefetch = 4  # batches built ahead of the training step
+    c.worker_count = 0  # grain worker processes (0: threads only)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Defaults of the pretraining / distillation data config."""
+    c = ml_collections.ConfigDict()
+    # Source (see corpus.py): "default" | "text" | "hf" | "tfds".
+    c.source = "default"
+    c.text_files = ""  # comma-separated globs (source="text"); .gz/.bz2/.xz read as such
+    c.hf_path = ""  # datasets.load_dataset path: a builder ("json", "text") or a hub name
+    c.hf_name = ""  # its config name
+    c.hf_data_files = ""  # comma-separated data_files for builders such as "json"
+    c.hf_disk_path = ""  # a datasets.save_to_disk directory (takes precedence over hf_path)
+    c.hf_split = "train"
+    c.tfds_name = ""  # e.g. "wikipedia/20230601.en"; read from tfds_data_dir, never downloaded
+    c.tfds_split = "train"
+    c.tfds_data_dir = ""
+    c.text_field = "text"  # the text column (hf) or feature (tfds); one document per row
+    c.sentence_split = True  # cut lines into sentences (NSP needs several segments per document)
+    c.on_bad_utf8 = "skip"  # "skip" (counted), "error" (names file:line), "replace" (U+FFFD)
+    # Tokenizer: a BERT vocab.txt or transformers tokenizer directory, or learn one.
+    c.vocab_file = ""  # empty: learn a WordPiece vocabulary from the corpus (cached)
+    c.lowercase = None  # None: as the vocabulary requires (tokenizer_config.json, else inferred)
+    c.train_vocab_size = 2048
+    c.train_vocab_min_frequency = 2
+    # Distillation: the teacher's vocab.txt (or tokenizer directory). When set,
+    # building the data checks that it equals the data's vocabulary, since a
+    # distillation batch gives both models the same input_ids.
+    c.teacher_vocab_file = ""
+    # Examples (google-research/bert create_pretraining_data.py semantics).
+    c.max_seq_length = 128
+    c.max_predictions_per_seq = 20
+    c.masked_lm_prob = 0.15
+    c.short_seq_prob = 0.1
+    c.nsp = True  # sentence pairs and next_sentence_labels; False: one segment per example
+    c.whole_word_mask = False
+    c.packing = False  # pack short sequences into rows (requires nsp=False)
+    # Order, batches and the held-out split.
+    c.global_batch_size = 256  # over all hosts; each host gets global_batch_size / process_count
+    c.eval_global_batch_size = 0  # 0: global_batch_size
+    c.seed = 0  # shuffling, chunking, pairs and masks of the training stream
+    c.eval_fraction = 0.05  # share of documents held out for evaluation (0: none)
+    c.eval_max_documents = 1000  # at most this many held-out documents
+    c.split_seed = 0  # which documents are held out, and the fixed eval masks
+    _host_fields(c)
+    return c
+
+
+def get_task_config(task: str = "mrpc") -> ml_collections.ConfigDict:
+    """Defaults of a downstream-task data config (GLUE, SQuAD, the stdlib corpus task).
+
+    Args:
+      task: a GLUE task (`cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli`,
+        `rte`, `wnli`), `squad_v1`, `squad_v2` or `stdlib` (see `tasks.TASKS`).
+    """
+    c = ml_collections.ConfigDict()
+    c.task = task
+    # "tsv": GLUE files (data_dir/train.tsv, dev.tsv, ...); "json": SQuAD files;
+    # "hf": a datasets dataset; "corpus": the stdlib task, built on first use.
+    c.source = "corpus" if task == "stdlib" else ("json" if task.startswith("squad") else "tsv")
+    c.data_dir = ""  # the task's directory (tsv, corpus) or SQuAD json directory
+    c.train_file = ""  # SQuAD: default data_dir/train-v1.1.json or train-v2.0.json
+    c.eval_file = ""  # SQuAD: default data_dir/dev-v1.1.json or dev-v2.0.json
+    c.hf_path = ""  # e.g. "nyu-mll/glue" (hub cache) or a builder
+    c.hf_name = ""  # empty: the task's usual config name
+    c.hf_disk_path = ""  # a DatasetDict.save_to_disk directory
+    c.train_split = "train"
+    c.eval_split = ""  # empty: the task's dev split (MNLI: dev_matched)
+    c.on_bad_line = "error"  # a row with the wrong column count: "error" or "skip" (counted)
+    c.vocab_file = ""  # required: normally the pretrained model directory's vocab.txt
+    c.lowercase = None
+    c.max_seq_length = 128
+    # SQuAD featurization and post-processing (BERT run_squad.py defaults).
+    c.doc_stride = 128
+    c.max_query_length = 64
+    c.max_answer_length = 30
+    c.n_best_size = 20
+    c.null_score_diff_threshold = 0.0
+    c.global_batch_size = 32
+    c.eval_global_batch_size = 0
+    c.seed = 0
+    _host_fields(c)
+    return c
+
+
+class DataConfigError(ValueError):
+    """An invalid data config value; the message names the field."""
+
+
+def _check(cond: bool, field: str, msg: str) -> None:
+    if not cond:
+        raise DataConfigError(f"data.{field}: {msg}")
+
+
+def _check_host_fields(c) -> None:
+    for f in ("num_threads", "prefetch", "worker_count", "seed"):
+        _check(isinstance(c[f], int) and c[f] >= 0, f, f"must be an integer >= 0, got {c[f]!r}")
+    _check(
+        c.global_batch_size >= 1, "global_batch_size", f"must be >= 1, got {c.global_batch_size}"
+    )
+    _check(c.eval_global_batch_size >= 0, "eval_global_batch_size", "must be >= 0 (0: global)")
+
+
+def validate(c) -> None:
+    """Check a pretraining data config (see `get_config`)."""
+    corpus.check_source(c)
+    _check_host_fields(c)
+    _check(c.max_seq_length >= 8, "max_seq_length", f"must be >= 8, got {c.max_seq_length}")
+    _check(
+        1 <= c.max_predictions_per_seq <= c.max_seq_length,
+        "max_predictions_per_seq",
+        f"must be in [1, max_seq_length], got {c.max_predictions_per_seq}",
+    )
+    _check(0 < c.masked_lm_prob < 1, "masked_lm_prob", f"must be in (0, 1), got {c.masked_lm_prob}")
+    _check(
+        0 <= c.short_seq_prob <= 1, "short_seq_prob", f"must be in [0, 1], got {c.short_seq_prob}"
+    )
+    _check(0 <= c.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {c.eval_fraction}")
+    _check(c.train_vocab_size >= 16, "train_vocab_size", f"must be >= 16, got {c.train_vocab_size}")
+    _check(
+        not (c.packing and c.nsp),
+        "packing",
+        "packing needs nsp=False: one next_sentence_label per row cannot describe several "
+        "packed pairs. Set data.nsp=False (MLM-only objectives such as DistilBERT's) or "
+        "data.packing=False",
+    )
+
+
+def validate_task(c) -> None:
+    """Check a downstream-task data config (see `get_task_config`)."""
+    _check_host_fields(c)
+    _check(c.source in TASK_SOURCES, "source", f"must be one of {TASK_SOURCES}, got {c.source!r}")
+    _check(c.on_bad_line in ("error", "skip"), "on_bad_line", "must be 'error' or 'skip'")
+    _check(c.max_seq_length >= 8, "max_seq_length", f"must be >= 8, got {c.max_seq_length}")
+    if c.task.startswith("squad"):
+        _check(
+            c.max_query_length + 4 < c.max_seq_length,
+            "max_query_length",
+            f"({c.max_query_length}) leaves no room for the context in max_seq_length "
+            f"({c.max_seq_length})",
+        )
+        _check(c.doc_stride >= 1, "doc_stride", "must be >= 1")

@@ -1,0 +1,83 @@
+"""Which teacher layer each student layer learns from.
+
+Indexing: layer 0 is the embedding output, layer i (1 <= i <= L) is the
+output of block i (`EncoderOutput.embedding_output` and
+`hidden_states[i - 1]`); attention maps exist for layers 1..L. A map is a
+tuple `m` with `m[i]` the teacher layer of student layer i, for i = 0..L_S.
+
+Kinds (config `layer_map`):
+- "uniform": TinyBERT's g(m) = k * m with k = L_T / L_S (the embedding maps
+  to the embedding; the official code's attention index i*k + k - 1 and
+  hidden index i*k, 0-based, are the same map).
+- "last": the student's blocks take the teacher's last L_S blocks.
+- "identity": same depth, layer i to layer i (MobileBERT).
+- an explicit list of L_S teacher layers for blocks 1..L_S (the embedding
+  maps to the embedding), e.g. [2, 4, 6, 8, 10, 12].
+Width mismatches are handled by projections in the strategy, not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+KINDS = ("uniform", "last", "identity")
+
+
+class LayerMapError(ValueError):
+    """A layer map that cannot work for these depths; the message says why and what to do."""
+
+
+def layer_map(
+    spec: str | Sequence[int], student_layers: int, teacher_layers: int
+) -> tuple[int, ...]:
+    """The teacher layer of every student layer 0..L_S (see the module docstring).
+
+    Raises:
+      LayerMapError: for an impossible map (a student deeper than its teacher
+        without an explicit map, a non-integer uniform ratio, indices out of range).
+    """
+    s, t = int(student_layers), int(teacher_layers)
+    if s < 1 or t < 1:
+        raise LayerMapError(f"layer counts must be positive, got student {s}, teacher {t}")
+    if isinstance(spec, str):
+        if spec not in KINDS:
+            raise LayerMapError(f"layer_map={spec!r}: one of {KINDS} or a list of teacher layers")
+        if spec == "identity":
+            if s != t:
+                raise LayerMapError(
+                    f"layer_map='identity' needs equal depths, got student {s} and teacher {t} "
+                    "layers; use 'uniform', 'last' or an explicit list"
+                )
+            return tuple(range(s + 1))
+        if s > t:
+            raise LayerMapError(
+                f"the student has {s} layers but the teacher only {t}: layer_map={spec!r} cannot "
+                "give each student layer its own teacher layer; give an explicit list "
+                "(teacher layers may repeat) or a deeper teacher"
+            )
+        if spec == "uniform":
+            if t % s:
+                raise LayerMapError(
+                    f"layer_map='uniform' needs the teacher depth ({t}) to be a multiple of the "
+                    f"student's ({s}); use 'last' or an explicit list"
+                )
+            k = t // s
+            return tuple(k * i for i in range(s + 1))
+        return (0, *range(t - s + 1, t + 1))  # "last"
+    layers = [int(x) for x in spec]
+    if len(layers) != s:
+        raise LayerMapError(
+            f"an explicit layer_map needs one teacher layer per student block ({s}), "
+            f"got {len(layers)}: {layers}"
+        )
+    bad = [x for x in layers if not 1 <= x <= t]
+    if bad:
+        raise LayerMapError(
+            f"layer_map {layers}: teacher layers are 1..{t} (0 is the embedding), got {bad}"
+        )
+    return (0, *layers)
+
+
+def all_hidden(output) -> tuple:
+    """(embedding output, block 1 output, ..., block L output) of an `EncoderOutput`."""
+    return (output.embedding_output, *output.hidden_states)

@@ -1,0 +1,78 @@
+"""The experiment config skeleton every `configs/*.py` file starts from.
+
+    recipe           what runs: "pretrain", "finetune", "distill_mobilebert", ...
+    model / student / teacher   model blocks (recipe-specific)
+    data             the data layer's block (`mbert_jax.data.config`)
+    optimizer        `mbert_jax.train.optimizers.default_optimizer_config`
+    train            steps, seed, logging, evaluation, checkpoints
+    mesh             device mesh axis sizes (`data`, `fsdp`, `tensor`)
+    sharding_rules   overrides of the logical-to-mesh rules
+
+Configs are locked after `get_config`, so a misspelled `--config.x=y`
+override fails before anything compiles, naming the field.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mbert_jax.parallel.mesh import default_mesh_config
+from mbert_jax.train.optimizers import default_optimizer_config
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "steps": 1000,  # single-stage recipes; staged recipes take steps per stage
+            "seed": 0,
+            "accum_steps": 1,  # gradient accumulation: micro-batches per step
+            "log_every": 50,
+            "eval_every": 500,  # 0: only at the end
+            "eval_steps": 20,  # held-out batches per evaluation (0: all)
+            "checkpoint_every": 1000,
+            "keep_checkpoints": 3,
+            "nan_policy": "stop",  # "stop": fail naming the step and term; "skip": drop the step
+        }
+    )
+
+
+def model_block(variant: str, **overrides) -> ml_collections.ConfigDict:
+    """`{variant: ..., overrides: {...}}`: a named variant with `ModelConfig` field overrides."""
+    return ml_collections.ConfigDict({"variant": variant, "overrides": dict(overrides)})
+
+
+def base_config(recipe: str) -> ml_collections.ConfigDict:
+    """The shared blocks; the caller adds its model and data blocks."""
+    config = ml_collections.ConfigDict()
+    config.recipe = recipe
+    config.optimizer = default_optimizer_config()
+    config.train = default_train_config()
+    config.mesh = default_mesh_config()
+    config.sharding_rules = ()
+    return config
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parse `configs/X.py:a=1,b,c=x` arguments into typed options (big_vision's `parse_arg`).
+
+    Each option has a default whose type converts the string; a bare name sets
+    a boolean to True. An unknown option is an error listing the valid ones.
+    """
+    options = ml_collections.ConfigDict(defaults)
+    if not arg:
+        return options
+    for item in arg.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config option {key!r}; options: {sorted(defaults)}")
+        default = defaults[key]
+        if not eq:
+            if not isinstance(default, bool):
+                raise ValueError(f"config option {key!r} needs a value ({key}=...)")
+            options[key] = True
+        elif isinstance(default, bool):
+            options[key] = value.lower() in ("1", "true", "yes", "y")
+        else:
+            options[key] = type(default)(value)
+    return options

@@ -1,0 +1,171 @@
+"""Recipe: fine-tuning on a downstream task (GLUE, SQuAD, the embedded `stdlib` task).
+
+The encoder comes from a model directory (`config.init_from`, e.g.
+WORKDIR/model of a pretraining or distillation run); the task head
+(classifier, regressor or span QA) starts fresh. Held-out evaluation reports
+the loss and accuracy in the jitted step and the task's official metrics
+(accuracy, F1, Matthews, Pearson/Spearman, SQuAD EM/F1) on the host, over
+the whole dev split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbert_jax import losses
+from mbert_jax.losses import LossSum
+from mbert_jax.models import Model, io
+from mbert_jax.models.variants import from_block
+from mbert_jax.train.pretrain import masked_accuracy
+from mbert_jax.train.recipe import Recipe, Stage
+
+# Fields a fine-tuning config may change in a pretrained model's config.
+TUNABLE_FIELDS = ("hidden_dropout", "attention_dropout", "dtype", "remat", "num_labels")
+
+
+def _encoder_mismatch(want, have, prefix="encoder") -> list[str]:
+    flat_w = jax.tree_util.tree_flatten_with_path(want)[0]
+    flat_h = dict(
+        (jax.tree_util.keystr(p), np.shape(v))
+        for p, v in jax.tree_util.tree_flatten_with_path(have)[0]
+    )
+    out = []
+    for p, v in flat_w:
+        k = jax.tree_util.keystr(p)
+        if k not in flat_h:
+            out.append(f"{prefix}{k}: missing in the pretrained model")
+        elif tuple(flat_h[k]) != tuple(v.shape):
+            out.append(f"{prefix}{k}: pretrained {flat_h[k]} vs model {tuple(v.shape)}")
+    return out
+
+
+def task_forward(model: Model, params, batch, *, train: bool, rng=None):
+    return model.apply(
+        {"params": params},
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        batch.get("position_ids"),
+        deterministic=not train,
+        rngs={"dropout": rng} if train else None,
+    )
+
+
+def task_metrics(out, batch, *, squad: bool, regression: bool) -> dict[str, LossSum]:
+    """The task loss (and accuracy) over the valid rows of a batch."""
+    valid = batch["valid"].astype(jnp.float32)
+    if squad:
+        start = losses.cross_entropy(out.start_logits, batch["start_positions"], valid)
+        end = losses.cross_entropy(out.end_logits, batch["end_positions"], valid)
+        return {"loss": LossSum((start.total + end.total) / 2, start.count)}
+    if regression:
+        err = (out.logits[:, 0].astype(jnp.float32) - batch["labels"]) ** 2
+        return {"loss": LossSum(jnp.sum(err * valid), jnp.sum(valid))}
+    return {
+        "loss": losses.cross_entropy(out.logits, batch["labels"], valid),
+        "accuracy": masked_accuracy(out.logits, batch["labels"], valid),
+    }
+
+
+class FinetuneRecipe(Recipe):
+    """One stage of `config.train.steps` on the task in `config.data`."""
+
+    def __init__(self, config):
+        from mbert_jax.data import build_task_data, load_tokenizer
+
+        self.config = config
+        self.init_from = Path(config.init_from) if config.get("init_from") else None
+        pretrained_config = None
+        if self.init_from is not None:
+            pretrained_config, _, _ = io.load_model(self.init_from)
+        vocab = config.data.vocab_file or (
+            io.vocab_path(self.init_from) if self.init_from is not None else None
+        )
+        if not vocab:
+            raise ValueError(
+                "config.data.vocab_file: set it, or config.init_from to a model directory "
+                "with a vocab.txt"
+            )
+        tokenizer = load_tokenizer(vocab, config.data.lowercase)
+        self.vocab = Path(tokenizer.source)
+        self.data = build_task_data(
+            config.data,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            tokenizer=tokenizer,
+        )
+        self.squad = self.data.squad
+        self.regression = self.data.is_regression
+        overrides = dict(config.model.get("overrides", {}) or {})
+        overrides["num_labels"] = self.data.num_labels
+        if pretrained_config is not None:
+            bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
+            if bad:
+                raise ValueError(
+                    f"config.model.overrides {bad} would change the pretrained architecture of "
+                    f"{self.init_from}; only {TUNABLE_FIELDS} may be set when fine-tuning"
+                )
+            self.model_config = pretrained_config.replace(**overrides)
+        else:
+            self.model_config = from_block(config.model, **overrides)
+        if self.model_config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"the model's vocab_size ({self.model_config.vocab_size}) differs from the "
+                f"task vocabulary's ({tokenizer.vocab_size}, {vocab})"
+            )
+        self.heads = ("qa",) if self.squad else ("classifier",)
+        self.model = Model(self.model_config, heads=self.heads)
+
+    def stages(self) -> list[Stage]:
+        return [Stage("finetune", int(self.config.train.steps), {"loss": 1.0})]
+
+    def init_params(self, rng):
+        ids = jnp.zeros((1, 8), jnp.int32)
+        return self.model.init(rng, ids, jnp.ones_like(ids))["params"]
+
+    def initial_overrides(self, params):
+        if self.init_from is None:
+            return params
+        _, _, pretrained = io.load_model(self.init_from)
+        problems = _encoder_mismatch(params["encoder"], pretrained["encoder"])
+        if problems:
+            raise ValueError(
+                f"{self.init_from} does not fit this model:\n  " + "\n  ".join(problems[:20])
+            )
+        return {**params, "encoder": jax.tree.map(jnp.asarray, pretrained["encoder"])}
+
+    def loss(self, stage, params, teacher_params, batch, rng):
+        out = task_forward(self.model, params, batch, train=True, rng=rng)
+        metrics = task_metrics(out, batch, squad=self.squad, regression=self.regression)
+        return metrics["loss"].mean(), metrics
+
+    def evaluate(self, stage, params, teacher_params, batch):
+        out = task_forward(self.model, params, batch, train=False)
+        return task_metrics(out, batch, squad=self.squad, regression=self.regression)
+
+    # Host-side official metrics over the whole dev split (see Trainer._evaluate).
+    def predict(self, params, batch) -> dict[str, jax.Array]:
+        out = task_forward(self.model, params, batch, train=False)
+        if self.squad:
+            return {"start_logits": out.start_logits, "end_logits": out.end_logits}
+        return {"logits": out.logits.astype(jnp.float32)}
+
+    def evaluator(self):
+        return self.data.evaluator()
+
+    def train_data(self, process_index, process_count):
+        return self.data.train
+
+    def eval_data(self, process_index, process_count):
+        return self.data.eval_iterator()
+
+    def vocab_file(self):
+        return self.vocab / "vocab.txt" if self.vocab.is_dir() else self.vocab
+
+    def final_model(self, params: Any):
+        return self.model_config, self.heads, params

@@ -1,0 +1,400 @@
+"""The training loop: stages, sharded state, checkpoints, evaluation, logging.
+
+Reads top to bottom:
+1. set-up: mesh and rules, abstract parameters and their shardings, the
+   teacher (sharded, no optimizer state), the checkpoint manager;
+2. per stage: its label tree and optimizer, the jitted step (compiled once
+   per stage), state from the checkpoint or carried over from the last stage;
+3. the step loop: prefetch-by-async-dispatch, metrics reduced only at log
+   time, evaluation, checkpoints, SIGTERM, non-finite losses;
+4. the end: the final model directory (WORKDIR/model) and results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from mbert_jax.models import io
+from mbert_jax.parallel import mesh as mesh_lib
+from mbert_jax.parallel import sharding as sharding_lib
+from mbert_jax.train import checkpoint as ckpt
+from mbert_jax.train import metrics as metrics_lib
+from mbert_jax.train.labels import make_labels, trained_fraction
+from mbert_jax.train.optimizers import make_optimizer
+from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.step import TrainState, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient became NaN/Inf and `nan_policy` is "stop"."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    step: int
+    preempted: bool
+    final_eval: dict[str, float]
+    final_train: dict[str, float]
+
+
+def stage_boundaries(stages: list[Stage]) -> list[int]:
+    """Global step at which each stage ends."""
+    return list(np.cumsum([s.steps for s in stages]).astype(int))
+
+
+def stage_at(step: int, stages: list[Stage]) -> int:
+    """Index of the stage that global `step` belongs to (len(stages) when finished)."""
+    for i, end in enumerate(stage_boundaries(stages)):
+        if step < end:
+            return i
+    return len(stages)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no handler
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _to_device(host_tree, shardings):
+    """Host numpy tree -> global arrays in `shardings` (each process reads only its shards)."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda idx: np.asarray(x)[idx]),
+        host_tree,
+        shardings,
+    )
+
+
+def _first_nonfinite(window: list[tuple[int, dict]]) -> tuple[int, list[str]] | None:
+    for step, m in window:
+        host = jax.device_get(m)
+        if float(host["nonfinite"].total) > 0:
+            terms = [
+                k
+                for k, v in host.items()
+                if k not in ("nonfinite",) and not np.isfinite(float(v.total))
+            ]
+            return step, terms
+    return None
+
+
+class Trainer:
+    """Runs a `Recipe` under a config's `train`, `optimizer`, `mesh` and `sharding_rules`."""
+
+    def __init__(self, config, recipe: Recipe, workdir: str | Path, devices=None):
+        self.config = config
+        self.recipe = recipe
+        self.workdir = Path(workdir)
+        self.stages = recipe.stages()
+        self.train_cfg = config.train
+        if self.train_cfg.nan_policy not in NAN_POLICIES:
+            raise ValueError(
+                f"config.train.nan_policy={self.train_cfg.nan_policy!r}: one of {NAN_POLICIES}"
+            )
+        self.is_lead = jax.process_index() == 0
+        self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+        self.rules = sharding_lib.rules_from_config(config.get("sharding_rules"))
+        batch_axis = sharding_lib.batch_axis_size(self.mesh, self.rules)
+        if config.data.global_batch_size % batch_axis:
+            raise ValueError(
+                f"config.data.global_batch_size={config.data.global_batch_size} is not "
+                f"divisible by the {batch_axis} devices of the batch mesh axes; change the "
+                "batch or config.mesh"
+            )
+
+    # ------------------------------------------------------------------ set-up
+    def _abstract_params(self):
+        rng = jax.random.PRNGKey(self.train_cfg.seed)
+        boxed = jax.eval_shape(self.recipe.init_params, rng)
+        return boxed, sharding_lib.tree_shardings(boxed, self.mesh, self.rules)
+
+    def _init_params(self, param_shardings):
+        rng = jax.random.PRNGKey(self.train_cfg.seed)
+        init = jax.jit(
+            lambda r: nn.meta.unbox(self.recipe.init_params(r)), out_shardings=param_shardings
+        )
+        params = init(rng)
+        overridden = self.recipe.initial_overrides(params)
+        if overridden is not params:
+            params = jax.device_put(overridden, param_shardings)
+        return params
+
+    def _teacher(self):
+        spec = self.recipe.teacher()
+        if spec is None:
+            return None, None
+        boxed = spec
+        shardings = sharding_lib.tree_shardings(boxed, self.mesh, self.rules)
+        host = self.recipe.load_teacher_params()
+        return _to_device(host, shardings), shardings
+
+    def _stage_optimizer(self, stage: Stage, boxed_params):
+        abstract = sharding_lib.unbox(boxed_params)
+        labels = make_labels(abstract, stage.rules)
+        tx, schedule = make_optimizer(
+            self.config.optimizer,
+            labels,
+            stage.steps,
+            schedule_override=stage.schedule,
+            peak=stage.learning_rate,
+        )
+        opt_boxed = jax.eval_shape(tx.init, boxed_params)
+        opt_shardings = sharding_lib.tree_shardings(opt_boxed, self.mesh, self.rules)
+        trained, total = trained_fraction(abstract, labels)
+        return tx, schedule, opt_shardings, (trained, total)
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> RunResult:
+        cfg = self.train_cfg
+        stages = self.stages
+        ends = stage_boundaries(stages)
+        total_steps = ends[-1]
+        writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_lead)
+        progress = metrics_lib.Progress(total_steps, enabled=self.is_lead)
+        manager = ckpt.make_manager(self.workdir / "checkpoints", cfg.keep_checkpoints)
+        data = self.recipe.train_data(jax.process_index(), jax.process_count())
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        final_eval: dict[str, float] = {}
+        final_train: dict[str, float] = {}
+        preempted = False
+
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules), _Preemption() as stop:
+            boxed, param_shardings = self._abstract_params()
+            teacher_params, teacher_shardings = self._teacher()
+
+            latest = manager.latest_step()
+            step = 0 if latest is None else int(latest)
+            state = None
+            if latest is not None and self.is_lead:
+                log.info("resuming from %s/%d", manager.directory, latest)
+
+            for index in range(stage_at(step, stages), len(stages)):
+                stage = stages[index]
+                start = ends[index] - stage.steps
+                tx, schedule, opt_shardings, (trained, total) = self._stage_optimizer(stage, boxed)
+                state_shardings = TrainState(
+                    step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
+                )
+                if self.is_lead:
+                    log.info(
+                        "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",
+                        index + 1,
+                        len(stages),
+                        stage.name,
+                        start,
+                        ends[index],
+                        f"{trained:,}",
+                        f"{total:,}",
+                    )
+                if state is None and latest is not None:
+                    state, restored_stage, data_state = self._restore(
+                        manager, latest, boxed, param_shardings, replicated
+                    )
+                    data.set_state(data_state)
+                    if restored_stage != index:  # saved at the end of an earlier stage
+                        state = self._new_stage_state(state, tx, opt_shardings)
+                elif state is None:
+                    state = self._init_state(param_shardings, tx, opt_shardings, replicated)
+                else:
+                    state = self._new_stage_state(state, tx, opt_shardings)
+
+                train_step = jax.jit(
+                    make_train_step(self.recipe, stage, tx, cfg.accum_steps),
+                    in_shardings=(state_shardings, None, teacher_shardings),
+                    out_shardings=(state_shardings, replicated),
+                    donate_argnums=(0,),
+                )
+                eval_step = jax.jit(
+                    make_eval_step(self.recipe, stage),
+                    in_shardings=(param_shardings, teacher_shardings, None),
+                    out_shardings=replicated,
+                )
+                predict_step = None
+                if hasattr(self.recipe, "evaluator"):
+                    predict_step = jax.jit(
+                        self.recipe.predict,
+                        in_shardings=(param_shardings, None),
+                        out_shardings=replicated,
+                    )
+
+                window: list[tuple[int, dict]] = []
+                while step < ends[index]:
+                    batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
+                    state, step_metrics = train_step(state, batch, teacher_params)
+                    step += 1
+                    window.append((step, step_metrics))
+                    last = step == ends[index]
+                    if step % cfg.log_every == 0 or last:
+                        final_train = self._log(
+                            window, step, stage, writer, progress, schedule(step - start - 1), batch
+                        )
+                        window = []
+                    if cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
+                        final_eval = self._evaluate(
+                            eval_step, predict_step, state.params, teacher_params, step, writer
+                        )
+                    if stop.requested or last or step % cfg.checkpoint_every == 0:
+                        self._check_finite(window)
+                        self._save(manager, state, step, index, stage, data)
+                    if stop.requested:
+                        preempted = True
+                        break
+                if preempted:
+                    break
+
+            manager.wait_until_finished()
+            if not preempted:
+                if state is None:  # the run had already finished: take its final params
+                    state = self._restore(manager, latest, boxed, param_shardings, replicated)[0]
+                self._finish(state.params, final_train, final_eval, step)
+        writer.close()
+        manager.close()
+        if preempted and self.is_lead:
+            print(f"preempted: checkpoint saved at step {step}; rerun the same command to resume")
+        return RunResult(
+            step=step, preempted=preempted, final_eval=final_eval, final_train=final_train
+        )
+
+    # ------------------------------------------------------------- the pieces
+    def _fresh_state(self, boxed, tx):
+        params = sharding_lib.unbox(boxed)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.PRNGKey(0),
+        )
+
+    def _init_state(self, param_shardings, tx, opt_shardings, replicated) -> TrainState:
+        params = self._init_params(param_shardings)
+        return TrainState(
+            step=jnp.asarray(0, jnp.int32),
+            params=params,
+            opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params),
+            rng=jax.device_put(jax.random.PRNGKey(self.train_cfg.seed + 1), replicated),
+        )
+
+    def _restore(self, manager, step, boxed, param_shardings, replicated):
+        """(state, stage index, data state) of checkpoint `step`, in its stage's layout."""
+        stage_index = int(ckpt.read_meta(manager, step)["stage"])
+        tx, _, opt_shardings, _ = self._stage_optimizer(self.stages[stage_index], boxed)
+        shardings = TrainState(
+            step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
+        )
+        abstract = ckpt.abstract_with_shardings(
+            jax.eval_shape(lambda: self._fresh_state(boxed, tx)), shardings
+        )
+        state, _, data_state = ckpt.restore(manager, step, abstract)
+        return state, stage_index, data_state
+
+    def _new_stage_state(self, state: TrainState, tx, opt_shardings) -> TrainState:
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(state.params)
+        return state.replace(opt_state=opt_state)
+
+    def _log(self, window, step, stage, writer, progress, lr, batch) -> dict[str, float]:
+        if self.train_cfg.nan_policy == "stop":
+            self._check_finite(window)
+        values = metrics_lib.reduce([m for _, m in window])
+        skipped = values.pop("nonfinite", 0.0) * len(window)
+        tokens = int(np.prod(batch["input_ids"].shape))
+        rates = progress.update(step, stage.name, values, tokens)
+        record = {"stage": stage.name, "learning_rate": float(lr), **values, **rates}
+        if skipped:
+            record["skipped_steps"] = skipped
+        writer.write(step, "train", record)
+        return values
+
+    def _check_finite(self, window) -> None:
+        if self.train_cfg.nan_policy != "stop" or not window:
+            return
+        bad = _first_nonfinite(window)
+        if bad is not None:
+            step, terms = bad
+            raise NonFiniteLossError(
+                f"non-finite loss at step {step} (term(s): {', '.join(terms) or 'gradient'}); "
+                "the update was not applied and no checkpoint after it was written. Lower the "
+                "learning rate, check the data, or set config.train.nan_policy='skip'"
+            )
+
+    def _evaluate(
+        self, eval_step, predict_step, params, teacher_params, step, writer
+    ) -> dict[str, float]:
+        """Held-out metrics: `LossSum`s from the jitted step, plus the recipe's official
+        host-side metrics over the whole split when it has an `evaluator`."""
+        batches = self.recipe.eval_data(jax.process_index(), jax.process_count())
+        if batches is None:
+            return {}
+        evaluator = self.recipe.evaluator() if predict_step is not None else None
+        results = []
+        for i, host_batch in enumerate(batches):
+            if evaluator is None and self.train_cfg.eval_steps and i >= self.train_cfg.eval_steps:
+                break
+            batch = sharding_lib.global_batch(host_batch, self.mesh, self.rules)
+            results.append(eval_step(params, teacher_params, batch))
+            if evaluator is not None:
+                outputs = jax.device_get(predict_step(params, batch))
+                rows = multihost_utils.process_allgather(host_batch, tiled=True)
+                evaluator.add(jax.device_get(rows), **outputs)
+        values = metrics_lib.reduce(results)
+        if evaluator is not None:
+            values.update({k: float(v) for k, v in evaluator.result().items()})
+        writer.write(step, "eval", values)
+        if self.is_lead and values:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
+            print(f"  eval @ step {step}: {shown}", flush=True)
+        return values
+
+    def _save(self, manager, state, step, index, stage, data) -> None:
+        meta = {"stage": index, "stage_name": stage.name, "step": step}
+        ckpt.save(manager, step, state, meta, data.get_state())
+
+    def _finish(self, params, final_train, final_eval, step) -> None:
+        host = multihost_utils.process_allgather(params, tiled=True)
+        config, heads, model_params = self.recipe.final_model(host)
+        if self.is_lead:
+            vocab = self.recipe.vocab_file() if hasattr(self.recipe, "vocab_file") else None
+            io.save_model(self.workdir / "model", config, heads, model_params, vocab)
+            results = {"step": step, "train": final_train, "eval": final_eval}
+            (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def run(config, recipe: Recipe, workdir: str | Path, devices=None) -> RunResult:
+    """Train `recipe` under `config` in `workdir` (resuming if it holds checkpoints).
+
+    `devices` (default: all) lets tests compare meshes within one process.
+    """
+    start = time.monotonic()
+    result = Trainer(config, recipe, workdir, devices).run()
+    log.info("run finished in %.1fs at step %d", time.monotonic() - start, result.step)
+    return result

@@ -1,0 +1,219 @@
+"""The trainer as a user runs it: `mbert-jax train` in subprocesses.
+
+Mesh invariance (1 vs 8 forced host devices, data / FSDP / tensor layouts),
+exact resume after SIGKILL, SIGTERM preemption, non-finite losses, a
+checkpoint of another shape, and 2 local processes with CPU collectives.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mbert_jax.train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "configs/pretrain_ibbert.py:runlocal,data=synthetic"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e["MBERT_JAX_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    e["PYTHONUNBUFFERED"] = "1"
+    e.pop("XLA_FLAGS", None)
+    return e
+
+
+def train_cmd(workdir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "mbert_jax",
+        "train",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        "--config.train.steps=8",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=0",
+        "--config.train.checkpoint_every=3",
+        *extra,
+    ]
+
+
+def run(cmd, env, check=True):
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{p.stdout}\n{p.stderr[-4000:]}")
+    return p
+
+
+def losses(workdir) -> dict[int, float]:
+    """Last logged objective per step (a resumed run logs the replayed steps again)."""
+    return {r["step"]: r["objective"] for r in read_metrics(workdir, "train")}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    workdir = tmp_path_factory.mktemp("reference")
+    run(train_cmd(workdir), env)
+    return losses(workdir)
+
+
+def wait_for_step(proc, workdir, step, checkpoint=None, timeout=600):
+    """Wait until `step` is logged (and checkpoint `checkpoint` is committed)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early: {proc.stderr.read()[-3000:]}")
+        done = losses(workdir)
+        committed = checkpoint is None or (workdir / "checkpoints" / str(checkpoint)).is_dir()
+        if done and max(done) >= step and committed:
+            return max(done)
+        time.sleep(0.02)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_results_do_not_depend_on_the_mesh(env):
+    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    p = run(
+        [
+            sys.executable,
+            str(ROOT / "tests/train/mesh_runs.py"),
+            "mobilebert_micro",
+            "single,data,fsdp,tensor",
+        ],
+        e,
+    )
+    line = next(x for x in p.stdout.splitlines() if x.startswith("LOSSES "))
+    by_mesh = json.loads(line[len("LOSSES ") :])
+    single = by_mesh.pop("single")
+    assert len(single) == 3
+    for name, values in by_mesh.items():
+        assert values == pytest.approx(single, rel=1e-5, abs=1e-5), name
+
+
+def test_resume_after_sigkill_continues_with_the_same_losses(tmp_path, env, reference):
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(
+        train_cmd(workdir),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed_at = wait_for_step(proc, workdir, 5, checkpoint=3)
+    proc.kill()
+    proc.wait()
+    assert killed_at < 8
+    p = run(train_cmd(workdir), env)
+    assert "resuming from" in p.stderr
+    resumed = losses(workdir)
+    assert sorted(resumed) == list(range(1, 9))
+    for step, value in reference.items():
+        assert resumed[step] == pytest.approx(value, rel=1e-6), step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env, reference):
+    workdir = tmp_path / "preempted"
+    proc = subprocess.Popen(
+        train_cmd(workdir),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_step(proc, workdir, 4)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert "preempted: checkpoint saved at step" in out
+    saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+    assert (workdir / "checkpoints" / str(saved)).is_dir()
+    assert 4 <= saved < 8
+    run(train_cmd(workdir), env)
+    resumed = losses(workdir)
+    for step, value in reference.items():
+        assert resumed[step] == pytest.approx(value, rel=1e-6), step
+
+
+def test_nonfinite_loss_stops_with_the_step_and_term_or_is_skipped(tmp_path, env):
+    workdir = tmp_path / "nan"
+    p = run(train_cmd(workdir, "--config.optimizer.learning_rate=1e30"), env, check=False)
+    assert p.returncode != 0
+    assert "non-finite loss at step" in p.stderr
+    message = p.stderr[p.stderr.index("non-finite loss at step") :].splitlines()[0]
+    bad_step = int(message.split("step ")[1].split()[0])
+    assert "term(s): " in message
+    kept = [int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()]
+    assert all(s < bad_step for s in kept)
+
+    skipped = tmp_path / "skip"
+    run(
+        train_cmd(
+            skipped, "--config.optimizer.learning_rate=1e30", "--config.train.nan_policy=skip"
+        ),
+        env,
+    )
+    rows = read_metrics(skipped, "train")
+    assert rows[-1]["step"] == 8
+    assert sum(r.get("skipped_steps", 0) for r in rows) >= 1
+
+
+def test_checkpoint_of_another_shape_names_the_parameters(tmp_path, env):
+    workdir = tmp_path / "mismatch"
+    run(train_cmd(workdir, "--config.train.steps=3"), env)
+    p = run(
+        train_cmd(workdir, "--config.train.steps=6", "--config.data.vocab_size=1024"),
+        env,
+        check=False,
+    )
+    assert p.returncode != 0
+    assert "does not match this config" in p.stderr
+    assert "word_embeddings" in p.stderr and "(2048, 32)" in p.stderr and "(1024, 32)" in p.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path, env, reference):
+    port = _free_port()
+    workdir = tmp_path / "multihost"
+    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [
+        subprocess.Popen(
+            train_cmd(
+                workdir,
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            cwd=ROOT,
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "process 0 of 2, 2 local / 4 global devices" in outs[0][1]
+    got = losses(workdir)
+    for step, value in reference.items():
+        assert got[step] == pytest.approx(value, rel=1e-5, abs=1e-5), step
