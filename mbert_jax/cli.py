@@ -47,10 +47,17 @@ def sweep_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def plan_main(argv: list[str]) -> int:
+    from mbert_jax.train.plan import plan_main as main
+
+    return main(argv)
+
+
 COMMANDS = {
     "describe": describe_main,
     "train": train_main,
     "sweep": sweep_main,
+    "plan": plan_main,
 }
 
 

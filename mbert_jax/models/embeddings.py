@@ -32,15 +32,22 @@ class Embeddings(nn.Module):
 
     def setup(self):
         cfg = self.config
+        # Lookup tables keep their width unsharded over FSDP (`embed_in`): the
+        # gradient of a gather cannot follow a width-sharded table without an
+        # all-to-all, which GSPMD would replace by a full rematerialization.
         self.word_embeddings = layers.embed(
-            cfg, cfg.vocab_size, cfg.embed_size, (VOCAB, EMBED), name="word_embeddings"
+            cfg, cfg.vocab_size, cfg.embed_size, (VOCAB, EMBED_IN), name="word_embeddings"
         )
         self.position_embeddings = layers.embed(
-            cfg, cfg.max_position_embeddings, cfg.hidden_size, (None, EMBED), "position_embeddings"
+            cfg,
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+            (None, EMBED_IN),
+            "position_embeddings",
         )
         if cfg.type_vocab_size > 0:
             self.token_type_embeddings = layers.embed(
-                cfg, cfg.type_vocab_size, cfg.hidden_size, (None, EMBED), "token_type_embeddings"
+                cfg, cfg.type_vocab_size, cfg.hidden_size, (None, EMBED_IN), "token_type_embeddings"
             )
         if cfg.embedding_transform != "none":
             self.embedding_transform = layers.dense(
@@ -61,7 +68,7 @@ class Embeddings(nn.Module):
         deterministic: bool = True,
     ) -> jax.Array:
         cfg = self.config
-        x = self.word_embeddings(input_ids)
+        x = layers.constrain(self.word_embeddings(input_ids), (BATCH, LENGTH, EMBED))
         if cfg.embedding_transform == "trigram":
             x = trigram(x)
         if cfg.embedding_transform != "none":

@@ -39,7 +39,8 @@ class MLMHead(nn.Module):
         if cfg.mlm_untied_size:
             extra = self.param(
                 "extra_output_weights",
-                layers.kernel_init(cfg, (VOCAB, EMBED)),
+                # Laid out like the word table it is concatenated with.
+                layers.kernel_init(cfg, (VOCAB, EMBED_IN)),
                 (cfg.vocab_size, cfg.mlm_untied_size),
                 jnp.float32,
             )

@@ -5,8 +5,9 @@ carries logical axis names (`nn.with_logical_partitioning`); the trainer maps
 those names onto any mesh (see `mbert_jax.parallel`). Logical names used:
 
 - `vocab`: vocabulary rows; `embed`: the inter-block width B and the word
-  embedding width E; `embed_in`: the input side of square B x B kernels
-  (pooler, MLM transform) and of the embedding projection; `inner`: the
+  embedding width E; `embed_in`: widths that stay unsharded over FSDP: the
+  input side of square B x B kernels (pooler, MLM transform), of the
+  embedding projection, and the width of the lookup tables; `inner`: the
   width inside a bottleneck block; `mlp`: the FFN inner width; `heads`,
   `kv`: attention heads and head width; activations: `batch`, `length`,
   `length_kv` (attention keys).

@@ -5,8 +5,12 @@ Models name every parameter dimension logically (`vocab`, `embed`, `mlp`,
 to mesh axes; the default is FSDP over `embed`, tensor parallelism over
 `mlp` / `heads` / `vocab`, and the batch over `data` and `fsdp`:
 
-    batch -> (data, fsdp)   embed -> fsdp    mlp, heads, vocab -> tensor
-    length, length_kv, kv, inner, embed_in -> replicated
+    batch -> (data, fsdp)   embed, inner -> fsdp    mlp, heads, vocab -> tensor
+    length, length_kv, kv, embed_in -> replicated
+
+An axis is used once per array, in rule order: a [embed, inner] kernel is
+sharded on `embed`, an [inner, mlp] kernel on both, and activations, whose
+batch already takes `fsdp`, keep their widths whole.
 
 A dimension whose size the mesh axes do not divide (say 4 MobileBERT heads
 over `tensor=8`) is replicated instead, and the choice is logged once per
@@ -37,7 +41,10 @@ DEFAULT_RULES: Rules = (
     (layers.VOCAB, "tensor"),
     (layers.EMBED, "fsdp"),
     (layers.EMBED_IN, None),
-    (layers.INNER, None),
+    # After `embed`: a kernel with both dimensions (bottleneck projections)
+    # shards its `embed` side; the FFN kernels of a bottleneck block (inner x
+    # mlp) shard `inner`, so IB-BERT's 200M FFN parameters are FSDP-sharded.
+    (layers.INNER, "fsdp"),
     (layers.MLP, "tensor"),
     (layers.HEADS, "tensor"),
     (layers.KV, None),

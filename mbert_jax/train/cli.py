@@ -56,7 +56,8 @@ def setup_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _define_common(fv: flags.FlagValues, argv: list[str]) -> None:
+def define_config_flag(fv: flags.FlagValues, argv: list[str]) -> None:
+    """`--config FILE[:args]` with `--config.field=value` overrides."""
     config_flags.DEFINE_config_file(
         "config",
         None,
@@ -64,12 +65,18 @@ def _define_common(fv: flags.FlagValues, argv: list[str]) -> None:
         flag_values=fv,
         sys_argv=["mbert-jax"] + argv,
     )
+
+
+def _define_common(fv: flags.FlagValues, argv: list[str]) -> None:
+    define_config_flag(fv, argv)
     flags.DEFINE_string(
         "workdir", None, "directory for checkpoints, logs and the model", flag_values=fv
     )
 
 
-def _parse(fv: flags.FlagValues, prog: str, argv: list[str]) -> None:
+def _parse(
+    fv: flags.FlagValues, prog: str, argv: list[str], required=("config", "workdir")
+) -> None:
     try:
         fv([prog] + argv)
     except flags.Error as e:
@@ -82,7 +89,7 @@ def _parse(fv: flags.FlagValues, prog: str, argv: list[str]) -> None:
         message = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
         message = message.replace("\\'", "'").replace("\\n", " ").replace("'", "")
         raise SystemExit(f"{prog}: config error: unknown field {message}") from None
-    for name in ("config", "workdir"):
+    for name in required:
         if fv[name].value is None:
             raise SystemExit(f"{prog}: --{name} is required")
 

@@ -18,6 +18,7 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,6 +43,20 @@ NAN_POLICIES = ("stop", "skip")
 
 class NonFiniteLossError(RuntimeError):
     """A loss or gradient became NaN/Inf and `nan_policy` is "stop"."""
+
+
+@dataclasses.dataclass
+class StageFunctions:
+    """A stage's optimizer, shardings and jitted steps."""
+
+    tx: Any
+    schedule: Any
+    opt_shardings: Any
+    state_shardings: Any
+    train_step: Any
+    eval_step: Any
+    predict_step: Any
+    counts: tuple[int, int]  # (trained, total) parameters
 
 
 @dataclasses.dataclass
@@ -115,7 +130,7 @@ class Trainer:
     def __init__(self, config, recipe: Recipe, workdir: str | Path, devices=None):
         self.config = config
         self.recipe = recipe
-        self.workdir = Path(workdir)
+        self.workdir = None if workdir is None else Path(workdir)
         self.stages = recipe.stages()
         self.train_cfg = config.train
         if self.train_cfg.nan_policy not in NAN_POLICIES:
@@ -174,6 +189,42 @@ class Trainer:
         trained, total = trained_fraction(abstract, labels)
         return tx, schedule, opt_shardings, (trained, total)
 
+    def stage_functions(
+        self, stage: Stage, boxed_params, param_shardings, teacher_shardings
+    ) -> StageFunctions:
+        """The stage's optimizer and its jitted steps (compiled on first call)."""
+        tx, schedule, opt_shardings, counts = self._stage_optimizer(stage, boxed_params)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        state_shardings = TrainState(
+            step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
+        )
+        train_step = jax.jit(
+            make_train_step(self.recipe, stage, tx, self.train_cfg.accum_steps),
+            in_shardings=(state_shardings, None, teacher_shardings),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=(0,),
+        )
+        eval_step = jax.jit(
+            make_eval_step(self.recipe, stage),
+            in_shardings=(param_shardings, teacher_shardings, None),
+            out_shardings=replicated,
+        )
+        predict_step = None
+        if hasattr(self.recipe, "evaluator"):
+            predict_step = jax.jit(
+                self.recipe.predict, in_shardings=(param_shardings, None), out_shardings=replicated
+            )
+        return StageFunctions(
+            tx,
+            schedule,
+            opt_shardings,
+            state_shardings,
+            train_step,
+            eval_step,
+            predict_step,
+            counts,
+        )
+
     # -------------------------------------------------------------------- run
     def run(self) -> RunResult:
         cfg = self.train_cfg
@@ -202,10 +253,7 @@ class Trainer:
             for index in range(stage_at(step, stages), len(stages)):
                 stage = stages[index]
                 start = ends[index] - stage.steps
-                tx, schedule, opt_shardings, (trained, total) = self._stage_optimizer(stage, boxed)
-                state_shardings = TrainState(
-                    step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
-                )
+                fns = self.stage_functions(stage, boxed, param_shardings, teacher_shardings)
                 if self.is_lead:
                     log.info(
                         "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",
@@ -214,8 +262,8 @@ class Trainer:
                         stage.name,
                         start,
                         ends[index],
-                        f"{trained:,}",
-                        f"{total:,}",
+                        f"{fns.counts[0]:,}",
+                        f"{fns.counts[1]:,}",
                     )
                 if state is None and latest is not None:
                     state, restored_stage, data_state = self._restore(
@@ -223,47 +271,32 @@ class Trainer:
                     )
                     data.set_state(data_state)
                     if restored_stage != index:  # saved at the end of an earlier stage
-                        state = self._new_stage_state(state, tx, opt_shardings)
+                        state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
                 elif state is None:
-                    state = self._init_state(param_shardings, tx, opt_shardings, replicated)
+                    state = self._init_state(param_shardings, fns.tx, fns.opt_shardings, replicated)
                 else:
-                    state = self._new_stage_state(state, tx, opt_shardings)
-
-                train_step = jax.jit(
-                    make_train_step(self.recipe, stage, tx, cfg.accum_steps),
-                    in_shardings=(state_shardings, None, teacher_shardings),
-                    out_shardings=(state_shardings, replicated),
-                    donate_argnums=(0,),
-                )
-                eval_step = jax.jit(
-                    make_eval_step(self.recipe, stage),
-                    in_shardings=(param_shardings, teacher_shardings, None),
-                    out_shardings=replicated,
-                )
-                predict_step = None
-                if hasattr(self.recipe, "evaluator"):
-                    predict_step = jax.jit(
-                        self.recipe.predict,
-                        in_shardings=(param_shardings, None),
-                        out_shardings=replicated,
-                    )
+                    state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
 
                 window: list[tuple[int, dict]] = []
                 while step < ends[index]:
                     batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
-                    state, step_metrics = train_step(state, batch, teacher_params)
+                    state, step_metrics = fns.train_step(state, batch, teacher_params)
                     step += 1
                     window.append((step, step_metrics))
                     last = step == ends[index]
                     if step % cfg.log_every == 0 or last:
                         final_train = self._log(
-                            window, step, stage, writer, progress, schedule(step - start - 1), batch
+                            window,
+                            step,
+                            stage,
+                            writer,
+                            progress,
+                            fns.schedule(step - start - 1),
+                            batch,
                         )
                         window = []
-                    if cfg.eval_every and (step % cfg.eval_every == 0 or step == total_steps):
-                        final_eval = self._evaluate(
-                            eval_step, predict_step, state.params, teacher_params, step, writer
-                        )
+                    if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                        final_eval = self._evaluate(fns, state.params, teacher_params, step, writer)
                     if stop.requested or last or step % cfg.checkpoint_every == 0:
                         self._check_finite(window)
                         self._save(manager, state, step, index, stage, data)
@@ -347,23 +380,21 @@ class Trainer:
                 "learning rate, check the data, or set config.train.nan_policy='skip'"
             )
 
-    def _evaluate(
-        self, eval_step, predict_step, params, teacher_params, step, writer
-    ) -> dict[str, float]:
+    def _evaluate(self, fns: StageFunctions, params, teacher_params, step, writer) -> dict:
         """Held-out metrics: `LossSum`s from the jitted step, plus the recipe's official
         host-side metrics over the whole split when it has an `evaluator`."""
         batches = self.recipe.eval_data(jax.process_index(), jax.process_count())
         if batches is None:
             return {}
-        evaluator = self.recipe.evaluator() if predict_step is not None else None
+        evaluator = self.recipe.evaluator() if fns.predict_step is not None else None
         results = []
         for i, host_batch in enumerate(batches):
             if evaluator is None and self.train_cfg.eval_steps and i >= self.train_cfg.eval_steps:
                 break
             batch = sharding_lib.global_batch(host_batch, self.mesh, self.rules)
-            results.append(eval_step(params, teacher_params, batch))
+            results.append(fns.eval_step(params, teacher_params, batch))
             if evaluator is not None:
-                outputs = jax.device_get(predict_step(params, batch))
+                outputs = jax.device_get(fns.predict_step(params, batch))
                 rows = multihost_utils.process_allgather(host_batch, tiled=True)
                 evaluator.add(jax.device_get(rows), **outputs)
         values = metrics_lib.reduce(results)

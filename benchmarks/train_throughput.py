@@ -1,0 +1,283 @@
+"""Training-step throughput: our jitted steps vs a standard PyTorch loop, side by side.
+
+For each model, on this CPU, in one process:
+- ours: the trainer's own MLM + NSP step (`mbert_jax.train.step.make_train_step`
+  with the pretraining recipe: forward, backward, AdamW, clipping), and a
+  pre-training-distillation step (frozen teacher forward + student step on
+  MobileBERT's PD loss);
+- PyTorch: transformers' `BertForPreTraining` / `MobileBertForPreTraining` of
+  the same config, AdamW, `loss.backward()`, clipping, `optimizer.step()` —
+  the standard loop, labels -100 everywhere but the masked positions;
+- the matmul peak: a large f32 matmul in JAX, and the fraction of it that our
+  step reaches (analytic FLOPs of the step / time).
+
+    python benchmarks/train_throughput.py --models bert_base,mobilebert --batch 8 --seq 128
+
+Results (with the command) go to benchmarks/results/train_throughput.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbert_jax import losses
+from mbert_jax.models import Model, get_config
+from mbert_jax.models.summary import encoder_flops_per_token, mlm_flops_per_prediction
+from mbert_jax.train.config import base_config, model_block
+from mbert_jax.train.inputs import synthetic_data_config
+from mbert_jax.train.labels import make_labels
+from mbert_jax.train.optimizers import make_optimizer
+from mbert_jax.train.pretrain import PretrainRecipe, forward
+from mbert_jax.train.recipe import Stage
+from mbert_jax.train.step import TrainState, make_train_step
+
+
+def timeit(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a jitted f32 n x n matmul (the CPU's practical peak for our dtype)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    t = timeit(lambda: f(a).block_until_ready(), repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def step_flops(cfg, batch: int, seq: int, predictions: int) -> float:
+    """Analytic FLOPs of one training step (3x forward: forward + 2x backward)."""
+    fwd = batch * seq * encoder_flops_per_token(cfg, seq)
+    fwd += batch * predictions * mlm_flops_per_prediction(cfg)
+    return 3.0 * fwd
+
+
+def data_config(cfg, batch, seq, predictions):
+    return synthetic_data_config(
+        vocab_size=cfg.vocab_size,
+        global_batch_size=batch,
+        max_seq_length=seq,
+        max_predictions_per_seq=predictions,
+    )
+
+
+def ours_pretraining_step(variant: str, batch: int, seq: int, predictions: int):
+    config = base_config("pretrain")
+    config.model = model_block(variant)
+    config.data = data_config(get_config(variant), batch, seq, predictions)
+    recipe = PretrainRecipe(config)
+    stage = recipe.stages()[0]
+    params = nn.meta.unbox(recipe.init_params(jax.random.key(0)))
+    tx, _ = make_optimizer(config.optimizer, make_labels(params, stage.rules), 1000)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(1))
+    step = jax.jit(make_train_step(recipe, stage, tx), donate_argnums=(0,))
+    host = next(recipe.train_data(0, 1))
+    data = {k: jnp.asarray(v) for k, v in host.items()}
+    holder = [state]
+
+    def run():
+        holder[0], m = step(holder[0], data, None)
+        jax.block_until_ready(m)
+
+    return run, host
+
+
+def ours_distillation_step(teacher: str, student: str, batch: int, seq: int, predictions: int):
+    """A PD step: teacher forward (no grad) + student MLM-KD (r = 0.5) + NSP, AdamW."""
+    t_model, s_model = Model(get_config(teacher)), Model(get_config(student))
+    ids = jnp.zeros((1, 8), jnp.int32)
+    t_params = nn.meta.unbox(t_model.init(jax.random.key(0), ids))["params"]
+    s_params = nn.meta.unbox(s_model.init(jax.random.key(1), ids))["params"]
+
+    class PD:
+        def loss(self, stage, params, teacher_params, b, rng):
+            t_out = forward(t_model, teacher_params, b, train=False)
+            s_out = forward(s_model, params, b, train=True, rng=rng)
+            kd = losses.pretraining_distillation_loss(
+                s_out.mlm_logits,
+                jax.lax.stop_gradient(t_out.mlm_logits),
+                b["masked_lm_ids"],
+                b["masked_lm_weights"],
+            )
+            nsp = losses.nsp_loss(s_out.nsp_logits, b["next_sentence_labels"])
+            return kd.mean() + nsp.mean(), {"kd": kd, "nsp": nsp}
+
+    cfg = base_config("pretrain")
+    stage = Stage("pd", 1000, {"kd": 1.0, "nsp": 1.0})
+    tx, _ = make_optimizer(cfg.optimizer, make_labels(s_params, stage.rules), 1000)
+    state = TrainState(jnp.zeros((), jnp.int32), s_params, tx.init(s_params), jax.random.PRNGKey(1))
+    step = jax.jit(make_train_step(PD(), stage, tx), donate_argnums=(0,))
+    from mbert_jax.data.synthetic import SyntheticPretrainingData
+
+    host = next(SyntheticPretrainingData(get_config(student).vocab_size, batch, seq, predictions))
+    data = {k: jnp.asarray(v) for k, v in host.items()}
+    holder = [state]
+
+    def run():
+        holder[0], m = step(holder[0], data, t_params)
+        jax.block_until_ready(m)
+
+    return run
+
+
+def torch_model(variant: str):
+    import torch
+    import transformers
+
+    from mbert_jax.models import hf
+
+    # transformers has no -6 mask value; the large negative costs the same.
+    cfg = get_config(variant, attention_mask_value=None)
+    d = hf.config_to_hf(cfg, heads=("mlm", "nsp"))
+    mobile = d.pop("model_type") == "mobilebert"
+    d.pop("architectures")
+    hf_config = (transformers.MobileBertConfig if mobile else transformers.BertConfig)(**d)
+    cls = transformers.MobileBertForPreTraining if mobile else transformers.BertForPreTraining
+    torch.manual_seed(0)
+    return cls(hf_config)
+
+
+def torch_batch(host):
+    import torch
+
+    ids = torch.as_tensor(host["input_ids"], dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    rows = np.repeat(np.arange(ids.shape[0])[:, None], host["masked_lm_positions"].shape[1], 1)
+    w = host["masked_lm_weights"] > 0
+    labels[rows[w], host["masked_lm_positions"][w]] = torch.as_tensor(
+        host["masked_lm_ids"][w], dtype=torch.long
+    )
+    return dict(
+        input_ids=ids,
+        attention_mask=torch.as_tensor(host["attention_mask"], dtype=torch.long),
+        token_type_ids=torch.as_tensor(host["token_type_ids"], dtype=torch.long),
+        labels=labels,
+        next_sentence_label=torch.as_tensor(host["next_sentence_labels"], dtype=torch.long),
+    )
+
+
+def torch_pretraining_step(variant: str, host):
+    import torch
+
+    model = torch_model(variant)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    b = torch_batch(host)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = model(**b).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    return run
+
+
+def torch_distillation_step(teacher: str, student: str, host):
+    import torch
+
+    t, s = torch_model(teacher).eval(), torch_model(student).train()
+    opt = torch.optim.AdamW(s.parameters(), lr=1e-4, weight_decay=0.01)
+    b = torch_batch(host)
+    mask = b["labels"] != -100
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            t_logits = t(
+                **{k: v for k, v in b.items() if k not in ("labels", "next_sentence_label")}
+            ).prediction_logits[mask]
+        out = s(**{k: v for k, v in b.items() if k != "labels"})
+        target = 0.5 * torch.nn.functional.one_hot(
+            b["labels"][mask], t_logits.shape[-1]
+        ) + 0.5 * t_logits.softmax(-1)
+        kd = -(target * out.prediction_logits[mask].log_softmax(-1)).sum(-1).mean()
+        nsp = torch.nn.functional.cross_entropy(
+            out.seq_relationship_logits, b["next_sentence_label"]
+        )
+        (kd + nsp).backward()
+        torch.nn.utils.clip_grad_norm_(s.parameters(), 1.0)
+        opt.step()
+
+    return run
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="bert_base,mobilebert")
+    p.add_argument("--distill", default="ibbert_large:mobilebert")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--predictions", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--out", default="benchmarks/results/train_throughput.md")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    peak = matmul_peak()
+    tokens = args.batch * args.seq
+    rows = []
+    for variant in args.models.split(","):
+        run, host = ours_pretraining_step(variant, args.batch, args.seq, args.predictions)
+        t_ours = timeit(run, args.repeats)
+        t_torch = timeit(torch_pretraining_step(variant, host), args.repeats)
+        flops = step_flops(get_config(variant), args.batch, args.seq, args.predictions)
+        rows.append(("MLM+NSP", variant, t_ours, t_torch, flops))
+    if args.distill:
+        teacher, student = args.distill.split(":")
+        run = ours_distillation_step(teacher, student, args.batch, args.seq, args.predictions)
+        _, host = ours_pretraining_step(student, args.batch, args.seq, args.predictions)
+        t_ours = timeit(run, args.repeats)
+        t_torch = timeit(torch_distillation_step(teacher, student, host), args.repeats)
+        t_cfg, s_cfg = get_config(teacher), get_config(student)
+        flops = (
+            step_flops(s_cfg, args.batch, args.seq, args.predictions)
+            + step_flops(t_cfg, args.batch, args.seq, args.predictions) / 3.0
+        )
+        rows.append(("PD distillation", f"{teacher} -> {student}", t_ours, t_torch, flops))
+
+    lines = [
+        f"Command: `python benchmarks/train_throughput.py --models {args.models} "
+        f"--distill {args.distill} --batch {args.batch} --seq {args.seq}`",
+        "",
+        f"CPU: {os.cpu_count()} cores, {args.threads} threads; jax {jax.__version__}, "
+        f"torch {torch.__version__}; matmul peak (f32 2048^3, JAX) {peak:.1f} GFLOP/s.",
+        f"Batch {args.batch} x {args.seq} tokens, {args.predictions} masked positions per row; "
+        "median step time.",
+        "",
+        "| step | model | ours (s) | ours tokens/s | PyTorch (s) | PyTorch tokens/s | speed-up | "
+        "ours GFLOP/s | % of peak |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, name, t_o, t_t, flops in rows:
+        lines.append(
+            f"| {kind} | {name} | {t_o:.3f} | {tokens / t_o:,.0f} | {t_t:.3f} | "
+            f"{tokens / t_t:,.0f} | {t_t / t_o:.2f}x | {flops / t_o / 1e9:.1f} | "
+            f"{100 * flops / t_o / 1e9 / peak:.0f}% |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
