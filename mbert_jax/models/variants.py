@@ -153,13 +153,18 @@ def get(name: str, **overrides) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+def block_overrides(block) -> dict:
+    """The overrides a config block sets (unset fields are None and are left out)."""
+    return {k: v for k, v in dict(block.get("overrides", {}) or {}).items() if v is not None}
+
+
 def from_block(block, **forced) -> ModelConfig:
     """The `ModelConfig` of a config block `{variant, overrides}` (see `train.config.model_block`).
 
     `forced` fields (e.g. the tokenizer's vocab_size) win over the block's
     overrides; a conflicting explicit override is an error naming the field.
     """
-    overrides = dict(block.get("overrides", {}) or {})
+    overrides = block_overrides(block)
     for name, value in forced.items():
         if name in overrides and overrides[name] != value:
             raise ValueError(

@@ -14,6 +14,8 @@ override fails before anything compiles, naming the field.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from mbert_jax.parallel.mesh import default_mesh_config
@@ -36,9 +38,31 @@ def default_train_config() -> ml_collections.ConfigDict:
     )
 
 
+def _field_type(field: dataclasses.Field) -> type:
+    hint = str(field.type)
+    for name, t in (("bool", bool), ("int", int), ("float", float)):
+        if hint.startswith(name):
+            return t
+    return str
+
+
 def model_block(variant: str, **overrides) -> ml_collections.ConfigDict:
-    """`{variant: ..., overrides: {...}}`: a named variant with `ModelConfig` field overrides."""
-    return ml_collections.ConfigDict({"variant": variant, "overrides": dict(overrides)})
+    """`{variant: ..., overrides: {...}}`: a named variant with `ModelConfig` field overrides.
+
+    `overrides` holds every `ModelConfig` field, unset (None) unless given, so
+    any of them can be changed from the command line, typed:
+    `--config.model.overrides.remat=True`.
+    """
+    from mbert_jax.models.config import ModelConfig
+
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
+    if unknown:
+        raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)}")
+    fields = {
+        f.name: ml_collections.FieldReference(overrides.get(f.name), field_type=_field_type(f))
+        for f in dataclasses.fields(ModelConfig)
+    }
+    return ml_collections.ConfigDict({"variant": variant, "overrides": fields})
 
 
 def base_config(recipe: str) -> ml_collections.ConfigDict:

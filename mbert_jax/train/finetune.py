@@ -20,7 +20,7 @@ import numpy as np
 from mbert_jax import losses
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model, io
-from mbert_jax.models.variants import from_block
+from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.train.pretrain import masked_accuracy
 from mbert_jax.train.recipe import Recipe, Stage
 
@@ -101,7 +101,7 @@ class FinetuneRecipe(Recipe):
         )
         self.squad = self.data.squad
         self.regression = self.data.is_regression
-        overrides = dict(config.model.get("overrides", {}) or {})
+        overrides = block_overrides(config.model)
         overrides["num_labels"] = self.data.num_labels
         if pretrained_config is not None:
             bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
