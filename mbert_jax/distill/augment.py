@@ -1,0 +1,314 @@
+"""TinyBERT's task-data augmentation: word replacement by MLM and word-vector candidates.
+
+For each sentence, split into words as BERT's basic tokenizer does (the
+vocabulary's normalizer and pre-tokenizer), every replaceable word gets up
+to K candidates:
+
+- a single-piece word is replaced by [MASK] and the teacher's masked LM
+  gives its top-K tokens at that position (one batched, jitted MLM call per
+  `batch_size` masked copies, all sentences together; every call has the
+  same shapes, so it compiles once);
+- a multi-piece word gets its K nearest neighbours (cosine) in a word-vector
+  file the user gives (GloVe text format: `word v1 v2 ...` per line), or,
+  when none is given, among the whole-word tokens of the teacher's own
+  word-embedding table, measured from the mean of the word's piece
+  embeddings.
+
+Then each of N augmented sentences replaces each candidate word with
+probability p by a candidate drawn uniformly. Paper defaults p = 0.4,
+N = 20, K = 15. Everything is deterministic given the seed: the draws of
+sentence i come from a generator keyed by (seed, row, column), so they do
+not depend on batching.
+
+Choices and the official code (`data_augmentation.py`), paper default,
+official behaviour with `official=True`:
+- replaceable words are alphabetic (the official `_is_valid`); official mode
+  also skips English stop words;
+- the MLM input is `[CLS] masked sentence [SEP]`; official mode appends the
+  original sentence as segment B (`[CLS] masked [SEP] sentence [SEP]`);
+- candidates exclude special tokens and `##` continuation pieces *before*
+  the top-K (the official code filters `##` pieces after it, leaving fewer
+  than K), so a word has exactly K MLM candidates;
+- exactly N augmented sentences per text; official mode drops duplicates
+  (of each other and of the original), so it writes at most N;
+- output rows: the original row, then for each text column (both sides of
+  a pair task) its N variants with the other columns unchanged. Fixed
+  official bug: the official writer mutates the row while augmenting the
+  first column, so the second column's variants were paired with the last
+  variant of the first instead of the original.
+
+Command line (writes the augmented train.tsv and copies the other files):
+
+    python -m mbert_jax.distill.augment --task sst2 --data_dir glue/SST-2 \\
+        --mlm_teacher runs/bert_base/model --output_dir glue/SST-2-aug \\
+        [--word_vectors glove.6B.300d.txt] [--p 0.4 --n 20 --k 15 --seed 0]
+
+The TinyBERT task recipe calls `augmented_task_dir` (cached under the data
+cache directory, keyed by every input and setting) when
+`config.augment.enabled` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import ml_collections
+
+from mbert_jax.data.tokenizer import WordPieceTokenizer
+from mbert_jax.distill import teacher_student as ts
+from mbert_jax.distill.augment_words import (  # noqa: F401  (re-exported)
+    PAPER_K,
+    PAPER_N,
+    PAPER_P,
+    STOP_WORDS,
+    Augmenter,
+    WordVectors,
+    is_whole_word_token,
+)
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+def augment_config(**overrides) -> ml_collections.ConfigDict:
+    """The `config.augment` block of the TinyBERT task recipe."""
+    c = ml_collections.ConfigDict(
+        {
+            "enabled": False,
+            # A pretrained BERT model directory with an MLM head (empty: random, tests only).
+            "mlm_teacher": ts.teacher_block("bert_base"),
+            "word_vectors": "",  # GloVe text file; empty: the teacher's embedding table
+            "word_vectors_limit": 100_000,  # read the first rows only (the official code: 100k)
+            "p": PAPER_P,
+            "n": PAPER_N,
+            "k": PAPER_K,
+            "seed": 0,
+            "batch_size": 256,  # masked sentences per MLM call
+            "max_seq_length": 128,
+            "official": False,
+            "max_examples": 0,  # augment only the first rows (0: all; smoke runs)
+        }
+    )
+    for key, value in overrides.items():  # replace whole values (no recursive merge)
+        c[key] = value
+    return c
+
+
+# ------------------------------------------------------------------ task files
+def _task(name: str):
+    from mbert_jax.data import corpus_task, glue
+
+    return corpus_task.TASK if name == "stdlib" else glue.get_task(name)
+
+
+def source_dir(data_config) -> Path:
+    """The directory holding the task's TSV files."""
+    from mbert_jax.data import corpus_task, tokenized
+
+    if data_config.source not in ("tsv", "corpus"):
+        raise ValueError(
+            f"augmentation reads GLUE TSV files: config.data.source={data_config.source!r} "
+            "must be 'tsv' (or 'corpus' for the stdlib task)"
+        )
+    if data_config.data_dir:
+        return Path(data_config.data_dir).expanduser()
+    if data_config.task == "stdlib":
+        return corpus_task.task_dir(tokenized.resolve_cache_dir(data_config.cache_dir))
+    raise ValueError(f"config.data.data_dir: the directory of the {data_config.task} TSV files")
+
+
+def augment_task_files(
+    task_name: str,
+    src: Path,
+    dst: Path,
+    augmenter: Augmenter,
+    *,
+    n: int,
+    p: float,
+    seed: int,
+    max_examples: int = 0,
+) -> int:
+    """Write `dst/train.tsv` augmented (same layout as `src`'s) and copy the other files.
+
+    Only the first `max_examples` rows get variants when it is positive (the
+    other rows are copied as they are).
+
+    Returns:
+      The number of training rows written.
+    """
+    task = _task(task_name)
+    layout = task.splits["train"]
+    lines = (src / layout.file).read_text(encoding="utf-8").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    head, rows = (lines[:1], lines[1:]) if layout.header else ([], lines)
+    columns = [c for c in (layout.text_a, layout.text_b) if c is not None]
+    fields = [line.rstrip("\r").split("\t") for line in rows]
+    chosen = fields[:max_examples] if max_examples > 0 else fields
+    variants = {
+        c: augmenter.augment(
+            [f[c] for f in chosen], n=n, p=p, seed=seed, keys=[(r, c) for r in range(len(chosen))]
+        )
+        for c in columns
+    }
+    out = list(head)
+    for r, f in enumerate(fields):
+        out.append("\t".join(f))
+        if r >= len(chosen):
+            continue
+        for c in columns:
+            for v in variants[c][r]:
+                out.append("\t".join(v if i == c else x for i, x in enumerate(f)))
+    dst.mkdir(parents=True, exist_ok=True)
+    for other in src.iterdir():
+        if other.is_file() and other.name != layout.file and other.suffix == ".tsv":
+            shutil.copyfile(other, dst / other.name)
+    (dst / layout.file).write_text("\n".join(out) + "\n", encoding="utf-8")
+    return len(out) - len(head)
+
+
+def build_augmenter(augment_cfg, tokenizer: WordPieceTokenizer) -> Augmenter:
+    """The `Augmenter` of a `config.augment` block (loads the MLM teacher and word vectors)."""
+    spec = ts.load_model_block(
+        augment_cfg.mlm_teacher,
+        heads=("mlm",),
+        what="augment.mlm_teacher",
+        vocab_size=tokenizer.vocab_size,
+    )
+    if spec.vocab_file is not None:
+        from mbert_jax.data import check_same_vocab
+
+        check_same_vocab(spec.vocab_file, tokenizer)
+    vectors = None
+    if augment_cfg.word_vectors:
+        vectors = WordVectors.load(augment_cfg.word_vectors, augment_cfg.word_vectors_limit)
+    return Augmenter(
+        tokenizer,
+        spec.model,
+        spec.host_params(),
+        k=augment_cfg.k,
+        word_vectors=vectors,
+        batch_size=augment_cfg.batch_size,
+        max_seq_length=augment_cfg.max_seq_length,
+        official=augment_cfg.official,
+    )
+
+
+def _file_key(path: Path) -> list:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) -> Path:
+    """A directory with the task's files and an augmented train.tsv (built once, cached)."""
+    from mbert_jax.data import tokenized
+
+    src = source_dir(data_config)
+    train = src / _task(data_config.task).splits["train"].file
+    if not train.is_file():
+        raise ValueError(f"{train} does not exist: cannot augment the {data_config.task} task")
+    teacher = augment_cfg.mlm_teacher
+    parts = {
+        "task": data_config.task,
+        "train": _file_key(train),
+        "tokenizer": tokenizer.fingerprint,
+        "teacher": _file_key(Path(teacher.path) / "params.safetensors")
+        if teacher.path
+        else [teacher.variant, ts.overrides_of(teacher), teacher.seed],
+        "vectors": _file_key(Path(augment_cfg.word_vectors)) if augment_cfg.word_vectors else "",
+        **{
+            k: augment_cfg[k]
+            for k in (
+                "p",
+                "n",
+                "k",
+                "seed",
+                "max_seq_length",
+                "official",
+                "word_vectors_limit",
+                "max_examples",
+            )
+        },
+        "v": VERSION,
+    }
+    cache = tokenized.resolve_cache_dir(data_config.cache_dir)
+    directory = cache / f"augment-{data_config.task}-{tokenized.cache_key(parts)}"
+    if (directory / "meta.json").is_file():
+        return directory
+
+    def build(tmp: Path):
+        augmenter = build_augmenter(augment_cfg, tokenizer)
+        rows = augment_task_files(
+            data_config.task,
+            src,
+            tmp,
+            augmenter,
+            n=augment_cfg.n,
+            p=augment_cfg.p,
+            seed=augment_cfg.seed,
+            max_examples=augment_cfg.max_examples,
+        )
+        (tmp / "meta.json").write_text(json.dumps({**parts, "rows": rows}, default=str) + "\n")
+        log.info("augmented %s: %d training rows in %s", data_config.task, rows, directory)
+
+    return tokenized.write_atomic_dir(directory, build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mbert_jax.data import load_tokenizer
+    from mbert_jax.models import io
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mbert_jax.distill.augment", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--task", required=True, help="GLUE task name or 'stdlib'")
+    parser.add_argument("--data_dir", required=True, help="directory of the task's TSV files")
+    parser.add_argument("--mlm_teacher", required=True, help="pretrained BERT model directory")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--word_vectors", default="", help="GloVe text file (optional)")
+    parser.add_argument("--vocab_file", default="", help="default: the teacher's vocab.txt")
+    parser.add_argument("--p", type=float, default=PAPER_P)
+    parser.add_argument("--n", type=int, default=PAPER_N)
+    parser.add_argument("--k", type=int, default=PAPER_K)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--official", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    vocab = args.vocab_file or io.vocab_path(args.mlm_teacher)
+    if not vocab:
+        parser.error(f"{args.mlm_teacher} has no vocab.txt: pass --vocab_file")
+    cfg = augment_config(
+        enabled=True,
+        mlm_teacher=ts.teacher_block(path=args.mlm_teacher),
+        word_vectors=args.word_vectors,
+        p=args.p,
+        n=args.n,
+        k=args.k,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        max_seq_length=args.max_seq_length,
+        official=args.official,
+    )
+    augmenter = build_augmenter(cfg, load_tokenizer(vocab))
+    rows = augment_task_files(
+        args.task,
+        Path(args.data_dir),
+        Path(args.output_dir),
+        augmenter,
+        n=args.n,
+        p=args.p,
+        seed=args.seed,
+    )
+    print(f"wrote {rows} training rows to {Path(args.output_dir) / 'train.tsv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,428 @@
+"""TinyBERT (Jiao et al., 2020): general and task-specific transformer distillation.
+
+Student layer m learns from teacher layer g(m) (`layer_map`, default
+"uniform": g(m) = k m, k = L_T / L_S, the embedding output is layer 0):
+
+    L_attn = sum_{m=1..L_S} MSE(A_S^m, A_T^g(m))        pre-softmax scores, mean over heads
+    L_hidn = sum_{m=1..L_S} MSE(H_S^m W_h, H_T^g(m))
+    L_embd = MSE(E_S W_e, E_T)
+    L_pred = CE(z_T / t, z_S / t)                         (regression: MSE(z_S, z_T))
+
+each MSE the mean over its real entries (`mbert_jax.losses.tinybert`), and
+the objective `sum_k w_k L_k` over the stage's active terms.
+
+Modes (`config.distill.mode`):
+- "general": one stage of attention + hidden + embedding losses on
+  pretraining text, from a pre-trained (not fine-tuned) teacher; no
+  prediction loss. Trainable: `{"student": ..., "proj": ...}`; the saved
+  model is the student alone (encoder, no heads).
+- "task": a fine-tuned teacher (classifier head) on (augmented, see
+  `augment.py`) task data. Stage "intermediate": attention + hidden +
+  embedding losses (the student's classifier and pooler frozen); stage
+  "prediction": the soft cross-entropy at temperature t (projections frozen;
+  `hard_label` adds the ground-truth loss, used by the "w/o prediction"
+  ablation). The student starts from a general-distilled student
+  (`config.init_from`) or fresh. Evaluation reports the task's official metrics.
+
+Paper vs official code (paper default, official as an option):
+- Projections: the paper has W_e for the embeddings and one W_h for every
+  layer, without bias; the official code uses one `fit_dense` (with bias)
+  for both (`distill.shared_projection`, `distill.projection_bias`).
+- `distill.official_losses` reproduces the official loss reductions (scores
+  <= -100 zeroed in both maps instead of masking, averages over padding, the
+  prediction CE divided by the number of classes); the default counts only
+  real tokens and valid attention entries.
+- Official attention index i*k + k - 1 and hidden index i*k (0-based) are the
+  uniform map (`layer_map.py`).
+
+Layer-wise losses need the same number of heads in student and teacher
+(checked at construction); widths may differ (the projections).
+ALBERT-style students (shared layers) work unchanged: each application of
+the shared block is a layer with its own outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbert_jax import losses
+from mbert_jax.distill import teacher_student as ts
+from mbert_jax.distill.layer_map import all_hidden, layer_map
+from mbert_jax.losses import LossSum
+from mbert_jax.models import Model, io
+from mbert_jax.models.layers import EMBED, EMBED_IN
+from mbert_jax.models.variants import from_block
+from mbert_jax.train import inputs
+from mbert_jax.train.finetune import TUNABLE_FIELDS
+from mbert_jax.train.recipe import Recipe, Stage
+
+log = logging.getLogger(__name__)
+
+MODES = ("general", "task")
+INTERMEDIATE_LOSSES = ("attention", "hidden", "embedding")
+PREDICTION_LOSSES = ("prediction", "hard_label")
+
+
+class Projections(nn.Module):
+    """W_h (and W_e) mapping student widths to the teacher's: [d_S, d_T] (+ bias).
+
+    Parameters: `hidden` and `embedding`, or one `shared` (official `fit_dense`).
+    """
+
+    student_width: int
+    teacher_width: int
+    shared: bool = False
+    use_bias: bool = False
+    init_range: float = 0.02
+
+    @nn.compact
+    def __call__(self):
+        init = nn.with_logical_partitioning(
+            nn.initializers.normal(self.init_range), (EMBED_IN, EMBED)
+        )
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,))
+        out = {}
+        for name in ("shared",) if self.shared else ("hidden", "embedding"):
+            kernel = self.param(
+                f"{name}_kernel", init, (self.student_width, self.teacher_width), jnp.float32
+            )
+            bias = None
+            if self.use_bias:
+                bias = self.param(f"{name}_bias", bias_init, (self.teacher_width,), jnp.float32)
+            out[name] = (kernel, bias)
+        return out
+
+
+def projection(proj_params: dict, which: str) -> tuple[jax.Array, jax.Array | None]:
+    """(kernel, bias) of W_h ("hidden") or W_e ("embedding"); shared ones serve both."""
+    name = "shared" if "shared_kernel" in proj_params else which
+    return proj_params[f"{name}_kernel"], proj_params.get(f"{name}_bias")
+
+
+def layer_sum(per_layer: list[LossSum]) -> LossSum:
+    """Sum of the layers' means as one `LossSum` (the layers count the same items)."""
+    total = sum(x.total for x in per_layer)
+    return LossSum(total, per_layer[0].count)
+
+
+def intermediate_losses(
+    student_out, teacher_out, proj_params, mapping, attention_mask, weights, official
+) -> dict[str, LossSum]:
+    """The active layer-wise losses between two `EncoderOutput`s (see the module docstring).
+
+    Args:
+      student_out, teacher_out: encoder outputs with hidden states and attentions.
+      proj_params: the `Projections` parameters.
+      mapping: `layer_map(...)`: teacher layer of each student layer 0..L_S.
+      attention_mask: [batch, length] ints, 0 at padding.
+      weights: the stage's loss weights (only their keys matter here).
+      official: the official code's reductions.
+    """
+    out = {}
+    s_layers = range(1, len(mapping))
+    if "attention" in weights:
+        out["attention"] = layer_sum(
+            [
+                losses.tinybert_attention_loss(
+                    student_out.attention_scores[m - 1],
+                    teacher_out.attention_scores[mapping[m] - 1],
+                    attention_mask=attention_mask,
+                    official=official,
+                )
+                for m in s_layers
+            ]
+        )
+    s_hidden, t_hidden = all_hidden(student_out), all_hidden(teacher_out)
+    if "hidden" in weights:
+        kernel, bias = projection(proj_params, "hidden")
+        out["hidden"] = layer_sum(
+            [
+                losses.tinybert_hidden_loss(
+                    s_hidden[m],
+                    t_hidden[mapping[m]],
+                    projection=kernel,
+                    projection_bias=bias,
+                    attention_mask=attention_mask,
+                    official=official,
+                )
+                for m in s_layers
+            ]
+        )
+    if "embedding" in weights:
+        kernel, bias = projection(proj_params, "embedding")
+        out["embedding"] = losses.tinybert_embedding_loss(
+            s_hidden[0],
+            t_hidden[0],
+            projection=kernel,
+            projection_bias=bias,
+            attention_mask=attention_mask,
+            official=official,
+        )
+    return out
+
+
+def prediction_losses(
+    student_logits, teacher_logits, batch, weights, *, temperature, regression, official
+) -> dict[str, LossSum]:
+    """Prediction-layer distillation (and the optional hard-label loss) on the valid rows."""
+    valid = batch["valid"].astype(jnp.float32)
+    out = {}
+    if "prediction" in weights:
+        if regression:  # official task_distill.py: MSE between the predictions
+            err = jnp.square(
+                student_logits[:, 0].astype(jnp.float32)
+                - jax.lax.stop_gradient(teacher_logits[:, 0]).astype(jnp.float32)
+            )
+            out["prediction"] = LossSum(jnp.sum(err * valid), jnp.sum(valid))
+        else:
+            out["prediction"] = losses.tinybert_prediction_loss(
+                student_logits,
+                teacher_logits,
+                temperature=temperature,
+                weights=valid,
+                official=official,
+            )
+    if "hard_label" in weights:
+        out["hard_label"] = ts.task_metrics_from_logits(student_logits, batch, regression)["loss"]
+    return out
+
+
+def active(weights) -> dict[str, float]:
+    return {k: float(v) for k, v in dict(weights).items() if float(v) != 0.0}
+
+
+class TinyBertRecipe(Recipe):
+    """General (`distill.mode="general"`) or task-specific (`"task"`) TinyBERT distillation."""
+
+    def __init__(self, config):
+        self.config = config
+        d = config.distill
+        if d.mode not in MODES:
+            raise ValueError(f"config.distill.mode={d.mode!r}: one of {MODES}")
+        self.mode = d.mode
+        self.official = bool(d.official_losses)
+        self.temperature = float(d.get("temperature", 1.0))
+        self.task = None
+        if self.mode == "general":
+            data = ts.with_teacher_vocab(config.data, config.teacher.path)
+            self.inputs = inputs.pretraining_inputs(data)
+            vocab_size, num_labels, heads = self.inputs.vocab_size, None, ()
+        else:
+            from mbert_jax.distill import augment
+
+            prepare = None
+            if config.augment.enabled:
+                prepare = lambda tok: augment.augmented_task_dir(config.data, config.augment, tok)
+            self.task = ts.TaskSetup(config.data, config.teacher.path, prepare=prepare)
+            vocab_size, num_labels = self.task.tokenizer.vocab_size, self.task.num_labels
+            heads = ("classifier",)
+            self.predict, self.evaluator = self._predict, self.task.data.evaluator
+        self.heads = heads
+        self.teacher_spec = ts.load_model_block(
+            config.teacher, heads=heads, vocab_size=vocab_size, num_labels=num_labels
+        )
+        self.teacher_model = self.teacher_spec.model
+        self.student_config = self._student_config(vocab_size, num_labels)
+        self.student = Model(self.student_config, heads=heads)
+        s, t = self.student_config, self.teacher_spec.config
+        self.mapping = layer_map(
+            d.layer_map if isinstance(d.layer_map, str) else tuple(d.layer_map),
+            s.num_layers,
+            t.num_layers,
+        )
+        if s.num_heads != t.num_heads and active(d.loss_weights).get("attention"):
+            raise ValueError(
+                f"the attention loss compares maps head by head: the student has {s.num_heads} "
+                f"heads and the teacher {t.num_heads}; match them or set "
+                "config.distill.loss_weights.attention=0"
+            )
+        self.projections = Projections(
+            s.hidden_size,
+            t.hidden_size,
+            shared=bool(d.shared_projection),
+            use_bias=bool(d.projection_bias),
+            init_range=s.initializer_range,
+        )
+
+    def _student_config(self, vocab_size, num_labels):
+        cfg = self.config
+        overrides = ts.overrides_of(cfg.student)
+        if num_labels is not None:
+            overrides["num_labels"] = num_labels
+        if cfg.get("init_from"):
+            stored, _, _ = io.load_model(cfg.init_from)
+            bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
+            if bad:
+                raise ValueError(
+                    f"config.student.overrides {bad} would change the architecture of "
+                    f"config.init_from={cfg.init_from}; only {TUNABLE_FIELDS} may be set"
+                )
+            if stored.vocab_size != vocab_size:
+                raise ValueError(
+                    f"config.init_from={cfg.init_from} has vocab_size {stored.vocab_size}, the "
+                    f"data {vocab_size}"
+                )
+            return stored.replace(**overrides)
+        return from_block(
+            {"variant": cfg.student.variant, "overrides": overrides}, vocab_size=vocab_size
+        )
+
+    # ------------------------------------------------------------------ stages
+    def stages(self) -> list[Stage]:
+        d = self.config.distill
+        weights = active(d.loss_weights)
+        inter = {k: w for k, w in weights.items() if k in INTERMEDIATE_LOSSES}
+        pred = {k: w for k, w in weights.items() if k in PREDICTION_LOSSES}
+        if self.mode == "general":
+            if pred:
+                raise ValueError(
+                    f"general distillation has no task head: set {sorted(pred)} weights to 0"
+                )
+            if not inter:
+                raise ValueError("config.distill.loss_weights: no active loss")
+            return [Stage("general", int(self.config.train.steps), inter, self._rules(inter))]
+        frozen_heads = ["student/classifier/.*"]
+        if self.student_config.use_pooler:
+            frozen_heads.append("student/encoder/pooler/.*")
+        stages = []
+        if inter and d.intermediate_steps > 0:
+            rules = tuple((p, None) for p in frozen_heads) + self._rules(inter)
+            stages.append(
+                Stage(
+                    "intermediate",
+                    int(d.intermediate_steps),
+                    inter,
+                    rules,
+                    learning_rate=float(d.intermediate_learning_rate),
+                )
+            )
+        if pred and d.prediction_steps > 0:
+            stages.append(
+                Stage(
+                    "prediction",
+                    int(d.prediction_steps),
+                    pred,
+                    (("proj/.*", None), (".*", 1.0)),
+                    learning_rate=float(d.prediction_learning_rate),
+                )
+            )
+        if not stages:
+            raise ValueError("config.distill: every stage has zero steps or no active loss")
+        return stages
+
+    def _rules(self, weights) -> tuple:
+        """Train the student and the projections its active losses use; freeze the others."""
+        if self.config.distill.shared_projection:
+            used = "hidden" in weights or "embedding" in weights
+            return (("proj/.*", 1.0 if used else None), (".*", 1.0))
+        return (
+            ("proj/hidden_.*", 1.0 if "hidden" in weights else None),
+            ("proj/embedding_.*", 1.0 if "embedding" in weights else None),
+            (".*", 1.0),
+        )
+
+    # ------------------------------------------------------------------ params
+    def init_params(self, rng):
+        r_student, r_proj = jax.random.split(rng)
+        return {
+            "student": ts.boxed_params(self.student, r_student),
+            "proj": self.projections.init(r_proj)["params"],
+        }
+
+    def initial_overrides(self, params):
+        path = self.config.get("init_from")
+        if not path:
+            return params
+        _, _, stored = io.load_model(path)
+        student = dict(params["student"])
+        want = jax.tree.map(jnp.shape, student["encoder"])
+        have = jax.tree.map(jnp.shape, stored["encoder"])
+        if want != have:
+            raise ValueError(f"config.init_from={path}: its encoder does not fit the student")
+        student["encoder"] = jax.tree.map(jnp.asarray, stored["encoder"])
+        log.info("student encoder initialized from %s", path)
+        return {**params, "student": student}
+
+    def teacher(self):
+        return self.teacher_spec.abstract()
+
+    def load_teacher_params(self):
+        return self.teacher_spec.host_params()
+
+    # ------------------------------------------------------------------ losses
+    def _forward(self, model, params, batch, *, train, rng):
+        return model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["token_type_ids"],
+            batch.get("position_ids"),
+            deterministic=not train,
+            rngs={"dropout": rng} if train else None,
+            output_hidden_states=True,
+            output_attentions=True,
+            run_heads=self.heads,
+        )
+
+    def compute_losses(self, stage, params, teacher_params, batch, *, train, rng=None):
+        s_out = self._forward(self.student, params["student"], batch, train=train, rng=rng)
+        t_out = self._forward(self.teacher_model, teacher_params, batch, train=False, rng=None)
+        metrics = intermediate_losses(
+            s_out.encoder,
+            t_out.encoder,
+            params["proj"],
+            self.mapping,
+            batch["attention_mask"],
+            stage.loss_weights,
+            self.official,
+        )
+        if self.task is not None:
+            metrics.update(
+                prediction_losses(
+                    s_out.logits,
+                    t_out.logits,
+                    batch,
+                    stage.loss_weights,
+                    temperature=self.temperature,
+                    regression=self.task.regression,
+                    official=self.official,
+                )
+            )
+            if not train:
+                task = ts.task_metrics_from_logits(s_out.logits, batch, self.task.regression)
+                metrics.update({f"task_{k}": v for k, v in task.items()})
+        return metrics
+
+    def loss(self, stage, params, teacher_params, batch, rng):
+        metrics = self.compute_losses(stage, params, teacher_params, batch, train=True, rng=rng)
+        objective = sum(w * metrics[k].mean() for k, w in stage.loss_weights.items())
+        return objective, metrics
+
+    def evaluate(self, stage, params, teacher_params, batch):
+        return self.compute_losses(stage, params, teacher_params, batch, train=False)
+
+    def _predict(self, params, batch) -> dict[str, jax.Array]:
+        out = self._forward(self.student, params["student"], batch, train=False, rng=None)
+        return {"logits": out.logits.astype(jnp.float32)}
+
+    # -------------------------------------------------------------------- data
+    def train_data(self, process_index, process_count):
+        if self.task is not None:
+            return self.task.data.train
+        return self.inputs.train(process_index, process_count)
+
+    def eval_data(self, process_index, process_count):
+        if self.task is not None:
+            return self.task.data.eval_iterator()
+        return self.inputs.eval(process_index, process_count)
+
+    def vocab_file(self):
+        return self.task.vocab if self.task is not None else self.inputs.vocab_file
+
+    def final_model(self, params: Any):
+        return self.student_config, self.heads, params["student"]

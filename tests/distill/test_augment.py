@@ -1,0 +1,190 @@
+"""TinyBERT augmentation on a hand-built vocabulary and a tiny teacher with known answers.
+
+The teacher's MLM output bias is set so that its top tokens do not depend
+on the context (dog > red > big, after [UNK] and ##s, which must be
+skipped), and its word embeddings are set so that the nearest whole-word
+tokens of the mean of `un` + `##happy` are known: sad, glum, happy, un.
+"""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from mbert_jax.data import glue
+from mbert_jax.data.report import InputReport
+from mbert_jax.data.tokenizer import WordPieceTokenizer
+from mbert_jax.distill import augment
+from mbert_jax.models import Model, get_config, init_params, io
+
+VOCAB_TEXT = "[PAD] [UNK] [CLS] [SEP] [MASK] the cat sat on mat dog red big happy sad glum un"
+VOCAB = [*VOCAB_TEXT.split(), "##happy", "##s", ".", ",", "a"]
+SENTENCE = "The cat sat on the mat, unhappy 42."
+WORDS = ["the", "cat", "sat", "on", "the", "mat", ",", "unhappy", "42", "."]
+MLM_TOP = ["dog", "red", "big"]
+TABLE_TOP = ["sad", "glum", "happy"]
+
+
+def teacher():
+    cfg = get_config(
+        "bert_base_micro",
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    model = Model(cfg, heads=("mlm",))
+    params = jax.device_get(init_params(model, jax.random.PRNGKey(0)))
+    bias = np.zeros(len(VOCAB), np.float32)
+    for tok, value in {"[UNK]": 500, "##s": 450, "dog": 300, "red": 250, "big": 200}.items():
+        bias[VOCAB.index(tok)] = value
+    params["mlm"]["output_bias"] = bias
+    rng = np.random.default_rng(0)
+    table = np.zeros((len(VOCAB), 16), np.float32)
+    table[:, 2:] = 0.1 * rng.normal(size=(len(VOCAB), 14))  # orthogonal to dims 0-1 below
+    for tok, vec in {
+        "un": (1.0, 0.0),
+        "##happy": (0.0, 1.2),
+        "sad": (1.0, 1.2),
+        "glum": (1.0, 0.5),
+        "happy": (0.0, 1.0),
+    }.items():
+        table[VOCAB.index(tok)] = 0.0
+        table[VOCAB.index(tok), :2] = vec
+    params["encoder"]["embeddings"]["word_embeddings"]["embedding"] = table
+    return cfg, model, params
+
+
+@pytest.fixture(scope="module")
+def parts():
+    tok = WordPieceTokenizer(tuple(VOCAB), lowercase=True)
+    cfg, model, params = teacher()
+    return tok, cfg, model, params
+
+
+def augmenter(parts, **kw):
+    tok, _, model, params = parts
+    kw.setdefault("k", 3)
+    kw.setdefault("max_seq_length", 32)
+    return augment.Augmenter(tok, model, params, **kw)
+
+
+def test_words_single_and_multi_piece_candidates(parts):
+    a = augmenter(parts)
+    assert a.words(SENTENCE) == WORDS
+    assert list(a.tok.tokens("unhappy")) == ["un", "##happy"]
+    (cands,) = a.candidates([WORDS])
+    for word, c in zip(WORDS, cands):
+        if word == "unhappy":  # multi-piece: nearest tokens of the mean piece embedding
+            assert c == TABLE_TOP
+        elif word.isalpha():  # single-piece: the MLM's top-K, specials and ## pieces skipped
+            assert c == MLM_TOP
+        else:
+            assert c == []  # punctuation and numbers are kept
+
+
+def test_word_vector_file_serves_multi_piece_words(parts, tmp_path):
+    glove = tmp_path / "glove.txt"
+    glove.write_text("unhappy 1 0 0\nsad 0.9 0.1 0\nglum 0.5 0.5 0\njoyful -1 0 0\ncat 0 0 1\n")
+    vectors = augment.WordVectors.load(glove)
+    a = augmenter(parts, k=2, word_vectors=vectors)
+    (cands,) = a.candidates([WORDS + ["unhappys"]])
+    assert cands[WORDS.index("unhappy")] == ["sad", "glum"]
+    assert cands[-1] == []  # multi-piece and not in the file: kept
+    assert cands[1] == MLM_TOP[:2]  # single-piece words still use the MLM (K = 2)
+
+
+def test_mlm_calls_are_batched_without_changing_results(parts):
+    sentences = [WORDS, ["a", "big", "dog"], WORDS[:3]]
+    one = augmenter(parts, batch_size=2).candidates(sentences)
+    many = augmenter(parts, batch_size=64).candidates(sentences)
+    assert one == many
+
+
+def test_p_and_n_semantics(parts):
+    a = augmenter(parts)
+    original = " ".join(WORDS)
+    (same,) = a.augment([SENTENCE], n=5, p=0.0, seed=0)
+    assert same == [original] * 5
+    (all_replaced,) = a.augment([SENTENCE], n=7, p=1.0, seed=0)
+    assert len(all_replaced) == 7
+    for variant in all_replaced:
+        words = variant.split(" ")
+        assert len(words) == len(WORDS)
+        for w, new in zip(WORDS, words):
+            expected = TABLE_TOP if w == "unhappy" else MLM_TOP if w.isalpha() else [w]
+            assert new in expected
+    (some,) = a.augment([SENTENCE], n=400, p=0.4, seed=1)
+    replaceable = [i for i, w in enumerate(WORDS) if w.isalpha()]
+    changed = [v.split(" ")[i] != WORDS[i] for v in some for i in replaceable]
+    assert np.mean(changed) == pytest.approx(0.4, abs=0.03)
+    drawn = {v.split(" ")[1] for v in some} - {"cat"}
+    assert drawn == set(MLM_TOP)  # uniform over the K candidates: all of them appear
+
+
+def test_deterministic_given_the_seed_and_independent_of_batching(parts):
+    a = augmenter(parts)
+    texts = [SENTENCE, "a big dog sat on the mat"]
+    first = a.augment(texts, n=6, p=0.5, seed=3, keys=[(0,), (1,)])
+    assert first == a.augment(texts, n=6, p=0.5, seed=3, keys=[(0,), (1,)])
+    assert first != a.augment(texts, n=6, p=0.5, seed=4, keys=[(0,), (1,)])
+    assert a.augment(texts[1:], n=6, p=0.5, seed=3, keys=[(1,)]) == first[1:]
+
+
+def test_official_mode_skips_stop_words_and_drops_repeats(parts):
+    a = augmenter(parts, official=True)
+    (cands,) = a.candidates([WORDS])
+    assert cands[0] == [] and cands[3] == []  # "the", "on": stop words
+    assert cands[1] == MLM_TOP  # the masked sentence is followed by the original one
+    (variants,) = a.augment([SENTENCE], n=5, p=0.0, seed=0)
+    assert variants == []  # every variant repeats the original
+    (variants,) = a.augment([SENTENCE], n=30, p=0.5, seed=0)
+    assert len(variants) == len(set(variants)) <= 30
+
+
+def write_glue(directory: Path, name: str, header: str, rows: list[str]):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_task_files_keep_the_layout_and_pair_each_side_with_the_original(parts, tmp_path):
+    a = augmenter(parts)
+    sst = tmp_path / "sst"
+    write_glue(sst, "train.tsv", "sentence\tlabel", ["the cat sat\t1", "a big dog\t0"])
+    write_glue(sst, "dev.tsv", "sentence\tlabel", ["the mat\t1"])
+    rows = augment.augment_task_files("sst2", sst, tmp_path / "sst_aug", a, n=3, p=1.0, seed=0)
+    assert rows == 2 * (1 + 3)
+    examples = glue.read_split(glue.get_task("sst2"), tmp_path / "sst_aug", "train", InputReport())
+    assert [e.label for e in examples] == [1] * 4 + [0] * 4
+    assert examples[0].text_a == "the cat sat" and examples[4].text_a == "a big dog"
+    assert (tmp_path / "sst_aug/dev.tsv").read_text() == (sst / "dev.tsv").read_text()
+
+    mrpc = tmp_path / "mrpc"
+    header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+    write_glue(mrpc, "train.tsv", header, ["1\t7\t8\tthe cat sat\tthe dog sat"])
+    augment.augment_task_files("mrpc", mrpc, tmp_path / "mrpc_aug", a, n=2, p=1.0, seed=0)
+    ex = glue.read_split(glue.get_task("mrpc"), tmp_path / "mrpc_aug", "train", InputReport())
+    assert len(ex) == 1 + 2 + 2
+    assert all(e.text_b == "the dog sat" for e in ex[1:3])  # side A varied, B original
+    assert all(e.text_a == "the cat sat" for e in ex[3:5])  # side B varied, A original
+    assert all(e.text_b != "the dog sat" for e in ex[3:5])
+
+
+def test_command_line_writes_the_augmented_directory(parts, tmp_path):
+    tok, cfg, _, params = parts
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    io.save_model(tmp_path / "bert", cfg, ("mlm",), params, vocab)
+    src = tmp_path / "sst"
+    write_glue(src, "train.tsv", "sentence\tlabel", ["the cat sat\t1"])
+    argv = ["--task", "sst2", "--data_dir", str(src), "--mlm_teacher", str(tmp_path / "bert")]
+    argv += ["--output_dir", str(tmp_path / "out"), "--n", "4", "--k", "2", "--p", "1.0"]
+    assert augment.main(argv) == 0
+    lines = (tmp_path / "out/train.tsv").read_text().splitlines()
+    assert lines[0] == "sentence\tlabel" and len(lines) == 1 + 1 + 4
+    assert all(line.endswith("\t1") for line in lines[1:])
+    for line in lines[2:]:
+        assert all(w in MLM_TOP[:2] for w in line.split("\t")[0].split(" "))
