@@ -53,11 +53,32 @@ def plan_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def quickstart_main(argv: list[str]) -> int:
+    from mbert_jax.quickstart import main
+
+    return main(argv)
+
+
+def export_main(argv: list[str]) -> int:
+    from mbert_jax.export.cli import main
+
+    return main(argv)
+
+
+def data_main(argv: list[str]) -> int:
+    from mbert_jax.data.__main__ import main
+
+    return main(argv)
+
+
 COMMANDS = {
     "describe": describe_main,
     "train": train_main,
     "sweep": sweep_main,
     "plan": plan_main,
+    "quickstart": quickstart_main,
+    "export": export_main,
+    "data": data_main,
 }
 
 

@@ -7,12 +7,14 @@ The step is compiled ahead of time for `--devices` simulated CPU devices
 (`--xla_force_host_platform_device_count`), from abstract inputs only: no
 parameter is allocated and no data is read (the data block is replaced by
 random batches of the same shapes). XLA's SPMD partitioner splits the step
-exactly as it would on the pod, so the per-device argument / temporary
-sizes and FLOPs are those of the real job, up to the backend's own
-layouts and fusion choices (TPU and GPU compilers differ from the CPU one in
-temporaries; treat the temp figure as an estimate and the parameter and
-optimizer-state figures as exact). This is how to size a pod job before
-paying for it.
+exactly as it would on the pod: the per-device argument sizes (parameters,
+optimizer state, teacher, batch) and the FLOPs are those of the real job.
+The temporaries are XLA:CPU's buffer assignment, an upper bound for a TPU or
+GPU: its scheduler does not exploit rematerialization (measured here: with
+`--config.model.overrides.remat=True` the FLOPs grow by the recomputation
+while the CPU temp size stays put; a plain `jax.checkpoint` MLP shows the
+same), so read it as the no-remat activation memory. This is how to size a
+pod job before paying for it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,52 @@
+"""The quickstart: the whole MobileBERT recipe at micro size on the embedded corpus.
+
+    mbert-jax quickstart --workdir runs/quickstart
+
+runs, on a 2-core CPU, offline, in about 15 minutes: teacher pretraining
+(micro IB-BERT, MLM + NSP), progressive knowledge transfer into a micro
+MobileBERT (one stage per layer) then pre-training distillation, the same
+student from scratch for the same number of steps, fine-tuning of all three
+on the `stdlib` task, TFLite export (float and int8) with verification, and
+WORKDIR/report.md. Every phase resumes from its checkpoint when the command
+is run again; finished phases are skipped.
+
+Options: `tiny` (a few steps of everything: the end-to-end test).
+Any field can be changed: `--config.distill_stage_steps=100`.
+"""
+
+import ml_collections
+
+from mbert_jax.train.config import parse_arg
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, tiny=False)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Pretraining data shared by every phase (the embedded corpus, its learned vocabulary).
+    c.global_batch_size = 32
+    c.max_seq_length = 64
+    c.max_predictions_per_seq = 10
+    c.teacher_steps = 1200
+    c.teacher_learning_rate = 2e-3
+    c.distill_stage_steps = 100  # per layer stage of progressive transfer (4 layers)
+    c.pd_steps = 400  # pre-training distillation
+    c.distill_learning_rate = 2e-3
+    c.scratch_learning_rate = 2e-3
+    c.finetune_steps = 300
+    c.finetune_learning_rate = 1e-3
+    c.finetune_batch_size = 32
+    c.export_quantize = ("none", "int8")
+    c.export_seq_len = 64
+    c.num_calibration = 100
+    c.log_every = 50
+    if arg.tiny:
+        c.global_batch_size = 8
+        c.teacher_steps = 60
+        c.distill_stage_steps = 5
+        c.pd_steps = 20
+        c.finetune_steps = 20
+        c.finetune_batch_size = 16
+        c.num_calibration = 8
+        c.log_every = 10
+    return c

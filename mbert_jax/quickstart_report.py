@@ -1,0 +1,206 @@
+"""The quickstart's last phases: TFLite export of the fine-tuned models, report.md and plots."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from mbert_jax.models import io
+from mbert_jax.models.summary import param_counts
+from mbert_jax.train.metrics import read_metrics
+
+MODELS = ("teacher", "distilled", "scratch")
+LABELS = {
+    "teacher": "teacher (IB-BERT)",
+    "distilled": "distilled student",
+    "scratch": "scratch student",
+}
+
+
+def _task_examples(model_dir: Path, seq_len: int, split: str, limit: int | None = None):
+    """The stdlib task's examples of `split`, tokenized with the model's vocabulary."""
+    from mbert_jax.data import corpus_task
+    from mbert_jax.export.data import tokenize
+
+    rows = corpus_task.build_examples()[split][:limit]
+    ex = tokenize([(text,) for text, _ in rows], model_dir / io.VOCAB_FILE, seq_len)
+    ex.labels["labels"] = np.array(
+        [corpus_task.PACKAGES.index(label) for _, label in rows], np.int32
+    )
+    return ex
+
+
+def export_all(workdir: Path, q) -> dict[str, dict[str, dict]]:
+    """Export every fine-tuned model in each of `q.export_quantize`; returns their reports."""
+    from mbert_jax.export.exporter import export_tflite, load_for_export
+
+    out_dir = workdir / "export"
+    out_dir.mkdir(exist_ok=True)
+    summary_path = out_dir / "exports.json"
+    done = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for name in MODELS:
+        model_dir = workdir / f"finetune_{name}" / "model"
+        for quantize in q.export_quantize:
+            key = f"{name}/{quantize}"
+            path = out_dir / f"{name}_{quantize}.tflite"
+            if key in done and path.is_file():
+                continue
+            print(f"== export {name} ({quantize}) -> {path}", flush=True)
+            calibration = (
+                _task_examples(model_dir, q.export_seq_len, "train", q.num_calibration)
+                if quantize == "int8"
+                else None
+            )
+            report = export_tflite(
+                load_for_export(model_dir),
+                "classification",
+                path,
+                quantize=quantize,
+                seq_len=q.export_seq_len,
+                calibration=calibration,
+                verify_examples=_task_examples(model_dir, q.export_seq_len, "dev"),
+                verify_source="stdlib dev split",
+                threads=(1,),
+            )
+            print("\n".join(report.lines()), flush=True)
+            done[key] = {
+                "path": str(path),
+                "size_bytes": report.size_bytes,
+                "max_abs_diff": report.max_abs_diff,
+                "agreement": report.agreement,
+                "accuracy_jax": report.metric_jax,
+                "accuracy_tflite": report.metric_tflite,
+                "latency_ms": report.latency_ms.get(1),
+            }
+            summary_path.write_text(json.dumps(done, indent=2) + "\n")
+    return done
+
+
+def _results(run_dir: Path) -> dict:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def plot_losses(workdir: Path) -> tuple[Path, Path]:
+    """losses.png (every stage's objective) and layer_losses.png (per-layer transfer losses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, name in zip(axes, MODELS):
+        rows = read_metrics(workdir / name, "train")
+        stages = list(dict.fromkeys(r["stage"] for r in rows))
+        for stage in stages:
+            pts = [(r["step"], r["objective"]) for r in rows if r["stage"] == stage]
+            ax.plot(*zip(*pts), label=stage, marker="." if len(pts) < 4 else None)
+        ax.set_title(LABELS[name])
+        ax.set_xlabel("step")
+        ax.set_ylabel("stage objective")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    losses_png = workdir / "losses.png"
+    fig.savefig(losses_png, dpi=110)
+    plt.close(fig)
+
+    rows = read_metrics(workdir / "distilled", "train")
+    terms = sorted(
+        {k for r in rows for k in r if re.fullmatch(r"(fmt|at)_layer_\d+", k)},
+        key=lambda k: (k.split("_")[0], int(k.rsplit("_", 1)[1])),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, kind, title in zip(axes, ("fmt", "at"), ("feature-map transfer", "attention transfer")):
+        for term in (t for t in terms if t.startswith(kind + "_")):
+            pts = [(r["step"], r[term]) for r in rows if term in r]
+            ax.plot(*zip(*pts), label=term.replace(f"{kind}_", ""), marker=".")
+        ax.set_title(f"{title} per layer (distilled student)")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    layers_png = workdir / "layer_losses.png"
+    fig.savefig(layers_png, dpi=110)
+    plt.close(fig)
+    return losses_png, layers_png
+
+
+def table(workdir: Path, mlm: dict, exports: dict, quantize: tuple[str, ...]) -> str:
+    head = [
+        "model",
+        "params (emb+blocks)",
+        "params (all)",
+        "held-out MLM acc",
+        "perplexity",
+        "stdlib acc (fine-tuned)",
+    ]
+    for qz in quantize:
+        label = "float" if qz == "none" else qz
+        head += [f"TFLite {label} MB", f"TFLite {label} ms", f"TFLite {label} acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in MODELS:
+        config = io.load_model(workdir / name / "model")[0]
+        counts = param_counts(config)
+        task = _results(workdir / f"finetune_{name}").get("eval", {})
+        row = [
+            LABELS[name],
+            f"{counts.backbone / 1e6:.3f}M",
+            f"{counts.total / 1e6:.3f}M",
+            f"{mlm[name]['mlm_accuracy']:.4f}",
+            f"{mlm[name]['perplexity']:.1f}",
+            f"{task.get('accuracy', float('nan')):.4f}",
+        ]
+        for qz in quantize:
+            e = exports.get(f"{name}/{qz}", {})
+            row += [
+                f"{e.get('size_bytes', float('nan')) / 1e6:.3f}",
+                f"{e.get('latency_ms') or float('nan'):.2f}",
+                f"{(e.get('accuracy_tflite') or float('nan')) / 100:.4f}",
+            ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(workdir: Path, q, mlm: dict, exports: dict) -> Path:
+    losses_png, layers_png = plot_losses(workdir)
+    rows = table(workdir, mlm, exports, tuple(q.export_quantize))
+    winner = mlm["distilled"]["mlm_accuracy"] > mlm["scratch"]["mlm_accuracy"]
+    teacher_steps = q.teacher_steps
+    layers = io.load_model(workdir / "distilled" / "model")[0].num_layers
+    student_steps = layers * q.distill_stage_steps + q.pd_steps
+    text = f"""# mbert_jax quickstart report
+
+The MobileBERT recipe at micro size on the embedded corpus (Python standard
+library docstrings): a micro IB-BERT teacher pretrained for {teacher_steps} steps,
+progressive knowledge transfer into a micro MobileBERT ({layers} layer stages of
+{q.distill_stage_steps} steps) then {q.pd_steps} steps of pre-training distillation,
+and the same student trained from scratch for the same {student_steps} steps.
+Batches of {q.global_batch_size} x {q.max_seq_length} tokens. All three were then
+fine-tuned for {q.finetune_steps} steps on the `stdlib` task (which of 6 standard-library
+packages a passage documents; chance 1/6) and exported to TFLite.
+
+{rows}
+
+- Held-out MLM accuracy and perplexity: every masked position of the held-out
+  documents (same batches and masks for the three models); perplexity is
+  exp(mean cross-entropy).
+- Parameters: embeddings + blocks (the MobileBERT paper's convention), and
+  every parameter of the pretraining checkpoint (with the MLM and NSP heads).
+- TFLite: the fine-tuned classifiers, batch 1 x {q.export_seq_len} tokens, median
+  latency on 1 thread of this CPU (LiteRT interpreter); accuracy of the
+  exported file on the stdlib dev split.
+- Distilled student {"beats" if winner else "does NOT beat"} the scratch student on
+  held-out MLM accuracy ({mlm["distilled"]["mlm_accuracy"]:.4f} vs
+  {mlm["scratch"]["mlm_accuracy"]:.4f}).
+
+![loss of every stage]({losses_png.name})
+
+![per-layer transfer losses]({layers_png.name})
+"""
+    path = workdir / "report.md"
+    path.write_text(text)
+    return path
