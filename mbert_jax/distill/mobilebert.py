@@ -1,0 +1,358 @@
+"""Recipe: MobileBERT task-agnostic distillation from an IB-BERT teacher.
+
+`MobileBertRecipe(config)` ("distill_mobilebert") trains `config.student`
+(a MobileBERT of the zoo with MLM and NSP heads) from the teacher in the
+model directory `config.teacher.path` (e.g. WORKDIR/model of
+configs/pretrain_ibbert.py), following `config.distill` (PKT / JKT / AKT and
+PD; the strategies, rules, schedules and the paper-vs-official options are
+described in `mobilebert_stages.py`, which builds the stages).
+
+Config blocks it reads:
+
+    student   model block: {variant, overrides}; vocab_size comes from the data
+    teacher   {path, variant, overrides, dtype}: a model directory, or (empty
+              path: tests and smoke runs only, with a warning) a randomly
+              initialized `variant` (`host_init`, seeded by config.train.seed);
+              dtype "bfloat16" holds and runs it in bf16
+    distill   `mobilebert_stages.default_distill_config()`
+    data      as pretraining (`train.inputs`); with a teacher directory that has
+              a vocab.txt, the data uses it (and checks it) unless vocab_file is set
+
+Fit. Before anything is built, `check_fit` (`mobilebert_teacher.py`)
+requires what the transfer needs: the same block width B (feature maps; the
+copied MLM head and embedding transformation are B wide), the same number of
+heads (attention maps, unless `attention_factor=0`), the same embedding width
+E, embedding transform, token-type and position tables (copied), a possible
+layer map, and the same vocabulary as the data. Each error names the config
+field to change.
+
+Initial overrides (fresh runs only): the student's word, position and
+token-type tables, embedding transformation and the whole MLM head (transform,
+its LayerNorm, `extra_output_weights`, output bias) are copied from the
+teacher; the embedding norm too when both use the same normalization type.
+Otherwise (IB-BERT LayerNorm, MobileBERT NoNorm) copying the parameters would
+give different functions, so the student keeps its own embedding norm and
+trains it (see `mobilebert_stages.py`). The frozen copied MLM head runs with the
+student's activation (relu where the teacher used gelu); that only matters for
+the MLM accuracy monitored before PD, which then trains the head.
+
+Metrics (training and `evaluate`; stable names, `LossSum` means, unweighted):
+
+    fmt_layer_l   feature-map transfer of student layer l (1-based)
+    at_layer_l    attention transfer of layer l (when attention_factor > 0)
+    mean_layer_l, var_layer_l   mean / variance transfer (mean_variance_transfer)
+    pd_mlm        PD loss: CE against r * onehot + (1 - r) * p_teacher (PD, AKT)
+    nsp           next-sentence CE (PD, AKT; evaluation whenever the stack is full)
+    mlm           the student's plain MLM CE (evaluation)
+    mlm_accuracy, nsp_accuracy   the student's (when its full stack runs)
+    teacher_mlm_accuracy         the teacher's MLM accuracy (evaluation, full stack)
+
+`evaluate` reports the transfer losses of every layer trained so far (PKT
+stage l: layers 1..l, so it only runs l blocks of each model), and all of
+them in JKT, AKT and PD, plus the MLM/NSP figures when the stage runs the
+full stack. `final_model` is the student (config, heads, params).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbert_jax import losses
+from mbert_jax.distill.mobilebert_stages import mobilebert_stages, validate_distill_config
+from mbert_jax.distill.mobilebert_teacher import (
+    COPIED_EMBEDDINGS,
+    COPIED_HEAD,
+    EMBEDDING_NORM,
+    TEACHER_HEADS,
+    TEACHER_PREFIXES,
+    check_fit,
+    check_params,
+    copy_into,
+    flat,
+    host_init,
+    read_model_config,
+    read_params,
+    teacher_data_config,
+)
+from mbert_jax.losses import LossSum
+from mbert_jax.models import Model, io
+from mbert_jax.models.config import DTYPES
+from mbert_jax.models.model import dummy_inputs
+from mbert_jax.models.variants import from_block
+from mbert_jax.parallel import sharding as sharding_lib
+from mbert_jax.train import inputs
+from mbert_jax.train.pretrain import PRETRAINING_KEYS, forward, masked_accuracy
+from mbert_jax.train.recipe import Recipe, Stage
+
+log = logging.getLogger(__name__)
+
+
+class MobileBertRecipe(Recipe):
+    """MobileBERT layer-wise transfer (PKT / JKT / AKT) and pre-training distillation."""
+
+    batch_keys = PRETRAINING_KEYS
+
+    def __init__(self, config):
+        self.config = config
+        d = self.distill = config.distill
+        validate_distill_config(d)
+        t = config.teacher
+        if t.dtype not in DTYPES:
+            raise ValueError(f"config.teacher.dtype={t.dtype!r}: one of {DTYPES}")
+        self.teacher_dir = Path(t.path) if t.path else None
+        self._random_teacher = None
+        # 1. Structure, before any data is built.
+        if self.teacher_dir is not None:
+            teacher_cfg, heads = read_model_config(self.teacher_dir)
+            if "mlm" not in heads:
+                raise ValueError(
+                    f"config.teacher.path={t.path!r} has no MLM head (heads {list(heads)}); "
+                    "PD and the copied MLM head need a pretrained teacher with one"
+                )
+            teacher_name = f"config.teacher.path={t.path}"
+        else:
+            teacher_cfg = from_block(t)
+            teacher_name = f"config.teacher.variant={t.variant}"
+        student_cfg = from_block(config.student)
+        self.layer_map = check_fit(
+            student_cfg,
+            teacher_cfg,
+            d,
+            teacher_name=teacher_name,
+            max_seq_length=int(config.data.max_seq_length),
+        )
+        # 2. The data, then the vocabularies.
+        self.data = inputs.pretraining_inputs(teacher_data_config(config))
+        vocab = self.data.vocab_size
+        if self.teacher_dir is None:
+            log.warning(
+                "config.teacher.path is empty: the teacher is a RANDOMLY INITIALIZED %s. "
+                "This is only for tests and smoke runs; pretrain one with "
+                "configs/pretrain_ibbert.py and pass --config.teacher.path=WORKDIR/model",
+                t.variant,
+            )
+            teacher_cfg = from_block(t, vocab_size=vocab)
+        elif teacher_cfg.vocab_size != vocab:
+            raise ValueError(
+                f"config.data: the data's vocabulary has {vocab} tokens but the teacher "
+                f"({t.path}) has vocab_size={teacher_cfg.vocab_size}; use the teacher's "
+                "vocab.txt (config.data.vocab_file)"
+            )
+        self.student_config = from_block(config.student, vocab_size=vocab)
+        self.teacher_config = teacher_cfg.replace(dtype=t.dtype)
+        self.use_nsp = bool(config.data.get("nsp", True))
+        self.student_heads = ("mlm", "nsp") if self.use_nsp else ("mlm",)
+        self.student = Model(self.student_config, heads=self.student_heads)
+        self.teacher_model = Model(self.teacher_config, heads=TEACHER_HEADS)
+        self.num_layers = self.student_config.num_layers
+        self.copy_norm = self.student_config.normalization == self.teacher_config.normalization
+        if not self.copy_norm:
+            log.info(
+                "embedding norm: the student's %s differs from the teacher's %s, so it is not "
+                "copied; it trains with block 1",
+                self.student_config.normalization,
+                self.teacher_config.normalization,
+            )
+        if self.student_config.hidden_act != self.teacher_config.hidden_act:
+            log.info(
+                "the copied MLM head runs with the student's %s (the teacher's is %s)",
+                self.student_config.hidden_act,
+                self.teacher_config.hidden_act,
+            )
+        self._stages = mobilebert_stages(
+            d,
+            student_layers=self.num_layers,
+            teacher_map=self.layer_map,
+            use_nsp=self.use_nsp,
+            train_embedding_norm=not self.copy_norm,
+        )
+
+    # ------------------------------------------------------------ parameters
+    def stages(self) -> list[Stage]:
+        return list(self._stages)
+
+    def init_params(self, rng):
+        return self.student.init(rng, *dummy_inputs(self.student_config))["params"]
+
+    def teacher(self):
+        boxed = jax.eval_shape(
+            lambda: self.teacher_model.init(jax.random.key(0), *dummy_inputs(self.teacher_config))[
+                "params"
+            ]
+        )
+        dtype = jnp.dtype(self.teacher_config.dtype)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), boxed)
+
+    def _teacher_flat(self, prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The teacher's float32 parameters under `prefixes`, flat ('/'-keys), on the host."""
+        if self.teacher_dir is None:
+            if self._random_teacher is None:  # kept: overrides and the teacher both read it
+                shapes = sharding_lib.unbox(self.teacher())
+                self._random_teacher = flat(
+                    host_init(shapes, self.teacher_config.initializer_range, self.config.train.seed)
+                )
+            return {k: v for k, v in self._random_teacher.items() if k.startswith(prefixes)}
+        return read_params(self.teacher_dir, prefixes)
+
+    def load_teacher_params(self):
+        params = self._teacher_flat(TEACHER_PREFIXES)
+        want = flat(sharding_lib.unbox(self.teacher()))
+        check_params(params, want, f"config.teacher.path={self.config.teacher.path!r}")
+        dtype = jnp.dtype(self.teacher_config.dtype)
+        return io.unflatten({k: v.astype(dtype) for k, v in params.items()})
+
+    def initial_overrides(self, params):
+        prefixes = COPIED_EMBEDDINGS + COPIED_HEAD + ((EMBEDDING_NORM,) if self.copy_norm else ())
+        params, copied = copy_into(params, self._teacher_flat(prefixes), prefixes)
+        log.info("copied %d embedding and MLM-head parameters from the teacher", copied)
+        return params
+
+    # ---------------------------------------------------------------- losses
+    def _layer_losses(self, student, teacher, layer: int, mask) -> dict[str, LossSum]:
+        d = self.distill
+        s_hidden = student.hidden_states[layer - 1]
+        t_index = self.layer_map[layer] - 1
+        t_hidden = teacher.hidden_states[t_index]
+        official = bool(d.official_padding)
+        out = {
+            f"fmt_layer_{layer}": losses.feature_map_transfer_loss(
+                s_hidden, t_hidden, attention_mask=mask, official=official
+            )
+        }
+        if d.attention_factor > 0:
+            out[f"at_layer_{layer}"] = losses.attention_transfer_loss(
+                student.attention_scores[layer - 1],
+                teacher.attention_scores[t_index],
+                attention_mask=mask,
+                form=d.attention_form,
+                official=official,
+            )
+        if d.mean_variance_transfer:
+            kw = dict(attention_mask=mask, official=official)
+            out[f"mean_layer_{layer}"] = losses.mean_transfer_loss(s_hidden, t_hidden, **kw)
+            out[f"var_layer_{layer}"] = losses.variance_transfer_loss(s_hidden, t_hidden, **kw)
+        return out
+
+    def _metrics(
+        self,
+        params,
+        teacher_params,
+        batch,
+        *,
+        layers: tuple[int, ...],
+        pd: bool,
+        student_layers: int,
+        teacher_layers: int | None,
+        stop: int | None,
+        dropout: bool,
+        rng,
+        report: bool,
+    ) -> dict[str, LossSum]:
+        """Both forwards (only as deep as needed) and the requested terms."""
+        feats = bool(layers)
+        student_full = student_layers == self.num_layers
+        teacher_full = teacher_layers is None or teacher_layers == self.teacher_config.num_layers
+        s = forward(
+            self.student,
+            params,
+            batch,
+            train=dropout,
+            rng=rng,
+            num_layers=student_layers,
+            stop_gradient_below=stop,
+            output_hidden_states=feats,
+            output_attentions=feats,
+            run_heads=self.student_heads if pd or (report and student_full) else (),
+        )
+        t = forward(
+            self.teacher_model,
+            teacher_params,
+            batch,
+            train=False,
+            num_layers=teacher_layers,
+            output_hidden_states=feats,
+            output_attentions=feats,
+            run_heads=TEACHER_HEADS if teacher_full and (pd or report) else (),
+        )
+        mask = batch["attention_mask"]
+        valid = batch.get("valid")
+        if valid is not None:  # padded rows of the last eval batch
+            mask = mask * (valid[:, None] > 0).astype(mask.dtype)
+        metrics: dict[str, LossSum] = {}
+        for layer in layers:
+            metrics.update(self._layer_losses(s.encoder, t.encoder, layer, mask))
+        ids, weights = batch["masked_lm_ids"], batch["masked_lm_weights"]
+        if pd:
+            metrics["pd_mlm"] = losses.pretraining_distillation_loss(
+                s.mlm_logits, t.mlm_logits, ids, weights,
+                ground_truth_ratio=float(self.distill.ground_truth_ratio),
+            )  # fmt: skip
+        if s.mlm_logits is not None:
+            metrics["mlm_accuracy"] = masked_accuracy(s.mlm_logits, ids, weights)
+            if report:
+                metrics["mlm"] = losses.mlm_loss(s.mlm_logits, ids, weights)
+        if report and t.mlm_logits is not None:
+            metrics["teacher_mlm_accuracy"] = masked_accuracy(t.mlm_logits, ids, weights)
+        if s.nsp_logits is not None:
+            labels = batch["next_sentence_labels"]
+            rows = jnp.ones(labels.shape, jnp.float32) if valid is None else valid
+            metrics["nsp"] = losses.nsp_loss(s.nsp_logits, labels, rows)
+            metrics["nsp_accuracy"] = masked_accuracy(s.nsp_logits, labels, rows)
+        return metrics
+
+    def loss(self, stage: Stage, params, teacher_params, batch, rng):
+        o = stage.options
+        metrics = self._metrics(
+            params,
+            teacher_params,
+            batch,
+            layers=tuple(o["layers"]),
+            pd=bool(o["pd"]),
+            student_layers=o["student_layers"],
+            teacher_layers=o["teacher_layers"],
+            stop=o["stop_gradient_below"],
+            dropout=bool(o["dropout"]),
+            rng=rng,
+            report=False,
+        )
+        objective = jnp.zeros((), jnp.float32)
+        for name, weight in stage.loss_weights.items():
+            objective = objective + weight * metrics[name].mean()
+        return objective, metrics
+
+    def evaluate(self, stage: Stage, params, teacher_params, batch):
+        o = stage.options
+        layers = tuple(o["eval_layers"])
+        pd = bool(o["pd"])
+        return self._metrics(
+            params,
+            teacher_params,
+            batch,
+            layers=layers,
+            pd=pd,
+            student_layers=self.num_layers if pd else max(layers),
+            teacher_layers=None if pd else max(self.layer_map[i] for i in layers),
+            stop=None,
+            dropout=False,
+            rng=None,
+            report=True,
+        )
+
+    # ------------------------------------------------------------------ data
+    def train_data(self, process_index, process_count):
+        return self.data.train(process_index, process_count)
+
+    def eval_data(self, process_index, process_count):
+        return self.data.eval(process_index, process_count)
+
+    def vocab_file(self):
+        return self.data.vocab_file
+
+    def final_model(self, params: Any):
+        return self.student_config, self.student_heads, params

@@ -1,0 +1,115 @@
+"""The experiment config shared by configs/mobilebert_{pkt,jkt,akt}.py.
+
+`get_config(strategy, arg)` builds the full-size paper setting (24 stages x
+10k steps + 500k PD steps, batch 2048 x 512 tokens, LAMB at 1.5e-3, gradient
+clipping at 1.0) and shrinks it with `runlocal`. Options (after the colon
+of `--config configs/mobilebert_pkt.py:...`):
+
+    runlocal         micro models (teacher ibbert_large_micro, student
+                     mobilebert_micro), batch 16 x 64 tokens, 40 steps per
+                     layer stage and 200 PD steps: a CPU smoke run
+    student=NAME     mobilebert (default), tiny (= mobilebert_tiny), or any variant
+    teacher=PATH     the IB-BERT model directory (config.teacher.path); empty: a
+                     random teacher (tests and smoke runs only; logs a warning)
+    data=default|synthetic   the embedded corpus (or --config.data.* for real
+                     data), or random tokens (tests)
+    lower=frozen|reduced|same   lower blocks during PKT (paper / official TF1 / TF2 port)
+    official         the official TF1 code's choices: lower=reduced with the
+                     trained block at 3x (lower blocks 0.3x) the base rate, mean
+                     and variance transfer, attention cross-entropy value, and
+                     layer losses averaged over padding too
+    layers=N         N blocks in both models (0: the variants' depth); quick tests
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from mbert_jax.data import config as data_config
+from mbert_jax.distill.mobilebert_stages import default_distill_config
+from mbert_jax.train.config import base_config, model_block, parse_arg
+from mbert_jax.train.inputs import synthetic_data_config
+
+RECIPE = "distill_mobilebert"
+
+
+def teacher_block(variant: str = "ibbert_large", path: str = "", **overrides):
+    """`config.teacher`: a model directory (`path`) or, when empty, a random `variant`."""
+    return ml_collections.ConfigDict(
+        {"path": path, "variant": variant, "overrides": dict(overrides), "dtype": "float32"}
+    )
+
+
+def get_config(strategy: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The MobileBERT distillation config of `strategy` ("pkt", "jkt", "akt")."""
+    arg = parse_arg(
+        arg,
+        runlocal=False,
+        student="mobilebert",
+        teacher="",
+        data="default",
+        lower="frozen",
+        official=False,
+        layers=0,
+    )
+    suffix = "_micro" if arg.runlocal else ""
+    student = "mobilebert_tiny" if arg.student == "tiny" else arg.student
+    depth = {"num_layers": arg.layers} if arg.layers else {}
+    config = base_config(RECIPE)
+    config.student = model_block(student + suffix, **depth)
+    config.teacher = teacher_block("ibbert_large" + suffix, arg.teacher, **depth)
+
+    d = config.distill = default_distill_config()
+    d.strategy = strategy
+    d.lower_layers = arg.lower
+    if arg.official:
+        d.lower_layers = "reduced"
+        d.layer_lr_multiplier = 3.0
+        d.lower_layer_lr_multiplier = 0.1
+        d.mean_variance_transfer = True
+        d.attention_form = "cross_entropy"
+        d.official_padding = True
+
+    if arg.data == "synthetic":
+        config.data = synthetic_data_config()
+    else:
+        config.data = data_config.get_config()
+    config.data.global_batch_size = 2048
+    config.data.max_seq_length = 512
+    config.data.max_predictions_per_seq = 80
+
+    config.optimizer.name = "lamb"
+    config.optimizer.learning_rate = 1.5e-3
+    config.optimizer.weight_decay = 0.01
+    config.optimizer.clip_norm = 1.0
+    config.train.log_every = 100
+    config.train.eval_every = 10_000
+    config.train.eval_steps = 20
+    config.train.checkpoint_every = 5_000
+
+    if arg.runlocal:
+        config.data.global_batch_size = 16
+        config.data.max_seq_length = 64
+        config.data.max_predictions_per_seq = 10
+        config.optimizer.name = "adamw"
+        config.optimizer.learning_rate = 2e-3
+        # The micro student starts with near-zero queries and keys (NoNorm, std
+        # 0.02 weights): their gradients are ~1e-8, and Adam's default eps of
+        # 1e-6 would all but stop them, and with them attention transfer.
+        config.optimizer.eps = 1e-10
+        d.layer_steps = 40
+        d.pd_steps = 200
+        d.pd_schedule.warmup_steps = 20
+        config.train.log_every = 10
+        config.train.eval_every = 40
+        config.train.eval_steps = 4
+        config.train.checkpoint_every = 200
+    return config
+
+
+def ablation(add) -> None:
+    """The paper's comparison PKT vs JKT vs AKT, and PKT's lower-layer modes."""
+    for strategy in ("pkt", "jkt", "akt"):
+        add(name=strategy, **{"distill.strategy": strategy})
+    for lower in ("reduced", "same"):
+        add(name=f"pkt_{lower}", **{"distill.strategy": "pkt", "distill.lower_layers": lower})

@@ -1,0 +1,297 @@
+"""MobileBERT distillation on micro models: copies, freezing, gradients, steps, the CLI.
+
+Fast tests drive the recipe and the trainer's step functions directly on
+2- and 3-layer micro models and a fixed synthetic batch; the end-to-end runs
+of each config through `mbert-jax train` are marked slow.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from mbert_jax.distill import mobilebert_config
+from mbert_jax.distill.mobilebert_teacher import host_init
+from mbert_jax.models import io
+from mbert_jax.train import recipes
+from mbert_jax.train.labels import make_labels
+from mbert_jax.train.metrics import read_metrics
+from mbert_jax.train.optimizers import make_optimizer
+from mbert_jax.train.step import TrainState, make_train_step
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_config(strategy="pkt", layers=2, arg="", **distill):
+    c = mobilebert_config.get_config(strategy, f"runlocal,data=synthetic,layers={layers}{arg}")
+    c.data.update(global_batch_size=4, max_seq_length=16, max_predictions_per_seq=3)
+    c.student.overrides.attention_dropout = 0.0  # a deterministic objective to compare
+    c.optimizer.learning_rate = 3e-4  # small steps: the first ones must descend
+    c.distill.update(layer_steps=2, pd_steps=2, **distill)
+    c.distill.pd_schedule.warmup_steps = 0
+    return c
+
+
+def flat(tree):
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+class Setup:
+    """A recipe with its initial student (teacher copies applied), teacher and one batch."""
+
+    def __init__(self, config):
+        self.config = config
+        self.recipe = recipes.build(config)
+        # The model's init would compile for seconds; draw like it on the host.
+        shapes = nn.meta.unbox(jax.eval_shape(self.recipe.init_params, jax.random.PRNGKey(0)))
+        init = host_init(shapes, 0.02, seed=7)
+        self.fresh = init
+        self.params = jax.tree.map(jnp.asarray, self.recipe.initial_overrides(init))
+        self.teacher = jax.tree.map(jnp.asarray, self.recipe.load_teacher_params())
+        self.batch = jax.tree.map(jnp.asarray, next(self.recipe.train_data(0, 1)))
+
+    def stage(self, name):
+        return next(s for s in self.recipe.stages() if s.name == name)
+
+    def evaluate(self, stage, params):
+        fn = jax.jit(lambda p: self.recipe.evaluate(stage, p, self.teacher, self.batch))
+        return fn(params)
+
+    def train(self, stage, params, steps):
+        """`steps` trainer steps of `stage` on the fixed batch, with a fresh stage optimizer."""
+        labels = make_labels(params, stage.rules)
+        tx, _ = make_optimizer(self.config.optimizer, labels, stage.steps, stage.schedule)
+        state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.key(1))
+        step = jax.jit(make_train_step(self.recipe, stage, tx))
+        history = []
+        for _ in range(steps):
+            state, metrics = step(state, self.batch, self.teacher)
+            history.append(jax.device_get(metrics))
+        return state, history
+
+
+@pytest.fixture(scope="module")
+def pkt2():
+    return Setup(make_config("pkt", layers=2))
+
+
+def test_initial_overrides_copy_embeddings_and_mlm_head_but_not_a_different_norm(pkt2):
+    student, teacher, fresh = flat(pkt2.params), flat(pkt2.teacher), flat(pkt2.fresh)
+    copied = [
+        "encoder/embeddings/word_embeddings/embedding",
+        "encoder/embeddings/position_embeddings/embedding",
+        "encoder/embeddings/token_type_embeddings/embedding",
+        "encoder/embeddings/embedding_transform/kernel",
+        "encoder/embeddings/embedding_transform/bias",
+        "mlm/transform/kernel",
+        "mlm/transform/bias",
+        "mlm/transform_norm/scale",
+        "mlm/transform_norm/bias",
+        "mlm/extra_output_weights",
+        "mlm/output_bias",
+    ]
+    for key in copied:
+        np.testing.assert_array_equal(student[key], teacher[key], err_msg=key)
+    assert not np.array_equal(fresh["mlm/transform/kernel"], teacher["mlm/transform/kernel"])
+    # MobileBERT's NoNorm and IB-BERT's LayerNorm: the student keeps its own norm.
+    for key in ("encoder/embeddings/norm/scale", "encoder/embeddings/norm/bias"):
+        np.testing.assert_array_equal(student[key], fresh[key])
+    untouched = [k for k in student if k.startswith(("encoder/layers_", "nsp/"))]
+    assert untouched and all(np.array_equal(student[k], fresh[k]) for k in untouched)
+
+
+def test_same_normalization_copies_the_embedding_norm_and_a_bf16_teacher_is_held_in_bf16():
+    c = make_config()
+    c.teacher.overrides.normalization = "no_norm"
+    c.teacher.dtype = "bfloat16"
+    s = Setup(c)
+    teacher = flat(s.teacher)
+    assert {v.dtype for v in teacher.values()} == {jnp.dtype(jnp.bfloat16)}
+    reference = s.recipe._teacher_flat(("encoder/embeddings/norm/",))  # float32, from the source
+    student = flat(s.params)
+    for key in ("encoder/embeddings/norm/scale", "encoder/embeddings/norm/bias"):
+        np.testing.assert_array_equal(student[key], reference[key])
+    assert not any("embeddings/norm" in pattern for pattern, _ in s.stage("pkt_layer_1").rules)
+
+
+def test_teacher_from_a_model_directory(tmp_path, pkt2):
+    teacher_params = jax.tree.map(np.asarray, pkt2.teacher)
+    io.save_model(tmp_path / "t", pkt2.recipe.teacher_config, ("mlm",), teacher_params)
+    c = make_config()
+    c.teacher.path = str(tmp_path / "t")
+    s = Setup(c)
+    loaded, saved = flat(s.teacher), flat(teacher_params)
+    assert loaded.keys() == saved.keys()
+    assert all(np.array_equal(loaded[k], saved[k]) for k in saved)
+    np.testing.assert_array_equal(
+        flat(s.params)["mlm/extra_output_weights"], saved["mlm/extra_output_weights"]
+    )
+
+
+def test_pkt_stages_freeze_exactly_and_the_boundary_switches_masks_and_losses(pkt2):
+    s = pkt2
+    stage1, stage2 = s.stage("pkt_layer_1"), s.stage("pkt_layer_2")
+    start = flat(s.params)
+    block0 = {k for k in start if k.startswith("encoder/layers_0/")}
+    own_norm = {"encoder/embeddings/norm/scale", "encoder/embeddings/norm/bias"}
+    state1, hist1 = s.train(stage1, s.params, 2)
+    after1 = flat(state1.params)
+    changed1 = {k for k in start if not np.array_equal(start[k], after1[k])}
+    # Only block 1 (and the student's own embedding norm) may change; every
+    # other parameter is bit-identical. Every matrix of block 1 does change
+    # (a few norm scales may see gradients too small to move them).
+    assert changed1 <= block0 | own_norm
+    assert {k for k in block0 if start[k].ndim > 1} <= changed1
+    assert set(hist1[0]) >= {"fmt_layer_1", "at_layer_1"} and "fmt_layer_2" not in hist1[0]
+    # The objective is the official weighting: 100 / L * fmt + 1 / L * at, L = 2.
+    m = hist1[0]
+    mean = {k: float(v.total) / float(v.count) for k, v in m.items()}
+    assert mean["objective"] == pytest.approx(50 * mean["fmt_layer_1"] + 0.5 * mean["at_layer_1"])
+
+    state2, hist2 = s.train(stage2, state1.params, 2)
+    after2 = flat(state2.params)
+    changed2 = {k for k in after1 if not np.array_equal(after1[k], after2[k])}
+    block1 = {k for k in start if k.startswith("encoder/layers_1/")}
+    assert changed2 <= block1 and {k for k in block1 if start[k].ndim > 1} <= changed2
+    assert set(hist2[0]) >= {"fmt_layer_2", "at_layer_2"} and "fmt_layer_1" not in hist2[0]
+    # Adam's two moments exist for block 2's leaves only: frozen leaves carry no state.
+    block1_size = sum(v.size for k, v in start.items() if k.startswith("encoder/layers_1/"))
+    moments = sum(x.size for x in jax.tree.leaves(state2.opt_state) if np.ndim(x) > 0)
+    assert moments == 2 * block1_size
+
+
+def _norms(grads) -> dict[str, float]:
+    """Sum of |gradient| per block ("encoder/layers_i"), embeddings and head."""
+    out = {}
+    for key, g in flat(grads).items():
+        group = "/".join(key.split("/")[:2]) if key.startswith("encoder/") else key.split("/")[0]
+        out[group] = out.get(group, 0.0) + float(np.sum(np.abs(g)))
+    return out
+
+
+def _nan_block(tree, name):
+    nan = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), tree["encoder"][name])
+    return {**tree, "encoder": {**tree["encoder"], name: nan}}
+
+
+@pytest.mark.parametrize("mode", ["frozen", "reduced"])
+def test_gradients_stop_below_the_trained_block_and_upper_blocks_are_not_run(mode):
+    s = Setup(make_config(layers=3, lower_layers=mode))
+    stage = s.stage("pkt_layer_2")
+    grad_fn = jax.jit(
+        jax.value_and_grad(lambda p, t: s.recipe.loss(stage, p, t, s.batch, jax.random.key(0))[0])
+    )
+    _, grads = grad_fn(s.params, s.teacher)
+    norms = _norms(grads)
+    embedding_norm = sum(
+        float(np.sum(np.abs(g)))
+        for k, g in flat(grads).items()
+        if k.startswith("encoder/embeddings/norm/")
+    )
+    assert norms["encoder/layers_1"] > 0
+    if mode == "frozen":
+        # Exactly zero: stop_gradient at block 2's input.
+        assert norms["encoder/layers_0"] == 0.0 and norms["encoder/embeddings"] == 0.0
+    else:
+        # Block 1 and the student's own embedding norm train at the reduced rate.
+        assert norms["encoder/layers_0"] > 0 and embedding_norm > 0
+    assert norms["mlm"] == 0.0 and norms["encoder/layers_2"] == 0.0
+    # Upper blocks are not even run: NaN in block 3 of both models leaves everything finite.
+    value, grads = grad_fn(_nan_block(s.params, "layers_2"), _nan_block(s.teacher, "layers_2"))
+    assert np.isfinite(float(value))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize(
+    "strategy, stage",
+    [
+        ("pkt", "pkt_layer_1"),
+        ("pkt", "pd"),
+        pytest.param("jkt", "jkt", marks=pytest.mark.slow),
+        pytest.param("akt", "akt", marks=pytest.mark.slow),
+    ],
+)
+def test_a_step_of_each_strategy_lowers_its_loss_on_a_fixed_batch(pkt2, strategy, stage):
+    s = pkt2 if strategy == "pkt" else Setup(make_config(strategy))
+    # The step reports the objective before its update: step 2's is after one update.
+    # The batch is fixed and the student's dropout rates are 0, so these are comparable.
+    _, hist = s.train(s.stage(stage), s.params, 2)
+    before, after = (float(hist[i]["objective"].total) for i in (0, 1))
+    assert np.isfinite(before) and after < before
+    if stage in ("jkt", "akt"):
+        assert {"fmt_layer_1", "fmt_layer_2", "at_layer_2"} <= set(hist[0])
+    if stage in ("pd", "akt"):
+        assert {"pd_mlm", "nsp"} <= set(hist[0])
+
+
+def test_evaluate_reports_the_layers_trained_so_far_and_mlm_when_the_stack_is_full(pkt2):
+    s = pkt2
+    first = s.evaluate(s.stage("pkt_layer_1"), s.params)
+    assert set(first) == {"fmt_layer_1", "at_layer_1"}
+    last = s.evaluate(s.stage("pkt_layer_2"), s.params)
+    assert {"fmt_layer_1", "fmt_layer_2", "mlm_accuracy", "teacher_mlm_accuracy"} <= set(last)
+    pd = s.evaluate(s.stage("pd"), s.params)
+    assert {"pd_mlm", "mlm", "nsp_accuracy", "fmt_layer_2", "at_layer_1"} <= set(pd)
+    # Running one block or the whole stack gives the same layer-1 loss.
+    assert float(first["fmt_layer_1"].mean()) == pytest.approx(float(pd["fmt_layer_1"].mean()))
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    e = dict(os.environ)
+    e["MBERT_JAX_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    e.pop("XLA_FLAGS", None)
+    return e
+
+
+def train(config_file, workdir, env, *extra):
+    cmd = [
+        sys.executable, "-m", "mbert_jax", "train",
+        "--config", f"configs/{config_file}:runlocal,data=synthetic,layers=2",
+        "--workdir", str(workdir),
+        "--config.data.global_batch_size=4", "--config.data.max_seq_length=16",
+        "--config.data.max_predictions_per_seq=3",
+        "--config.distill.layer_steps=2", "--config.distill.pd_steps=2",
+        "--config.train.log_every=1", "--config.train.eval_every=100",
+        *extra,
+    ]  # fmt: skip
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return p
+
+
+@pytest.mark.slow
+def test_runlocal_pkt_through_the_cli(tmp_path, env):
+    p = train("mobilebert_pkt.py", tmp_path, env)
+    assert "RANDOMLY INITIALIZED" in p.stderr
+    rows = read_metrics(tmp_path, "train")
+    assert [r["stage"] for r in rows] == ["pkt_layer_1"] * 2 + ["pkt_layer_2"] * 2 + ["pd"] * 2
+    assert all("fmt_layer_1" in r and "fmt_layer_2" not in r for r in rows[:2])
+    assert all("fmt_layer_2" in r and "fmt_layer_1" not in r for r in rows[2:4])
+    assert all("pd_mlm" in r and "fmt_layer_2" not in r for r in rows[4:])
+    (final,) = read_metrics(tmp_path, "eval")
+    assert {"fmt_layer_1", "fmt_layer_2", "mlm_accuracy", "pd_mlm"} <= set(final)
+    config, heads, params = io.load_model(tmp_path / "model")
+    assert heads == ("mlm", "nsp") and config.num_layers == 2 and "nsp" in params
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config_file, stages", [("mobilebert_jkt.py", 2), ("mobilebert_akt.py", 1)]
+)
+def test_runlocal_jkt_and_akt_through_the_cli(tmp_path, env, config_file, stages):
+    train(config_file, tmp_path, env, "--config.distill.transfer_steps=2")
+    rows = read_metrics(tmp_path, "train")
+    assert len({r["stage"] for r in rows}) == stages
+    assert rows[-1]["step"] == 4
+    assert io.is_model_dir(tmp_path / "model")
