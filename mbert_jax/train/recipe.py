@@ -74,8 +74,13 @@ class Recipe:
         """
         return params
 
-    def teacher(self) -> tuple[Any, Any] | None:
-        """`(teacher module or apply function, boxed abstract params)` or None."""
+    def teacher(self) -> Any | None:
+        """The frozen teacher's boxed abstract parameters (for their shardings), or None.
+
+        `jax.eval_shape` of the teacher model's `init(...)["params"]`: the
+        trainer shards the teacher with the same logical rules as the
+        trainable parameters and keeps no optimizer state for it.
+        """
         return None
 
     def load_teacher_params(self) -> Any:
