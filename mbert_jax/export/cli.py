@@ -1,0 +1,154 @@
+"""`mbert-jax export`: export a trained model for phones (TFLite) or for transformers.
+
+    mbert-jax export --workdir runs/sst2 --task classification --format tflite \\
+        --quantize int8 --seq-len 128 --calibration-data train.tsv \\
+        --eval-data dev.tsv --out sst2_int8.tflite
+
+`--workdir DIR` exports DIR/model (the model directory every run writes);
+`--checkpoint PATH` names a model directory directly. After every export the
+verification report (parity with the JAX model, agreement, metric, size,
+latency) is printed. Errors print one line `error: ...` and return 1; nothing
+is left at `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mbert_jax.export import graph, tflite
+from mbert_jax.export.data import load_examples
+from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.hf import export_hf
+from mbert_jax.export.tflite import ExportError
+from mbert_jax.models.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mbert-jax export",
+        description="Export a trained model to TFLite (float/fp16/int8) or a transformers "
+        "directory, then verify it against the JAX model.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workdir", help="a training run's directory (exports WORKDIR/model)")
+    src.add_argument("--checkpoint", help="a model directory (model_config.json + params)")
+    p.add_argument("--task", required=True, choices=graph.TASKS)
+    p.add_argument("--format", default="tflite", choices=("tflite", "hf"))
+    p.add_argument("--quantize", default="none", choices=tflite.QUANTIZATIONS)
+    p.add_argument("--seq-len", type=int, default=128, help="static input length (default 128)")
+    p.add_argument("--out", required=True, help="the .tflite file (hf: a directory)")
+    data = p.add_argument_group("data (text, GLUE-style .tsv, or pre-tokenized .npz)")
+    data.add_argument("--calibration-data", help="representative examples for --quantize int8")
+    data.add_argument("--num-calibration", type=int, default=100, help="default 100")
+    data.add_argument("--eval-data", help="held-out examples; with labels the metric is reported")
+    data.add_argument("--max-eval", type=int, default=1000, help="at most this many eval examples")
+    data.add_argument("--num-verify", type=int, default=32, help="unlabelled examples to verify on")
+    data.add_argument("--vocab", help="vocab.txt to tokenize text with (default: the model's)")
+    data.add_argument("--text-columns", help="comma-separated .tsv text columns")
+    data.add_argument("--label-column", help=".tsv column of integer labels (default: label)")
+    opt = p.add_argument_group("options")
+    opt.add_argument("--pooling", default="mean", choices=graph.POOLINGS, help="embedding task")
+    opt.add_argument(
+        "--init-missing-head",
+        action="store_true",
+        help="export with a randomly initialized head when the model has none for the task",
+    )
+    opt.add_argument(
+        "--int8-attention",
+        action="store_true",
+        help="int8: also quantize the attention matmuls and softmax "
+        "(an integer-only graph for NoNorm/ReLU models)",
+    )
+    opt.add_argument("--threads", default="1,4", help="thread counts to time (default 1,4)")
+    opt.add_argument("--latency-runs", type=int, default=20, help="0 skips timing")
+    return p
+
+
+def _source(args) -> Path:
+    return Path(args.workdir) / "model" if args.workdir else Path(args.checkpoint)
+
+
+def run(args) -> list[str]:
+    """Do the export `args` describe; returns the report lines."""
+    loaded = load_for_export(_source(args))
+    vocab = Path(args.vocab) if args.vocab else loaded.vocab_file
+    columns = tuple(args.text_columns.split(",")) if args.text_columns else None
+
+    def read(path, limit):
+        return load_examples(
+            path,
+            seq_len=args.seq_len,
+            vocab_file=vocab,
+            limit=limit,
+            text_columns=columns,
+            label_column=args.label_column,
+        )
+
+    if args.num_calibration < 1:
+        raise ExportError("--num-calibration must be at least 1")
+    calibration = evaluation = None
+    source = "held-out data"
+    if args.calibration_data:
+        calibration = read(args.calibration_data, args.num_calibration + args.num_verify)
+        if args.quantize == "int8" and not args.eval_data:
+            # Examples past the calibration ones are held out for verification.
+            if len(calibration) > args.num_calibration:
+                evaluation = calibration.take(args.num_calibration, len(calibration))
+                source = "calibration file, past the examples used to calibrate"
+            calibration = calibration.take(0, args.num_calibration)
+        elif args.quantize == "int8":
+            calibration = calibration.take(0, args.num_calibration)
+        elif not args.eval_data:
+            evaluation, source = calibration, "calibration file (unused by this mode)"
+    if args.eval_data:
+        evaluation, source = read(args.eval_data, args.max_eval), f"eval data {args.eval_data}"
+
+    if args.format == "hf":
+        return export_hf(
+            loaded,
+            args.task,
+            args.out,
+            verify_examples=evaluation,
+            num_verify=args.num_verify,
+            pooling=args.pooling,
+            init_missing_head=args.init_missing_head,
+            seq_len=args.seq_len,
+        )
+    threads = tuple(int(t) for t in args.threads.split(",") if t)
+    report = export_tflite(
+        loaded,
+        args.task,
+        args.out,
+        quantize=args.quantize,
+        seq_len=args.seq_len,
+        calibration=calibration,
+        verify_examples=evaluation,
+        verify_source=source,
+        num_verify=args.num_verify,
+        pooling=args.pooling,
+        init_missing_head=args.init_missing_head,
+        int8_attention=args.int8_attention,
+        threads=threads,
+        latency_runs=args.latency_runs,
+    )
+    return report.lines()
+
+
+def main(argv: list[str]) -> int:
+    """`mbert-jax export ...`; returns the exit status (0 ok, 1 error, 2 usage)."""
+    from mbert_jax.models.hf import ConversionError
+
+    args = build_parser().parse_args(argv)
+    try:
+        lines = run(args)
+    except (ExportError, ConfigError, ConversionError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,217 @@
+"""Calibration and evaluation examples for export, self-contained.
+
+Three sources, chosen by file name:
+
+- `*.npz`: already tokenized, arrays `input_ids`, `attention_mask` and
+  optionally `token_type_ids` of shape [n, seq_len], and optional labels
+  (`labels` for classification, `start_positions` / `end_positions` for qa).
+  The sequence length must be the export's.
+- `*.tsv`: a GLUE-style table with a header row; the text columns (one, or
+  two for sentence pairs) and the optional integer label column are named on
+  the command line or found by their usual GLUE names.
+- anything else: plain text, one example per line (pretraining text).
+
+Text is tokenized with the model directory's `vocab.txt` by the `tokenizers`
+library's `BertWordPieceTokenizer` ([CLS] a [SEP] (b [SEP]), truncated and
+padded to the sequence length). Lower-casing follows the vocabulary: an
+uncased vocabulary has (virtually) no upper-case tokens. The project's data
+layer (`mbert_jax.data`) has a fuller tokenizer; this module does not depend
+on it so that export runs on a model directory alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mbert_jax.export.graph import INPUT_NAMES
+from mbert_jax.export.tflite import ExportError
+from mbert_jax.models.config import ModelConfig
+
+TEXT_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("sentence",),
+    ("text",),
+)
+LABEL_FIELDS = ("labels", "start_positions", "end_positions")
+
+
+@dataclasses.dataclass
+class Examples:
+    """Tokenized examples, [n, seq_len] int32 each, with optional labels."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    labels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in INPUT_NAMES}
+
+    def take(self, start: int, stop: int) -> Examples:
+        return Examples(
+            *(getattr(self, k)[start:stop] for k in INPUT_NAMES),
+            labels={k: v[start:stop] for k, v in self.labels.items()},
+        )
+
+
+def check_examples(examples: Examples, config: ModelConfig, seq_len: int, what: str) -> Examples:
+    """Raise `ExportError` for an empty set, a wrong sequence length or out-of-range ids."""
+    if len(examples) == 0:
+        raise ExportError(f"the {what} set is empty; give a file with at least one example")
+    for k in INPUT_NAMES:
+        a = getattr(examples, k)
+        if a.ndim != 2 or a.shape != examples.input_ids.shape:
+            raise ExportError(f"{what} {k} has shape {a.shape}; expected [n, {seq_len}]")
+    if examples.seq_len != seq_len:
+        raise ExportError(
+            f"the {what} set has sequence length {examples.seq_len} but the export uses "
+            f"--seq-len {seq_len}; re-tokenize it or change --seq-len"
+        )
+    hi = int(examples.input_ids.max())
+    if int(examples.input_ids.min()) < 0 or hi >= config.vocab_size:
+        raise ExportError(
+            f"the {what} set has token ids up to {hi}, outside the model's vocabulary "
+            f"of {config.vocab_size}; it was tokenized with another vocabulary"
+        )
+    return examples
+
+
+def _tokenizer(vocab_file: str | os.PathLike, seq_len: int):
+    from tokenizers import BertWordPieceTokenizer
+
+    tokens = Path(vocab_file).read_text(encoding="utf-8").splitlines()
+    cased = any(t != t.lower() for t in tokens if not (t.startswith("[") and t.endswith("]")))
+    tok = BertWordPieceTokenizer(str(vocab_file), lowercase=not cased, strip_accents=not cased)
+    tok.enable_truncation(max_length=seq_len)
+    pad_id = tokens.index("[PAD]") if "[PAD]" in tokens else 0
+    tok.enable_padding(length=seq_len, pad_id=pad_id, pad_token="[PAD]")
+    return tok
+
+
+def tokenize(texts: list[tuple[str, ...]], vocab_file: str | os.PathLike, seq_len: int) -> Examples:
+    """Tokenize single texts or (a, b) pairs to [n, seq_len] arrays."""
+    tok = _tokenizer(vocab_file, seq_len)
+    encs = [tok.encode(*t) for t in texts]
+    arr = lambda f: np.asarray([getattr(e, f) for e in encs], np.int32).reshape(len(encs), seq_len)
+    return Examples(arr("ids"), arr("attention_mask"), arr("type_ids"))
+
+
+def _read_tsv(path: Path, text_columns: tuple[str, ...] | None, label_column: str | None):
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows:
+        return [], None
+    header, rows = rows[0], [r for r in rows[1:] if r]
+    if text_columns is None:
+        text_columns = next((c for c in TEXT_COLUMNS if all(x in header for x in c)), None)
+        if text_columns is None:
+            raise ExportError(
+                f"{path}: cannot tell the text columns from the header {header}; "
+                "name them with --text-columns"
+            )
+    missing = [c for c in text_columns if c not in header]
+    if missing:
+        raise ExportError(f"{path}: columns {missing} are not in the header {header}")
+    cols = [header.index(c) for c in text_columns]
+    texts = [tuple(r[i] for i in cols) for r in rows]
+    if label_column is None and "label" in header:
+        label_column = "label"
+    labels = None
+    if label_column is not None:
+        if label_column not in header:
+            raise ExportError(f"{path}: label column {label_column!r} is not in {header}")
+        j = header.index(label_column)
+        try:
+            labels = np.asarray([int(r[j]) for r in rows], np.int32)
+        except ValueError as e:
+            raise ExportError(
+                f"{path}: labels in column {label_column!r} must be integer class ids ({e})"
+            ) from None
+    return texts, labels
+
+
+def load_examples(
+    path: str | os.PathLike,
+    *,
+    seq_len: int,
+    vocab_file: str | os.PathLike | None,
+    limit: int | None = None,
+    text_columns: tuple[str, ...] | None = None,
+    label_column: str | None = None,
+) -> Examples:
+    """Read examples from an .npz, a .tsv or a text file (see the module docstring).
+
+    Raises:
+      ExportError: for a missing file, a text file without a vocabulary, bad columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"data file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            if "input_ids" not in z:
+                raise ExportError(f"{path} has no 'input_ids' array (it has {list(z)})")
+            ids = np.asarray(z["input_ids"], np.int32)
+            if ids.ndim != 2:
+                raise ExportError(f"{path}: input_ids must be [n, seq_len], got {ids.shape}")
+            mask = np.asarray(z["attention_mask"], np.int32) if "attention_mask" in z else None
+            types = np.asarray(z["token_type_ids"], np.int32) if "token_type_ids" in z else None
+            labels = {k: np.asarray(z[k], np.int32) for k in LABEL_FIELDS if k in z}
+        ex = Examples(
+            ids,
+            (ids != 0).astype(np.int32) if mask is None else mask,
+            np.zeros_like(ids) if types is None else types,
+            labels,
+        )
+        return ex if limit is None else ex.take(0, limit)
+    if vocab_file is None:
+        raise ExportError(
+            f"{path} is text and the model directory has no vocab.txt; pass --vocab FILE "
+            "or give pre-tokenized .npz data"
+        )
+    if path.suffix == ".tsv":
+        texts, labels = _read_tsv(path, text_columns, label_column)
+    else:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        texts, labels = [(line,) for line in lines if line.strip()], None
+    if limit is not None:
+        texts = texts[:limit]
+        labels = None if labels is None else labels[:limit]
+    if not texts:
+        return Examples(*(np.zeros((0, seq_len), np.int32) for _ in INPUT_NAMES))
+    ex = tokenize(texts, vocab_file, seq_len)
+    if labels is not None:
+        ex.labels["labels"] = labels
+    return ex
+
+
+def synthetic_examples(config: ModelConfig, seq_len: int, n: int, seed: int = 0) -> Examples:
+    """Random token ids with random padding (lengths in [seq_len / 4, seq_len]) and two segments.
+
+    Used for verification when no data is given: it checks the conversion,
+    not the task metric.
+    """
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, config.vocab_size, (n, seq_len)).astype(np.int32)
+    lengths = rng.integers(max(1, seq_len // 4), seq_len + 1, n)
+    mask = (np.arange(seq_len)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = ids * mask
+    split = lengths // 2
+    types = ((np.arange(seq_len)[None, :] >= split[:, None]) & (mask > 0)).astype(np.int32)
+    if config.type_vocab_size < 2:
+        types = np.zeros_like(types)
+    return Examples(ids, mask, types)

@@ -1,0 +1,207 @@
+"""The export API: load a trained model, export it for a task, verify the result.
+
+    loaded = load_for_export(path)                 # a model directory
+    report = export_tflite(loaded, "classification", "model.tflite", quantize="int8",
+                           calibration=examples, eval_examples=dev)
+    print("\n".join(report.lines()))
+
+Loading goes through `load_for_export` alone: it reads a model directory
+(`mbert_jax.models.io`, which every training run writes to WORKDIR/model).
+The trainer's orbax checkpoints become loadable by adding a branch there.
+
+Heads: the file holds the encoder and the task's head only (the MLM head only
+for the mlm task). A model directory without the task's head (e.g. a
+pretraining checkpoint exported for qa) is refused, because the head would
+have no trained weights; `init_missing_head=True` exports it with a freshly
+initialized head (for latency and size measurements, or an on-device
+fine-tuning start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from mbert_jax.export import graph, tflite, verify
+from mbert_jax.export.data import Examples, check_examples, synthetic_examples
+from mbert_jax.export.tflite import ExportError
+from mbert_jax.models import io
+from mbert_jax.models.config import ModelConfig
+from mbert_jax.models.model import Model, init_params
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    config: ModelConfig
+    heads: tuple[str, ...]
+    params: dict
+    vocab_file: Path | None = None
+    source: str = ""
+
+
+def load_for_export(path: str | os.PathLike) -> LoadedModel:
+    """Read the model to export from `path`.
+
+    Today `path` is a model directory (model_config.json + params.safetensors
+    (+ vocab.txt)). This is the one place that knows checkpoint formats: an
+    orbax training checkpoint will be read here through the trainer's loader.
+
+    Raises:
+      FileNotFoundError: when `path` is not a model directory.
+    """
+    config, heads, params = io.load_model(path)
+    return LoadedModel(config, tuple(heads), params, io.vocab_path(path), str(path))
+
+
+def params_for_task(
+    loaded: LoadedModel, task: str, *, init_missing_head: bool = False, seed: int = 0
+) -> tuple[tuple[str, ...], dict]:
+    """(heads, params) holding the encoder and the task's head only.
+
+    Raises:
+      ExportError: the task's head is missing and `init_missing_head` is False.
+    """
+    if task not in graph.TASKS:
+        raise ExportError(f"unknown task {task!r}; valid tasks: {', '.join(graph.TASKS)}")
+    head = graph.TASK_HEAD[task]
+    params = {"encoder": loaded.params["encoder"]}
+    if head is None:
+        return (), params
+    if head in loaded.heads:
+        params[head] = loaded.params[head]
+        return (head,), params
+    if not init_missing_head:
+        raise ExportError(
+            f"--task {task} needs a trained {head!r} head but {loaded.source or 'the model'} "
+            f"has heads {list(loaded.heads)}; export a model fine-tuned for {task}, choose "
+            f"a task it has a head for, or pass --init-missing-head to export the encoder "
+            f"with an untrained (randomly initialized) {head!r} head"
+        )
+    fresh = init_params(Model(loaded.config, heads=(head,)), jax.random.key(seed))
+    params[head] = jax.tree.map(np.asarray, fresh[head])
+    return (head,), params
+
+
+def quantization_friendly(config: ModelConfig) -> bool:
+    """NoNorm and ReLU/relu6: every elementwise op of a block is safe in int8."""
+    return config.normalization == "no_norm" and config.hidden_act in ("relu", "relu6")
+
+
+def _check_seq_len(config: ModelConfig, seq_len: int) -> None:
+    if not 1 <= seq_len <= config.max_position_embeddings:
+        raise ExportError(
+            f"--seq-len {seq_len} must be in [1, {config.max_position_embeddings}] "
+            "(the model's max_position_embeddings)"
+        )
+
+
+def export_tflite(
+    loaded: LoadedModel,
+    task: str,
+    out: str | os.PathLike,
+    *,
+    quantize: str = "none",
+    seq_len: int = 128,
+    calibration: Examples | None = None,
+    verify_examples: Examples | None = None,
+    verify_source: str = "held-out data",
+    num_verify: int = 32,
+    pooling: str = "mean",
+    init_missing_head: bool = False,
+    int8_attention: bool = False,
+    threads: tuple[int, ...] = (1, 4),
+    latency_runs: int = 20,
+) -> verify.Report:
+    """Export `loaded` for `task` to a TFLite file at `out`, then verify it.
+
+    Args:
+      loaded: from `load_for_export`.
+      task: classification, qa, mlm or embedding.
+      out: the .tflite path (written atomically; nothing is written on error).
+      quantize: none, fp16, dynamic_int8 or int8.
+      seq_len: the static input length.
+      calibration: representative examples for int8 (all of them are used).
+      verify_examples: held-out examples for verification (with labels, the
+        task metric is reported); None: `num_verify` synthetic inputs.
+      verify_source: what `verify_examples` are, for the report.
+      num_verify: how many unlabelled examples verification uses at most
+        (labelled ones are all used).
+      pooling: "mean" or "cls" for the embedding task.
+      init_missing_head: export with a fresh head when the model lacks the task's.
+      int8_attention: in int8 mode, quantize the attention core too.
+      threads: thread counts to time; latency_runs: runs per timing (0: none).
+
+    Returns:
+      The verification `Report`.
+
+    Raises:
+      ExportError: bad task / quantization / sequence length / calibration
+        set, a missing head, or a graph that needs non-builtin ops.
+    """
+    config = loaded.config
+    if quantize not in tflite.QUANTIZATIONS:
+        raise ExportError(
+            f"unknown quantization {quantize!r}; valid modes: {', '.join(tflite.QUANTIZATIONS)}"
+        )
+    _check_seq_len(config, seq_len)
+    heads, params = params_for_task(loaded, task, init_missing_head=init_missing_head)
+    representative = None
+    if quantize == "int8":
+        if calibration is None:
+            raise ExportError("--quantize int8 needs --calibration-data (a representative set)")
+        check_examples(calibration, config, seq_len, "calibration")
+
+        def representative():
+            for i in range(len(calibration)):
+                yield {k: v[i : i + 1] for k, v in calibration.inputs().items()}
+
+    if verify_examples is not None:
+        check_examples(verify_examples, config, seq_len, verify_source)
+
+    table_q = None
+    if quantize in ("dynamic_int8", "int8"):
+        table_q = graph.quantize_rows(graph.word_table(params))
+    fn = graph.export_fn(config, heads, task, quantized_table=table_q, pooling=pooling)
+
+    def make() -> bytes:
+        flatbuffer = tflite.convert(
+            fn,
+            params,
+            seq_len=seq_len,
+            signature=task,
+            quantize=quantize,
+            representative=representative,
+            int8_attention=int8_attention,
+            int8_elementwise=quantization_friendly(config),
+        )
+        custom = tflite.custom_ops(flatbuffer)
+        if custom:
+            raise ExportError(f"the converted graph needs non-builtin ops {custom}")
+        return flatbuffer
+
+    path = tflite.write_atomic(out, make)
+    flatbuffer = path.read_bytes()
+
+    if verify_examples is None:
+        verify_examples = synthetic_examples(config, seq_len, num_verify)
+        verify_source = "synthetic inputs"
+    elif not verify_examples.labels:
+        verify_examples = verify_examples.take(0, num_verify)
+    examples = verify_examples
+    reference = graph.reference_outputs(config, heads, params, task, examples.inputs(), pooling)
+    return verify.verify(
+        flatbuffer,
+        path=str(path),
+        task=task,
+        quantize=quantize,
+        reference=reference,
+        examples=examples,
+        source=verify_source,
+        threads=threads if latency_runs > 0 else (),
+        latency_runs=latency_runs,
+        ops=dict(tflite.builtin_ops(flatbuffer)),
+    )

@@ -1,0 +1,376 @@
+"""JAX -> TFLite conversion, quantization, and flatbuffer inspection.
+
+Path: `jax2tf.convert` (native serialization: the function is lowered to
+StableHLO inside one `XlaCallModule` op) with the parameters passed as
+`tf.Variable`s, saved as a SavedModel whose one signature is named after the
+task, then `TFLiteConverter.from_saved_model`, which legalizes the StableHLO
+to TFLite builtins. Only `TFLITE_BUILTINS` (plus `TFLITE_BUILTINS_INT8`) are
+allowed, never `SELECT_TF_OPS`, so the file runs on the plain LiteRT
+interpreter; `builtin_ops` reads the op list back from the flatbuffer.
+
+The sequence length is static: a shape-polymorphic length is lowered to
+`dynamic_slice` / `dynamic_gather` (the trigram shift, the [CLS] slice),
+which the converter's StableHLO legalization rejects as of TF 2.21.
+
+Quantization modes:
+
+- `none`: float32.
+- `fp16`: float16 weights, dequantized at load (XNNPACK computes in float32).
+- `dynamic_int8`: int8 weights with per-channel scales, activations quantized
+  on the fly by the kernels (XNNPACK `qd8`); the word table is int8 too (see
+  `graph`).
+- `int8`: integer quantization calibrated on a representative set: int8
+  weights and int8 activations with calibrated ranges for the dense layers
+  and the elementwise ops around them (`INT8_OPS`: with NoNorm and ReLU that
+  is the whole MobileBERT block). Everything else stays float32 between
+  QUANTIZE / DEQUANTIZE ops: the attention core (the two `BATCH_MATMUL`s
+  between activations and the `SOFTMAX`), because XNNPACK has no int8
+  kernels for them, so quantizing them splits the delegated graph at every
+  layer and MobileBERT int8 ran 1.5x faster than float instead of 2.75x
+  (benchmarks/results/export_latency.md), while they are ~1/40 of the FLOPs;
+  and, in models with LayerNorm or GELU (BERT, TinyBERT), the elementwise
+  ops, which there are mostly the LayerNorm statistics and the erf polynomial
+  of exact GELU: int8 has no sensible form for them (quantizing the erf
+  polynomial's ADDs makes the interpreter abort on TinyBERT), so only the
+  dense layers are int8 in those models. `int8_attention=True` quantizes
+  the attention core too (an integer-only graph for NoNorm/ReLU models, e.g.
+  for NPUs). Calibration examples should contain padding so that the -6 mask
+  fill lies inside the calibrated score range.
+
+Files are written atomically (temporary sibling, then `os.replace`), so a
+failed export leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "int8")
+# Ops quantized in "int8" mode (see the module docstring); every other op of
+# the graph stays float32 between QUANTIZE / DEQUANTIZE pairs.
+INT8_OPS = frozenset(
+    {
+        "FULLY_CONNECTED", "ADD", "SUB", "MUL", "RELU", "RELU6", "RESHAPE", "TRANSPOSE",
+        "CONCATENATION", "SLICE", "STRIDED_SLICE", "GATHER", "GATHER_ND", "SELECT", "SELECT_V2",
+    }
+)  # fmt: skip
+ATTENTION_OPS = frozenset({"BATCH_MATMUL", "SOFTMAX"})
+ELEMENTWISE_OPS = frozenset({"ADD", "SUB", "MUL"})
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked; the message says why and what to change."""
+
+
+@contextlib.contextmanager
+def _quiet_tf():
+    """Import TensorFlow and keep its chatter out of the report on stdout.
+
+    The quantizer's C++ code prints to file descriptor 1, so it is redirected
+    to a temporary file during conversion (its tail is attached to a failure);
+    stderr is left alone so that a crash of the converter still says why.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                import tensorflow as tf
+
+                tf.get_logger().setLevel(logging.ERROR)
+                yield tf
+        except Exception as e:
+            log.seek(0)
+            tail = log.read()[-3000:].decode(errors="replace")
+            if tail.strip():
+                e.add_note("converter log (tail):\n" + tail)
+            raise
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _saved_model(
+    tf, fn: Callable, variables: dict, seq_len: int, signature: str, input_names: Iterable[str]
+) -> str:
+    """Write `fn` (jax2tf-converted, variables as tf.Variables) as a SavedModel; returns its dir."""
+    from jax.experimental import jax2tf
+
+    names = tuple(input_names)
+    tf_fn = jax2tf.convert(fn, with_gradient=False)
+    module = tf.Module()
+    module.variables_tree = tf.nest.map_structure(
+        lambda x: tf.Variable(x, trainable=False), variables
+    )
+
+    def serve(*args):
+        return tf_fn(module.variables_tree, *args)
+
+    # The signature's input names are the TensorSpecs' names.
+    specs = [tf.TensorSpec((1, seq_len), tf.int32, name=n) for n in names]
+    module.serve = tf.function(serve, input_signature=specs, autograph=False)
+    directory = tempfile.mkdtemp(prefix="mbert_jax_export_")
+    tf.saved_model.save(
+        module, directory, signatures={signature: module.serve.get_concrete_function()}
+    )
+    return directory
+
+
+def convert(
+    fn: Callable,
+    variables: dict,
+    *,
+    seq_len: int,
+    signature: str,
+    quantize: str = "none",
+    representative: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+    int8_attention: bool = False,
+    int8_elementwise: bool = True,
+    input_names: Iterable[str] = ("input_ids", "attention_mask", "token_type_ids"),
+) -> bytes:
+    """Convert `fn(variables, *inputs)` to a TFLite flatbuffer.
+
+    The variables become `tf.Variable`s (frozen to constants by the
+    converter) rather than constants of the traced function, which keeps the
+    StableHLO module small for full-size models.
+
+    Args:
+      fn: a JAX function of the variables and the int32 [1, seq_len] inputs,
+        returning a dict of named outputs (see `graph.export_fn`).
+      variables: its variables (numpy / jax arrays).
+      seq_len: the static sequence length.
+      signature: the signature key (the task name).
+      quantize: one of `QUANTIZATIONS`.
+      representative: for "int8", a function yielding {input name: [1, seq_len]
+        int32} calibration examples.
+      int8_attention: in "int8" mode, quantize the attention core too.
+      int8_elementwise: in "int8" mode, quantize ADD / SUB / MUL; False for
+        models with LayerNorm or GELU, whose statistics and erf polynomial are
+        made of them (see the module docstring).
+      input_names: the input names, in `fn`'s order.
+
+    Returns:
+      The flatbuffer bytes, after `tidy` (identical constants shared, dense
+      biases 1-D).
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(
+            f"unknown quantization {quantize!r}; valid modes: {', '.join(QUANTIZATIONS)}"
+        )
+    if quantize == "int8" and representative is None:
+        raise ExportError("int8 quantization needs a representative (calibration) dataset")
+    with _quiet_tf() as tf:
+        directory = _saved_model(tf, fn, variables, seq_len, signature, input_names)
+        try:
+            converter = tf.lite.TFLiteConverter.from_saved_model(directory)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if quantize == "fp16":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            elif quantize == "dynamic_int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            elif quantize == "int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = representative
+                converter.target_spec.supported_ops = [
+                    tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                    tf.lite.OpsSet.TFLITE_BUILTINS,
+                ]
+            if quantize == "int8":
+                allowed = INT8_OPS | ATTENTION_OPS if int8_attention else INT8_OPS
+                if not int8_elementwise:
+                    allowed = allowed - ELEMENTWISE_OPS
+                flatbuffer = _int8_selective(converter, allowed)
+            else:
+                flatbuffer = converter.convert()
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    return tidy(bytes(flatbuffer))
+
+
+def _int8_selective(converter, allowed: frozenset[str]) -> bytes:
+    """Calibrate, then quantize only the ops in `allowed` (selective quantization).
+
+    The other ops of the calibrated graph are passed to the quantizer's
+    `denylisted_ops`, which is what `tf.lite.experimental.QuantizationDebugger`
+    does for that option, without building its instrumented debug model.
+    """
+    from tensorflow.lite.python import convert as tfl_convert
+
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    denied = sorted(set(builtin_ops(calibrated)) - allowed)
+    return tfl_convert.mlir_quantize(
+        calibrated, disable_per_channel=False, fully_quantize=False, denylisted_ops=denied
+    )
+
+
+# ------------------------------------------------------------ flatbuffer tools
+def _read(flatbuffer: bytes):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+
+
+def tidy(flatbuffer: bytes) -> bytes:
+    """Post-conversion fixes of the flatbuffer; see the two helpers."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(flatbuffer)
+    changed = _share_identical_buffers(model) | _flatten_fc_biases(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else flatbuffer
+
+
+def _share_identical_buffers(model) -> bool:
+    """Point constant tensors with byte-identical data at one buffer.
+
+    The converter writes a separate buffer per constant even when two hold the
+    same bytes (the tied word table read by the lookup and by the MLM
+    projection, see `graph`). Tensors keep their own types and quantization
+    parameters; only the raw data is shared.
+    """
+    first: dict[tuple[int, str], int] = {}
+    remap: dict[int, int] = {}
+    for i, buf in enumerate(model.buffers):
+        if buf.data is None or len(buf.data) < 1024:
+            continue
+        data = np.asarray(buf.data)
+        key = (data.size, hashlib.sha256(data.tobytes()).hexdigest())
+        if key in first:
+            remap[i] = first[key]
+        else:
+            first[key] = i
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            if tensor.buffer in remap:
+                tensor.buffer = remap[tensor.buffer]
+    for i in remap:
+        model.buffers[i].data = None
+    return bool(remap)
+
+
+def _flatten_fc_biases(model) -> bool:
+    """Give FULLY_CONNECTED biases their canonical 1-D shape.
+
+    When the converter folds a norm's shift into a dense layer's bias it can
+    leave the bias [1, 1, N]; XNNPACK then refuses that int8 layer, which
+    splits the delegated graph (measured: 24 extra partitions in int8
+    MobileBERT, 1.2x slower on 1 thread and much slower on several). The data
+    is unchanged; only the shape (and the quantized axis) is.
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    changed = False
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) != "FULLY_CONNECTED":
+                continue
+            if len(op.inputs) < 3 or op.inputs[2] < 0:
+                continue
+            bias = subgraph.tensors[op.inputs[2]]
+            shape = [int(d) for d in bias.shape]
+            if len(shape) > 1 and all(d == 1 for d in shape[:-1]):
+                bias.shape = np.asarray(shape[-1:], np.int32)
+                bias.shapeSignature = None
+                if bias.quantization is not None and bias.quantization.scale is not None:
+                    bias.quantization.quantizedDimension = 0
+                changed = True
+    return changed
+
+
+def builtin_ops(flatbuffer: bytes) -> Counter:
+    """Count of each operator in the model (names as in the TFLite schema)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(flatbuffer)
+    counts: Counter = Counter()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            counts[flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)] += 1
+    return counts
+
+
+def custom_ops(flatbuffer: bytes) -> list[str]:
+    """Names of custom (non-builtin) operators, e.g. Flex ops; empty for a builtin-only model."""
+    model = _read(flatbuffer)
+    return sorted(
+        {
+            code.customCode.decode() if isinstance(code.customCode, bytes) else str(code.customCode)
+            for code in model.operatorCodes
+            if code.customCode
+        }
+    )
+
+
+def fused_activations(flatbuffer: bytes) -> Counter:
+    """Fused activation functions of the fully-connected / add / mul ops (e.g. RELU, RELU6)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.ActivationFunctionType).items() if not k.startswith("_")}
+    model = _read(flatbuffer)
+    counts: Counter = Counter()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            fn = getattr(op.builtinOptions, "fusedActivationFunction", None)
+            if fn:
+                name = flatbuffer_utils.opcode_to_name(model, op.opcodeIndex)
+                counts[f"{name}+{names.get(fn, fn)}"] += 1
+    return counts
+
+
+def constant_tensors(flatbuffer: bytes) -> list[dict]:
+    """Every constant tensor: name, shape, type, bytes and buffer index (shared buffers repeat)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(flatbuffer)
+    out = []
+    for subgraph in model.subgraphs:
+        for t in subgraph.tensors:
+            buf = model.buffers[t.buffer]
+            if buf.data is None or len(buf.data) == 0:
+                continue
+            out.append(
+                {
+                    "name": t.name.decode() if isinstance(t.name, bytes) else str(t.name),
+                    "shape": tuple(int(s) for s in t.shape) if t.shape is not None else (),
+                    "type": flatbuffer_utils.type_to_name(t.type),
+                    "bytes": len(buf.data),
+                    "buffer": t.buffer,
+                }
+            )
+    return out
+
+
+def write_atomic(path: str | os.PathLike, make: Callable[[], bytes]) -> Path:
+    """Write `make()` to `path` through a temporary sibling; nothing is left if `make` fails."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = make()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return path

@@ -1,0 +1,178 @@
+"""Verification of an exported file against the JAX model, printed after every export.
+
+The exported file runs in `ai_edge_litert`'s `Interpreter` (with its default
+XNNPACK delegate, as on a phone) one example at a time; the JAX model runs
+through plain `Model.apply` (`graph.reference_outputs`), not the export
+function, so a rewrite in the export graph is checked too. Reported:
+
+- float32 / fp16: max |TFLite - JAX| over all outputs (float target <= 1e-4).
+- every mode: agreement of predictions: argmax for classification and mlm
+  (real tokens only), start and end argmax both equal for qa, cosine
+  similarity for embeddings.
+- with labels: the task metric of JAX and of the file (accuracy; qa: exact
+  span match of the argmax start/end) and the drop in points.
+- file size, median latency at batch 1 on 1 and 4 threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from mbert_jax.export.data import Examples
+from mbert_jax.export.graph import INPUT_NAMES
+
+
+def interpreter(flatbuffer: bytes, num_threads: int = 1):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_content=flatbuffer, num_threads=num_threads)
+
+
+def run_tflite(
+    flatbuffer: bytes, examples: Examples, num_threads: int = 1
+) -> dict[str, np.ndarray]:
+    """Run every example at batch 1; returns {output name: [n, ...]}."""
+    runner = interpreter(flatbuffer, num_threads).get_signature_runner()
+    names = [k for k in INPUT_NAMES if k in runner.get_input_details()]
+    outs: dict[str, list] = {}
+    for i in range(len(examples)):
+        res = runner(**{k: getattr(examples, k)[i : i + 1] for k in names})
+        for k, v in res.items():
+            outs.setdefault(k, []).append(np.asarray(v)[0])
+    return {k: np.stack(v) for k, v in outs.items()}
+
+
+def latency_ms(flatbuffer: bytes, seq_len: int, num_threads: int, runs: int = 20) -> float:
+    """Median wall time of one batch-1 inference (after one warm-up run)."""
+    runner = interpreter(flatbuffer, num_threads).get_signature_runner()
+    names = [k for k in INPUT_NAMES if k in runner.get_input_details()]
+    inputs = {k: np.ones((1, seq_len), np.int32) for k in names}
+    runner(**inputs)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        runner(**inputs)
+        times.append(time.perf_counter() - t)
+    return 1000.0 * float(np.median(times))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = np.sum(a * b, axis=-1)
+    den = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+    return num / np.maximum(den, 1e-12)
+
+
+def agreement(task: str, ref: dict, got: dict, mask: np.ndarray) -> tuple[str, float]:
+    """(what, value): how often the file's prediction equals the JAX model's."""
+    if task == "classification":
+        return "argmax agreement", float(
+            np.mean(ref["logits"].argmax(-1) == got["logits"].argmax(-1))
+        )
+    if task == "qa":
+        same = (ref["start_logits"].argmax(-1) == got["start_logits"].argmax(-1)) & (
+            ref["end_logits"].argmax(-1) == got["end_logits"].argmax(-1)
+        )
+        return "start+end argmax agreement", float(np.mean(same))
+    if task == "mlm":
+        same = ref["mlm_logits"].argmax(-1) == got["mlm_logits"].argmax(-1)
+        return "argmax agreement (real tokens)", float(same[mask > 0].mean())
+    return "mean cosine similarity", float(np.mean(_cosine(ref["embedding"], got["embedding"])))
+
+
+def metric(task: str, outputs: dict, labels: dict) -> tuple[str, float] | None:
+    """The task metric (in points, 0-100) when the examples have labels, else None."""
+    if task == "classification" and "labels" in labels:
+        return "accuracy", 100.0 * float(np.mean(outputs["logits"].argmax(-1) == labels["labels"]))
+    if task == "qa" and "start_positions" in labels and "end_positions" in labels:
+        hit = (outputs["start_logits"].argmax(-1) == labels["start_positions"]) & (
+            outputs["end_logits"].argmax(-1) == labels["end_positions"]
+        )
+        return "exact span match", 100.0 * float(np.mean(hit))
+    return None
+
+
+@dataclasses.dataclass
+class Report:
+    """What verification found; `lines()` is what the CLI prints."""
+
+    path: str
+    task: str
+    quantize: str
+    size_bytes: int
+    num_examples: int
+    source: str
+    max_abs_diff: float
+    agreement_name: str
+    agreement: float
+    metric_name: str | None = None
+    metric_jax: float | None = None
+    metric_tflite: float | None = None
+    latency_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    ops: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def metric_drop(self) -> float | None:
+        if self.metric_jax is None:
+            return None
+        return self.metric_jax - self.metric_tflite
+
+    def lines(self) -> list[str]:
+        target = " (target <= 1e-4)" if self.quantize == "none" else ""
+        out = [
+            f"exported {self.path}: task={self.task} quantize={self.quantize} "
+            f"size={self.size_bytes / 1e6:.2f} MB",
+            f"  ops: {', '.join(f'{k} x{v}' for k, v in sorted(self.ops.items()))}",
+            f"  verified on {self.num_examples} held-out examples ({self.source}):",
+            f"    max |tflite - jax| = {self.max_abs_diff:.3g}{target}",
+            f"    {self.agreement_name} = {self.agreement:.4f}",
+        ]
+        if self.metric_name is not None:
+            jax_m, tfl_m = self.metric_jax, self.metric_tflite
+            out.append(
+                f"    {self.metric_name}: jax {jax_m:.2f}  tflite {tfl_m:.2f}"
+                f"  drop {self.metric_drop:+.2f} points"
+            )
+        for threads, ms in sorted(self.latency_ms.items()):
+            out.append(f"    median latency, batch 1, {threads} thread(s): {ms:.2f} ms")
+        return out
+
+
+def verify(
+    flatbuffer: bytes,
+    *,
+    path: str,
+    task: str,
+    quantize: str,
+    reference: dict[str, np.ndarray],
+    examples: Examples,
+    source: str,
+    threads: tuple[int, ...] = (1, 4),
+    latency_runs: int = 20,
+    ops: dict[str, int] | None = None,
+) -> Report:
+    """Compare the file with the JAX outputs `reference` on `examples`; time it."""
+    got = run_tflite(flatbuffer, examples)
+    diff = max(float(np.max(np.abs(got[k] - reference[k]))) for k in reference)
+    name, value = agreement(task, reference, got, examples.attention_mask)
+    report = Report(
+        path=path,
+        task=task,
+        quantize=quantize,
+        size_bytes=len(flatbuffer),
+        num_examples=len(examples),
+        source=source,
+        max_abs_diff=diff,
+        agreement_name=name,
+        agreement=value,
+        ops=dict(ops or {}),
+    )
+    m_ref, m_got = metric(task, reference, examples.labels), metric(task, got, examples.labels)
+    if m_ref is not None:
+        report.metric_name, report.metric_jax = m_ref
+        report.metric_tflite = m_got[1]
+    for t in threads:
+        report.latency_ms[t] = latency_ms(flatbuffer, examples.seq_len, t, latency_runs)
+    return report
