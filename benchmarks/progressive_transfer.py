@@ -51,7 +51,7 @@ import numpy as np
 
 from mbert_jax.distill import mobilebert_config
 from mbert_jax.distill.mobilebert import MobileBertRecipe
-from mbert_jax.distill.mobilebert_teacher import host_init
+from mbert_jax.distill.teacher import host_init
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.optimizers import make_optimizer
 from mbert_jax.train.step import TrainState, make_train_step

@@ -20,6 +20,8 @@ names a pretrained one with an MLM head), about a minute:
 
     mbert-jax train --config configs/distilbert.py:runlocal --workdir runs/distilbert_local
 
+`--config.teacher.dtype=bfloat16` holds and runs the frozen teacher in bf16
+(mbert_jax/distill/teacher.py).
 Options: `runlocal`, `data=default|synthetic`, `kl=all|masked`.
 Expected: the KL and cosine terms fall within the first 100 steps (the
 student starts close to the teacher); paper: GLUE dev 77.0 vs BERT-base 79.5.
@@ -27,7 +29,7 @@ student starts close to the teacher); paper: GLUE dev 77.0 vs BERT-base 79.5.
 
 from mbert_jax.data import config as data_config
 from mbert_jax.distill.distilbert import BERT_BASE_LAYERS
-from mbert_jax.distill.teacher_student import teacher_block
+from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.losses import (
     DISTILBERT_COSINE_WEIGHT,
     DISTILBERT_KL_WEIGHT,

@@ -22,13 +22,15 @@ about two minutes:
 
     mbert-jax train --config configs/theseus.py:runlocal --workdir runs/theseus_local
 
+`--config.teacher.dtype=bfloat16` holds and runs the frozen teacher in bf16
+(mbert_jax/distill/teacher.py).
 Options: `runlocal`, `task=NAME`, `schedule=linear|constant`.
 Expected: the successor's dev metric close to the predecessor's (paper: the
 6-layer successor keeps more than 98% of BERT-base's GLUE score).
 """
 
 from mbert_jax.data import config as data_config
-from mbert_jax.distill.teacher_student import teacher_block
+from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, parse_arg
 
 

@@ -20,6 +20,8 @@ given, e.g. `--config.teacher.path=runs/bert_local/model` from
 
     mbert-jax train --config configs/tinybert_general.py:runlocal --workdir runs/tinybert_general
 
+`--config.teacher.dtype=bfloat16` holds and runs the frozen teacher in bf16
+(mbert_jax/distill/teacher.py).
 Options: `runlocal`, `student=tinybert4|tinybert6|albert_base|...`,
 `data=default|synthetic`, `official`. Expected: every loss falls steadily
 (at runlocal size the hidden loss roughly halves in 200 steps); the paper's
@@ -29,7 +31,7 @@ Sweep (`mbert-jax sweep`): the paper's ablation without each loss.
 """
 
 from mbert_jax.data import config as data_config
-from mbert_jax.distill.teacher_student import teacher_block
+from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, model_block, parse_arg
 from mbert_jax.train.inputs import synthetic_data_config
 

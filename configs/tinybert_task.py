@@ -35,13 +35,15 @@ a pretrained micro BERT with an MLM head). About three minutes. Expected:
 the intermediate losses fall, then the student's dev accuracy approaches
 the teacher's; paper: TinyBERT4 GLUE test 77.0 (BERT-base 79.5).
 
+`--config.teacher.dtype=bfloat16` holds and runs the frozen teacher in bf16
+(mbert_jax/distill/teacher.py).
 Options: `runlocal`, `task=NAME`, `student=tinybert4|tinybert6|...`,
 `official`, `augment=1|0`. Sweep: the paper's ablation without each loss.
 """
 
 from mbert_jax.data import config as data_config
 from mbert_jax.distill.augment import augment_config
-from mbert_jax.distill.teacher_student import teacher_block
+from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, model_block, parse_arg
 
 

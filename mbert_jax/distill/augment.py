@@ -59,7 +59,7 @@ from pathlib import Path
 import ml_collections
 
 from mbert_jax.data.tokenizer import WordPieceTokenizer
-from mbert_jax.distill import teacher_student as ts
+from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.augment_words import (  # noqa: F401  (re-exported)
     PAPER_K,
     PAPER_N,
@@ -69,6 +69,7 @@ from mbert_jax.distill.augment_words import (  # noqa: F401  (re-exported)
     WordVectors,
     is_whole_word_token,
 )
+from mbert_jax.models.variants import block_overrides
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ def augment_config(**overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(
         {
             "enabled": False,
-            # A pretrained BERT model directory with an MLM head (empty: random, tests only).
-            "mlm_teacher": ts.teacher_block("bert_base"),
+            # A pretrained BERT model directory with an MLM head (empty: random, tests only);
+            # its dtype ("bfloat16") holds and runs it in bf16.
+            "mlm_teacher": teacher_lib.teacher_block("bert_base"),
             "word_vectors": "",  # GloVe text file; empty: the teacher's embedding table
             "word_vectors_limit": 100_000,  # read the first rows only (the official code: 100k)
             "p": PAPER_P,
@@ -174,7 +176,7 @@ def augment_task_files(
 
 def build_augmenter(augment_cfg, tokenizer: WordPieceTokenizer) -> Augmenter:
     """The `Augmenter` of a `config.augment` block (loads the MLM teacher and word vectors)."""
-    spec = ts.load_model_block(
+    spec = teacher_lib.load_teacher(
         augment_cfg.mlm_teacher,
         heads=("mlm",),
         what="augment.mlm_teacher",
@@ -213,13 +215,17 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
     if not train.is_file():
         raise ValueError(f"{train} does not exist: cannot augment the {data_config.task} task")
     teacher = augment_cfg.mlm_teacher
+    if teacher.path:
+        teacher_key = _file_key(Path(teacher.path) / "params.safetensors")
+    else:  # drawn by teacher.host_init
+        teacher_key = [teacher.variant, block_overrides(teacher), teacher.seed, "host_init"]
+    if teacher.dtype != "float32":  # float32 teacher directories keep their earlier keys
+        teacher_key.append(teacher.dtype)
     parts = {
         "task": data_config.task,
         "train": _file_key(train),
         "tokenizer": tokenizer.fingerprint,
-        "teacher": _file_key(Path(teacher.path) / "params.safetensors")
-        if teacher.path
-        else [teacher.variant, ts.overrides_of(teacher), teacher.seed],
+        "teacher": teacher_key,
         "vectors": _file_key(Path(augment_cfg.word_vectors)) if augment_cfg.word_vectors else "",
         **{
             k: augment_cfg[k]
@@ -286,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.mlm_teacher} has no vocab.txt: pass --vocab_file")
     cfg = augment_config(
         enabled=True,
-        mlm_teacher=ts.teacher_block(path=args.mlm_teacher),
+        mlm_teacher=teacher_lib.teacher_block(path=args.mlm_teacher),
         word_vectors=args.word_vectors,
         p=args.p,
         n=args.n,

@@ -24,6 +24,9 @@ teacher's on single-segment input. The official extraction drops it
 (`distill.fold_token_type=False`). An empty `init_layers` starts from a
 random student.
 
+The teacher is `config.teacher` (`teacher.teacher_block`, with an MLM head);
+`dtype="bfloat16"` holds and runs it in bf16 (the copies stay float32).
+
 Not reproduced from the official code: the frequency-smoothed choice of
 masked tokens (`mlm_smoothing=0.7`), and the optional causal-LM and logit
 MSE terms (weight 0 in the published run).
@@ -39,10 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbert_jax import losses
-from mbert_jax.distill import teacher_student as ts
+from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.losses import token_mask
 from mbert_jax.models import Model, param_shapes
 from mbert_jax.models.heads import gather_positions
+from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
 from mbert_jax.train.pretrain import PRETRAINING_KEYS, masked_accuracy
@@ -153,10 +157,10 @@ class DistilBertRecipe(Recipe):
                 f"config.distill.loss_weights {dict(d.loss_weights)}: terms are kl, mlm, cosine"
             )
         self.inputs = inputs.pretraining_inputs(
-            ts.with_teacher_vocab(config.data, config.teacher.path)
+            teacher_lib.teacher_data_config(config.data, config.teacher.path)
         )
         vocab_size = self.inputs.vocab_size
-        self.teacher_spec = ts.load_model_block(
+        self.teacher_spec = teacher_lib.load_teacher(
             config.teacher, heads=("mlm",), vocab_size=vocab_size
         )
         self.teacher_model = self.teacher_spec.model
@@ -181,14 +185,14 @@ class DistilBertRecipe(Recipe):
         return [Stage("distil", int(self.config.train.steps), self.weights)]
 
     def init_params(self, rng):
-        return ts.boxed_params(self.student, rng)
+        return self.student.init(rng, *dummy_inputs(self.student_config))["params"]
 
     def initial_overrides(self, params):
         if not self.init_layers:
             return params
         student = init_student_from_teacher(
             params,
-            self.teacher_spec.host_params(),
+            self.teacher_spec.host_params("float32"),
             self.init_layers,
             fold_token_type=bool(self.config.distill.fold_token_type),
         )

@@ -10,10 +10,11 @@ described in `mobilebert_stages.py`, which builds the stages).
 Config blocks it reads:
 
     student   model block: {variant, overrides}; vocab_size comes from the data
-    teacher   {path, variant, overrides, dtype}: a model directory, or (empty
-              path: tests and smoke runs only, with a warning) a randomly
-              initialized `variant` (`host_init`, seeded by config.train.seed);
-              dtype "bfloat16" holds and runs it in bf16
+    teacher   `teacher.teacher_block`: {path, variant, overrides, seed, dtype}: a
+              model directory, or (empty path: tests and smoke runs only, with a
+              warning) a randomly initialized `variant` (`host_init`, seeded by
+              `seed`); dtype "bfloat16" holds and runs it in bf16 (the copies into
+              the student stay float32)
     distill   `mobilebert_stages.default_distill_config()`
     data      as pretraining (`train.inputs`); with a teacher directory that has
               a vocab.txt, the data uses it (and checks it) unless vocab_file is set
@@ -56,36 +57,26 @@ full stack. `final_model` is the student (config, heads, params).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mbert_jax import losses
+from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.mobilebert_stages import mobilebert_stages, validate_distill_config
 from mbert_jax.distill.mobilebert_teacher import (
     COPIED_EMBEDDINGS,
     COPIED_HEAD,
     EMBEDDING_NORM,
     TEACHER_HEADS,
-    TEACHER_PREFIXES,
     check_fit,
-    check_params,
     copy_into,
-    flat,
-    host_init,
-    read_model_config,
-    read_params,
-    teacher_data_config,
 )
 from mbert_jax.losses import LossSum
-from mbert_jax.models import Model, io
-from mbert_jax.models.config import DTYPES
+from mbert_jax.models import Model
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
-from mbert_jax.parallel import sharding as sharding_lib
 from mbert_jax.train import inputs
 from mbert_jax.train.pretrain import PRETRAINING_KEYS, forward, masked_accuracy
 from mbert_jax.train.recipe import Recipe, Stage
@@ -103,53 +94,24 @@ class MobileBertRecipe(Recipe):
         d = self.distill = config.distill
         validate_distill_config(d)
         t = config.teacher
-        if t.dtype not in DTYPES:
-            raise ValueError(f"config.teacher.dtype={t.dtype!r}: one of {DTYPES}")
-        self.teacher_dir = Path(t.path) if t.path else None
-        self._random_teacher = None
         # 1. Structure, before any data is built.
-        if self.teacher_dir is not None:
-            teacher_cfg, heads = read_model_config(self.teacher_dir)
-            if "mlm" not in heads:
-                raise ValueError(
-                    f"config.teacher.path={t.path!r} has no MLM head (heads {list(heads)}); "
-                    "PD and the copied MLM head need a pretrained teacher with one"
-                )
-            teacher_name = f"config.teacher.path={t.path}"
-        else:
-            teacher_cfg = from_block(t)
-            teacher_name = f"config.teacher.variant={t.variant}"
-        student_cfg = from_block(config.student)
         self.layer_map = check_fit(
-            student_cfg,
-            teacher_cfg,
+            from_block(config.student),
+            teacher_lib.read_config(t, heads=TEACHER_HEADS),
             d,
-            teacher_name=teacher_name,
+            teacher_name=teacher_lib.describe(t),
             max_seq_length=int(config.data.max_seq_length),
         )
         # 2. The data, then the vocabularies.
-        self.data = inputs.pretraining_inputs(teacher_data_config(config))
+        self.data = inputs.pretraining_inputs(teacher_lib.teacher_data_config(config.data, t.path))
         vocab = self.data.vocab_size
-        if self.teacher_dir is None:
-            log.warning(
-                "config.teacher.path is empty: the teacher is a RANDOMLY INITIALIZED %s. "
-                "This is only for tests and smoke runs; pretrain one with "
-                "configs/pretrain_ibbert.py and pass --config.teacher.path=WORKDIR/model",
-                t.variant,
-            )
-            teacher_cfg = from_block(t, vocab_size=vocab)
-        elif teacher_cfg.vocab_size != vocab:
-            raise ValueError(
-                f"config.data: the data's vocabulary has {vocab} tokens but the teacher "
-                f"({t.path}) has vocab_size={teacher_cfg.vocab_size}; use the teacher's "
-                "vocab.txt (config.data.vocab_file)"
-            )
+        self.teacher_spec = teacher_lib.load_teacher(t, heads=TEACHER_HEADS, vocab_size=vocab)
         self.student_config = from_block(config.student, vocab_size=vocab)
-        self.teacher_config = teacher_cfg.replace(dtype=t.dtype)
+        self.teacher_config = self.teacher_spec.run_config
         self.use_nsp = bool(config.data.get("nsp", True))
         self.student_heads = ("mlm", "nsp") if self.use_nsp else ("mlm",)
         self.student = Model(self.student_config, heads=self.student_heads)
-        self.teacher_model = Model(self.teacher_config, heads=TEACHER_HEADS)
+        self.teacher_model = self.teacher_spec.model
         self.num_layers = self.student_config.num_layers
         self.copy_norm = self.student_config.normalization == self.teacher_config.normalization
         if not self.copy_norm:
@@ -181,31 +143,14 @@ class MobileBertRecipe(Recipe):
         return self.student.init(rng, *dummy_inputs(self.student_config))["params"]
 
     def teacher(self):
-        boxed = jax.eval_shape(
-            lambda: self.teacher_model.init(jax.random.key(0), *dummy_inputs(self.teacher_config))[
-                "params"
-            ]
-        )
-        dtype = jnp.dtype(self.teacher_config.dtype)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), boxed)
+        return self.teacher_spec.abstract()
 
     def _teacher_flat(self, prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The teacher's float32 parameters under `prefixes`, flat ('/'-keys), on the host."""
-        if self.teacher_dir is None:
-            if self._random_teacher is None:  # kept: overrides and the teacher both read it
-                shapes = sharding_lib.unbox(self.teacher())
-                self._random_teacher = flat(
-                    host_init(shapes, self.teacher_config.initializer_range, self.config.train.seed)
-                )
-            return {k: v for k, v in self._random_teacher.items() if k.startswith(prefixes)}
-        return read_params(self.teacher_dir, prefixes)
+        return self.teacher_spec.read(prefixes)
 
     def load_teacher_params(self):
-        params = self._teacher_flat(TEACHER_PREFIXES)
-        want = flat(sharding_lib.unbox(self.teacher()))
-        check_params(params, want, f"config.teacher.path={self.config.teacher.path!r}")
-        dtype = jnp.dtype(self.teacher_config.dtype)
-        return io.unflatten({k: v.astype(dtype) for k, v in params.items()})
+        return self.teacher_spec.host_params()
 
     def initial_overrides(self, params):
         prefixes = COPIED_EMBEDDINGS + COPIED_HEAD + ((EMBEDDING_NORM,) if self.copy_norm else ())

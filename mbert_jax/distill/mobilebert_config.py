@@ -10,7 +10,8 @@ of `--config configs/mobilebert_pkt.py:...`):
                      layer stage and 200 PD steps: a CPU smoke run
     student=NAME     mobilebert (default), tiny (= mobilebert_tiny), or any variant
     teacher=PATH     the IB-BERT model directory (config.teacher.path); empty: a
-                     random teacher (tests and smoke runs only; logs a warning)
+                     random teacher (tests and smoke runs only; logs a warning).
+                     `--config.teacher.dtype=bfloat16` holds and runs it in bf16
     data=default|synthetic   the embedded corpus (or --config.data.* for real
                      data), or random tokens (tests)
     lower=frozen|reduced|same   lower blocks during PKT (paper / official TF1 / TF2 port)
@@ -27,17 +28,11 @@ import ml_collections
 
 from mbert_jax.data import config as data_config
 from mbert_jax.distill.mobilebert_stages import default_distill_config
+from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, model_block, parse_arg
 from mbert_jax.train.inputs import synthetic_data_config
 
 RECIPE = "distill_mobilebert"
-
-
-def teacher_block(variant: str = "ibbert_large", path: str = "", **overrides):
-    """`config.teacher`: a model directory (`path`) or, when empty, a random `variant`."""
-    return ml_collections.ConfigDict(
-        {"path": path, "variant": variant, "overrides": dict(overrides), "dtype": "float32"}
-    )
 
 
 def get_config(strategy: str, arg: str | None = None) -> ml_collections.ConfigDict:

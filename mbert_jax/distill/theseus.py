@@ -25,6 +25,11 @@ alone (p = 1: no predecessor runs at all). Evaluation, prediction and the
 saved model are the successor alone: a plain `Model` with `n` layers and the
 shared embeddings and classifier.
 
+The predecessor is `config.teacher` (`teacher.teacher_block`, a fine-tuned
+model directory); `dtype="bfloat16"` holds it and runs its modules in bf16
+(the successor computes in its own dtype: the stored config's, or
+`theseus.successor_overrides.dtype`; the copies it starts from are float32).
+
 Successor initialization (`theseus.init_layers`): "first" copies
 predecessor layers 0..n-1 (the official `run_glue.py`), "module_first" /
 "module_last" the first / last layer of each module, or an explicit list of
@@ -40,11 +45,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbert_jax.distill import teacher_student as ts
+from mbert_jax.distill import teacher as teacher_lib
+from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.attention import make_attention_mask
-from mbert_jax.train.finetune import TUNABLE_FIELDS
+from mbert_jax.models.model import dummy_inputs
+from mbert_jax.train.finetune import TUNABLE_FIELDS, task_forward, task_metrics_from_logits
 from mbert_jax.train.recipe import Recipe, Stage
 
 SCHEDULES = ("linear", "constant")
@@ -133,12 +140,14 @@ class ModuleReplacer:
                 return run(self.successor, params, fn, h, mask, key=key)
 
             def predecessor_module(h, i=i, key=key):
+                out = h
                 for j in range(i * self.per_module, (i + 1) * self.per_module):
                     fn = lambda m, h, mask, j=j: m.encoder.layers[j](h, mask, det)[0]
-                    h = run(
-                        self.predecessor, pred_params, fn, h, mask, key=jax.random.fold_in(key, j)
+                    out = run(
+                        self.predecessor, pred_params, fn, out, mask, key=jax.random.fold_in(key, j)
                     )
-                return h
+                # A bf16 predecessor (config.teacher.dtype): both branches give the stream's dtype.
+                return out.astype(h.dtype)
 
             x = jax.lax.cond(choose[i], successor_module, predecessor_module, x)
         return run(
@@ -174,9 +183,9 @@ class TheseusRecipe(Recipe):
         t = config.theseus
         if t.schedule not in SCHEDULES:
             raise ValueError(f"config.theseus.schedule={t.schedule!r}: one of {SCHEDULES}")
-        self.task = ts.TaskSetup(config.data, config.teacher.path)
+        self.task = TaskSetup(config.data, config.teacher.path)
         self.regression = self.task.regression
-        self.predecessor_spec = ts.load_model_block(
+        self.predecessor_spec = teacher_lib.load_teacher(
             config.teacher,
             heads=("classifier",),
             vocab_size=self.task.tokenizer.vocab_size,
@@ -203,7 +212,9 @@ class TheseusRecipe(Recipe):
             raise ValueError(f"config.theseus.successor_overrides may set only {TUNABLE_FIELDS}")
         self.successor_config = p_cfg.replace(num_layers=n, **overrides)
         self.successor = Model(self.successor_config, heads=("classifier",))
-        self.predecessor = Model(p_cfg.replace(**overrides), heads=("classifier",))
+        # The predecessor runs in config.teacher.dtype (its parameters are held in it).
+        run = {k: v for k, v in overrides.items() if k != "dtype"}
+        self.predecessor = Model(self.predecessor_spec.run_config.replace(**run), ("classifier",))
         self.replacer = ModuleReplacer(self.successor, self.predecessor)
         self.schedule = dict(
             schedule=t.schedule,
@@ -239,10 +250,12 @@ class TheseusRecipe(Recipe):
 
     # ------------------------------------------------------------------ params
     def init_params(self, rng):
-        return ts.boxed_params(self.successor, rng)
+        return self.successor.init(rng, *dummy_inputs(self.successor_config))["params"]
 
     def initial_overrides(self, params):
-        new = successor_from_predecessor(self.predecessor_spec.host_params(), self.init_layers)
+        new = successor_from_predecessor(
+            self.predecessor_spec.host_params("float32"), self.init_layers
+        )
         if jax.tree.map(np.shape, new) != jax.tree.map(np.shape, params):
             raise ValueError("the successor's parameters do not match the predecessor's layout")
         return jax.tree.map(jnp.asarray, new)
@@ -254,16 +267,7 @@ class TheseusRecipe(Recipe):
         return self.predecessor_spec.host_params()
 
     def successor_logits(self, params, batch, *, train, rng=None):
-        out = self.successor.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            batch.get("position_ids"),
-            deterministic=not train,
-            rngs={"dropout": rng} if train else None,
-        )
-        return out.logits
+        return task_forward(self.successor, params, batch, train=train, rng=rng).logits
 
     def loss(self, stage, params, teacher_params, batch, rng, step=0):
         if stage.options.get("mode") == "replace":
@@ -276,7 +280,7 @@ class TheseusRecipe(Recipe):
         else:
             p, choose = jnp.ones(()), jnp.ones((self.num_modules,), bool)
             logits = self.successor_logits(params, batch, train=True, rng=rng)
-        metrics = ts.task_metrics_from_logits(logits, batch, self.regression)
+        metrics = task_metrics_from_logits(logits, batch, regression=self.regression)
         one = jnp.ones((), jnp.float32)
         metrics["replace_rate"] = LossSum(jnp.asarray(p, jnp.float32), one)
         metrics["replaced_modules"] = LossSum(
@@ -286,7 +290,7 @@ class TheseusRecipe(Recipe):
 
     def evaluate(self, stage, params, teacher_params, batch):
         logits = self.successor_logits(params, batch, train=False)
-        return ts.task_metrics_from_logits(logits, batch, self.regression)
+        return task_metrics_from_logits(logits, batch, regression=self.regression)
 
     def _predict(self, params, batch) -> dict[str, jax.Array]:
         return {"logits": self.successor_logits(params, batch, train=False).astype(jnp.float32)}

@@ -8,8 +8,11 @@ Student layer m learns from teacher layer g(m) (`layer_map`, default
     L_embd = MSE(E_S W_e, E_T)
     L_pred = CE(z_T / t, z_S / t)                         (regression: MSE(z_S, z_T))
 
-each MSE the mean over its real entries (`mbert_jax.losses.tinybert`), and
-the objective `sum_k w_k L_k` over the stage's active terms.
+each MSE the mean over its real entries (`mbert_jax.losses.tinybert`; the
+terms are assembled in `tinybert_losses.py`), and the objective
+`sum_k w_k L_k` over the stage's active terms. The teacher is
+`config.teacher` (`teacher.teacher_block`; `dtype="bfloat16"` holds and runs
+it in bf16).
 
 Modes (`config.distill.mode`):
 - "general": one stage of attention + hidden + embedding losses on
@@ -46,150 +49,29 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbert_jax import losses
-from mbert_jax.distill import teacher_student as ts
-from mbert_jax.distill.layer_map import all_hidden, layer_map
-from mbert_jax.losses import LossSum
+from mbert_jax.distill import teacher as teacher_lib
+from mbert_jax.distill.layer_map import layer_map
+from mbert_jax.distill.task_data import TaskSetup
+from mbert_jax.distill.tinybert_losses import (
+    INTERMEDIATE_LOSSES,
+    PREDICTION_LOSSES,
+    Projections,
+    intermediate_losses,
+    prediction_losses,
+)
 from mbert_jax.models import Model, io
-from mbert_jax.models.layers import EMBED, EMBED_IN
-from mbert_jax.models.variants import from_block
+from mbert_jax.models.model import dummy_inputs
+from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.train import inputs
-from mbert_jax.train.finetune import TUNABLE_FIELDS
+from mbert_jax.train.finetune import TUNABLE_FIELDS, task_forward, task_metrics
 from mbert_jax.train.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
 
 MODES = ("general", "task")
-INTERMEDIATE_LOSSES = ("attention", "hidden", "embedding")
-PREDICTION_LOSSES = ("prediction", "hard_label")
-
-
-class Projections(nn.Module):
-    """W_h (and W_e) mapping student widths to the teacher's: [d_S, d_T] (+ bias).
-
-    Parameters: `hidden` and `embedding`, or one `shared` (official `fit_dense`).
-    """
-
-    student_width: int
-    teacher_width: int
-    shared: bool = False
-    use_bias: bool = False
-    init_range: float = 0.02
-
-    @nn.compact
-    def __call__(self):
-        init = nn.with_logical_partitioning(
-            nn.initializers.normal(self.init_range), (EMBED_IN, EMBED)
-        )
-        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,))
-        out = {}
-        for name in ("shared",) if self.shared else ("hidden", "embedding"):
-            kernel = self.param(
-                f"{name}_kernel", init, (self.student_width, self.teacher_width), jnp.float32
-            )
-            bias = None
-            if self.use_bias:
-                bias = self.param(f"{name}_bias", bias_init, (self.teacher_width,), jnp.float32)
-            out[name] = (kernel, bias)
-        return out
-
-
-def projection(proj_params: dict, which: str) -> tuple[jax.Array, jax.Array | None]:
-    """(kernel, bias) of W_h ("hidden") or W_e ("embedding"); shared ones serve both."""
-    name = "shared" if "shared_kernel" in proj_params else which
-    return proj_params[f"{name}_kernel"], proj_params.get(f"{name}_bias")
-
-
-def layer_sum(per_layer: list[LossSum]) -> LossSum:
-    """Sum of the layers' means as one `LossSum` (the layers count the same items)."""
-    total = sum(x.total for x in per_layer)
-    return LossSum(total, per_layer[0].count)
-
-
-def intermediate_losses(
-    student_out, teacher_out, proj_params, mapping, attention_mask, weights, official
-) -> dict[str, LossSum]:
-    """The active layer-wise losses between two `EncoderOutput`s (see the module docstring).
-
-    Args:
-      student_out, teacher_out: encoder outputs with hidden states and attentions.
-      proj_params: the `Projections` parameters.
-      mapping: `layer_map(...)`: teacher layer of each student layer 0..L_S.
-      attention_mask: [batch, length] ints, 0 at padding.
-      weights: the stage's loss weights (only their keys matter here).
-      official: the official code's reductions.
-    """
-    out = {}
-    s_layers = range(1, len(mapping))
-    if "attention" in weights:
-        out["attention"] = layer_sum(
-            [
-                losses.tinybert_attention_loss(
-                    student_out.attention_scores[m - 1],
-                    teacher_out.attention_scores[mapping[m] - 1],
-                    attention_mask=attention_mask,
-                    official=official,
-                )
-                for m in s_layers
-            ]
-        )
-    s_hidden, t_hidden = all_hidden(student_out), all_hidden(teacher_out)
-    if "hidden" in weights:
-        kernel, bias = projection(proj_params, "hidden")
-        out["hidden"] = layer_sum(
-            [
-                losses.tinybert_hidden_loss(
-                    s_hidden[m],
-                    t_hidden[mapping[m]],
-                    projection=kernel,
-                    projection_bias=bias,
-                    attention_mask=attention_mask,
-                    official=official,
-                )
-                for m in s_layers
-            ]
-        )
-    if "embedding" in weights:
-        kernel, bias = projection(proj_params, "embedding")
-        out["embedding"] = losses.tinybert_embedding_loss(
-            s_hidden[0],
-            t_hidden[0],
-            projection=kernel,
-            projection_bias=bias,
-            attention_mask=attention_mask,
-            official=official,
-        )
-    return out
-
-
-def prediction_losses(
-    student_logits, teacher_logits, batch, weights, *, temperature, regression, official
-) -> dict[str, LossSum]:
-    """Prediction-layer distillation (and the optional hard-label loss) on the valid rows."""
-    valid = batch["valid"].astype(jnp.float32)
-    out = {}
-    if "prediction" in weights:
-        if regression:  # official task_distill.py: MSE between the predictions
-            err = jnp.square(
-                student_logits[:, 0].astype(jnp.float32)
-                - jax.lax.stop_gradient(teacher_logits[:, 0]).astype(jnp.float32)
-            )
-            out["prediction"] = LossSum(jnp.sum(err * valid), jnp.sum(valid))
-        else:
-            out["prediction"] = losses.tinybert_prediction_loss(
-                student_logits,
-                teacher_logits,
-                temperature=temperature,
-                weights=valid,
-                official=official,
-            )
-    if "hard_label" in weights:
-        out["hard_label"] = ts.task_metrics_from_logits(student_logits, batch, regression)["loss"]
-    return out
 
 
 def active(weights) -> dict[str, float]:
@@ -209,7 +91,7 @@ class TinyBertRecipe(Recipe):
         self.temperature = float(d.get("temperature", 1.0))
         self.task = None
         if self.mode == "general":
-            data = ts.with_teacher_vocab(config.data, config.teacher.path)
+            data = teacher_lib.teacher_data_config(config.data, config.teacher.path)
             self.inputs = inputs.pretraining_inputs(data)
             vocab_size, num_labels, heads = self.inputs.vocab_size, None, ()
         else:
@@ -218,12 +100,12 @@ class TinyBertRecipe(Recipe):
             prepare = None
             if config.augment.enabled:
                 prepare = lambda tok: augment.augmented_task_dir(config.data, config.augment, tok)
-            self.task = ts.TaskSetup(config.data, config.teacher.path, prepare=prepare)
+            self.task = TaskSetup(config.data, config.teacher.path, prepare=prepare)
             vocab_size, num_labels = self.task.tokenizer.vocab_size, self.task.num_labels
             heads = ("classifier",)
             self.predict, self.evaluator = self._predict, self.task.data.evaluator
         self.heads = heads
-        self.teacher_spec = ts.load_model_block(
+        self.teacher_spec = teacher_lib.load_teacher(
             config.teacher, heads=heads, vocab_size=vocab_size, num_labels=num_labels
         )
         self.teacher_model = self.teacher_spec.model
@@ -251,11 +133,11 @@ class TinyBertRecipe(Recipe):
 
     def _student_config(self, vocab_size, num_labels):
         cfg = self.config
-        overrides = ts.overrides_of(cfg.student)
+        overrides = block_overrides(cfg.student)
         if num_labels is not None:
             overrides["num_labels"] = num_labels
         if cfg.get("init_from"):
-            stored, _, _ = io.load_model(cfg.init_from)
+            stored, _ = io.load_config(cfg.init_from)
             bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
             if bad:
                 raise ValueError(
@@ -330,7 +212,7 @@ class TinyBertRecipe(Recipe):
     def init_params(self, rng):
         r_student, r_proj = jax.random.split(rng)
         return {
-            "student": ts.boxed_params(self.student, r_student),
+            "student": self.student.init(r_student, *dummy_inputs(self.student_config))["params"],
             "proj": self.projections.init(r_proj)["params"],
         }
 
@@ -338,7 +220,7 @@ class TinyBertRecipe(Recipe):
         path = self.config.get("init_from")
         if not path:
             return params
-        _, _, stored = io.load_model(path)
+        stored = io.unflatten(teacher_lib.read_params(path, ("encoder/",)))
         student = dict(params["student"])
         want = jax.tree.map(jnp.shape, student["encoder"])
         have = jax.tree.map(jnp.shape, stored["encoder"])
@@ -355,23 +237,10 @@ class TinyBertRecipe(Recipe):
         return self.teacher_spec.host_params()
 
     # ------------------------------------------------------------------ losses
-    def _forward(self, model, params, batch, *, train, rng):
-        return model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch["attention_mask"],
-            batch["token_type_ids"],
-            batch.get("position_ids"),
-            deterministic=not train,
-            rngs={"dropout": rng} if train else None,
-            output_hidden_states=True,
-            output_attentions=True,
-            run_heads=self.heads,
-        )
-
     def compute_losses(self, stage, params, teacher_params, batch, *, train, rng=None):
-        s_out = self._forward(self.student, params["student"], batch, train=train, rng=rng)
-        t_out = self._forward(self.teacher_model, teacher_params, batch, train=False, rng=None)
+        feats = dict(output_hidden_states=True, output_attentions=True, run_heads=self.heads)
+        s_out = task_forward(self.student, params["student"], batch, train=train, rng=rng, **feats)
+        t_out = task_forward(self.teacher_model, teacher_params, batch, train=False, **feats)
         metrics = intermediate_losses(
             s_out.encoder,
             t_out.encoder,
@@ -394,7 +263,7 @@ class TinyBertRecipe(Recipe):
                 )
             )
             if not train:
-                task = ts.task_metrics_from_logits(s_out.logits, batch, self.task.regression)
+                task = task_metrics(s_out, batch, squad=False, regression=self.task.regression)
                 metrics.update({f"task_{k}": v for k, v in task.items()})
         return metrics
 
@@ -407,7 +276,7 @@ class TinyBertRecipe(Recipe):
         return self.compute_losses(stage, params, teacher_params, batch, train=False)
 
     def _predict(self, params, batch) -> dict[str, jax.Array]:
-        out = self._forward(self.student, params["student"], batch, train=False, rng=None)
+        out = task_forward(self.student, params["student"], batch, train=False)
         return {"logits": out.logits.astype(jnp.float32)}
 
     # -------------------------------------------------------------------- data

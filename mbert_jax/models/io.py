@@ -71,8 +71,8 @@ def is_model_dir(directory: str | os.PathLike) -> bool:
     return (d / CONFIG_FILE).is_file() and (d / PARAMS_FILE).is_file()
 
 
-def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...], dict]:
-    """Read a model directory: `(config, heads, params)` with numpy parameters."""
+def load_config(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...]]:
+    """Read a model directory's `(config, heads)` without its parameters."""
     d = Path(directory)
     if not is_model_dir(d):
         raise FileNotFoundError(
@@ -80,9 +80,13 @@ def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ..
             "pass the directory a training run wrote (WORKDIR/model) or one from save_model"
         )
     meta = json.loads((d / CONFIG_FILE).read_text())
-    config = ModelConfig.from_dict(meta["config"])
-    heads = validate_heads(meta["heads"])
-    return config, heads, unflatten(load_file(str(d / PARAMS_FILE)))
+    return ModelConfig.from_dict(meta["config"]), validate_heads(meta["heads"])
+
+
+def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...], dict]:
+    """Read a model directory: `(config, heads, params)` with numpy parameters."""
+    config, heads = load_config(directory)
+    return config, heads, unflatten(load_file(str(Path(directory) / PARAMS_FILE)))
 
 
 def vocab_path(directory: str | os.PathLike) -> Path | None:

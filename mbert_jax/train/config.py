@@ -1,7 +1,8 @@
 """The experiment config skeleton every `configs/*.py` file starts from.
 
     recipe           what runs: "pretrain", "finetune", "distill_mobilebert", ...
-    model / student / teacher   model blocks (recipe-specific)
+    model / student  model blocks (`model_block`, recipe-specific)
+    teacher          a distillation recipe's frozen teacher (`distill.teacher.teacher_block`)
     data             the data layer's block (`mbert_jax.data.config`)
     optimizer        `mbert_jax.train.optimizers.default_optimizer_config`
     train            steps, seed, logging, evaluation, checkpoints

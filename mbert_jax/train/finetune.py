@@ -44,7 +44,8 @@ def _encoder_mismatch(want, have, prefix="encoder") -> list[str]:
     return out
 
 
-def task_forward(model: Model, params, batch, *, train: bool, rng=None):
+def task_forward(model: Model, params, batch, *, train: bool, rng=None, **kwargs):
+    """The model on a task batch (dropout when `train`); `kwargs` go to `Model.__call__`."""
     return model.apply(
         {"params": params},
         batch["input_ids"],
@@ -53,22 +54,32 @@ def task_forward(model: Model, params, batch, *, train: bool, rng=None):
         batch.get("position_ids"),
         deterministic=not train,
         rngs={"dropout": rng} if train else None,
+        **kwargs,
     )
 
 
 def task_metrics(out, batch, *, squad: bool, regression: bool) -> dict[str, LossSum]:
     """The task loss (and accuracy) over the valid rows of a batch."""
-    valid = batch["valid"].astype(jnp.float32)
     if squad:
+        valid = batch["valid"].astype(jnp.float32)
         start = losses.cross_entropy(out.start_logits, batch["start_positions"], valid)
         end = losses.cross_entropy(out.end_logits, batch["end_positions"], valid)
         return {"loss": LossSum((start.total + end.total) / 2, start.count)}
+    return task_metrics_from_logits(out.logits, batch, regression=regression)
+
+
+def task_metrics_from_logits(logits, batch, *, regression: bool) -> dict[str, LossSum]:
+    """`task_metrics` of sequence classification or regression logits [batch, num_labels].
+
+    For logits of a forward assembled by hand (BERT-of-Theseus's mixed stack).
+    """
+    valid = batch["valid"].astype(jnp.float32)
     if regression:
-        err = (out.logits[:, 0].astype(jnp.float32) - batch["labels"]) ** 2
+        err = (logits[:, 0].astype(jnp.float32) - batch["labels"]) ** 2
         return {"loss": LossSum(jnp.sum(err * valid), jnp.sum(valid))}
     return {
-        "loss": losses.cross_entropy(out.logits, batch["labels"], valid),
-        "accuracy": masked_accuracy(out.logits, batch["labels"], valid),
+        "loss": losses.cross_entropy(logits, batch["labels"], valid),
+        "accuracy": masked_accuracy(logits, batch["labels"], valid),
     }
 
 
@@ -82,7 +93,7 @@ class FinetuneRecipe(Recipe):
         self.init_from = Path(config.init_from) if config.get("init_from") else None
         pretrained_config = None
         if self.init_from is not None:
-            pretrained_config, _, _ = io.load_model(self.init_from)
+            pretrained_config, _ = io.load_config(self.init_from)
         vocab = config.data.vocab_file or (
             io.vocab_path(self.init_from) if self.init_from is not None else None
         )

@@ -15,7 +15,7 @@ import pytest
 
 from mbert_jax.data.synthetic import SyntheticPretrainingData
 from mbert_jax.distill import distilbert
-from mbert_jax.distill.teacher_student import teacher_block
+from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.models import Model, get_config, init_params, io
 from mbert_jax.train.config import base_config, model_block
 from mbert_jax.train.inputs import synthetic_data_config

@@ -19,7 +19,7 @@ import pytest
 from flax import traverse_util
 
 from mbert_jax.distill import mobilebert_config
-from mbert_jax.distill.mobilebert_teacher import host_init
+from mbert_jax.distill.teacher import host_init
 from mbert_jax.models import io
 from mbert_jax.train import recipes
 from mbert_jax.train.labels import make_labels

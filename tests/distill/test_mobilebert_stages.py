@@ -204,7 +204,7 @@ def test_teacher_directory_checks(tmp_path, no_compiling):
 
 
 def test_host_init_draws_like_the_models_initializers():
-    from mbert_jax.distill.mobilebert_teacher import host_init
+    from mbert_jax.distill.teacher import host_init
 
     shapes = param_shapes(Model(get_config("ibbert_large_micro"), heads=("mlm",)))
     params = traverse_util.flatten_dict(host_init(shapes, 0.02, seed=3), sep="/")

@@ -13,9 +13,9 @@ import optax
 import pytest
 
 from mbert_jax.distill import theseus
-from mbert_jax.distill.teacher_student import task_metrics_from_logits
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model, get_config, init_params, io
+from mbert_jax.train.finetune import task_metrics_from_logits
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.optimizers import default_optimizer_config, make_optimizer
 from mbert_jax.train.recipe import Stage

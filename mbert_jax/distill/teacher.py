@@ -1,0 +1,364 @@
+"""The frozen teacher of every distillation recipe: its config block, loading and checks.
+
+MobileBERT, TinyBERT, DistilBERT, BERT-of-Theseus (the predecessor) and the
+augmentation's MLM teacher all describe, load, check and shard their teacher
+the same way:
+
+- `teacher_block(variant, path, seed=, dtype=, **overrides)` is the config
+  block `{path, variant, overrides, seed, dtype}`. `path` is a model
+  directory (`models/io.py`; every run writes one as WORKDIR/model) and
+  brings its own config. An empty path builds a randomly initialized
+  `variant` with the block's `overrides` (a `model_block`'s: every
+  `ModelConfig` field, settable from the command line) and `seed`, drawn on
+  the host by `host_init` (no compile). A random teacher only makes sense for
+  tests and smoke runs, so it logs a loud warning.
+- `dtype` ("float32" or "bfloat16") is the dtype the teacher's parameters are
+  held in on the devices and its forward computes in (`Teacher.run_config`
+  and `Teacher.model`); it wins over the `ModelConfig.dtype` of a stored
+  config. Copies of teacher parameters into a student are always float32.
+- `read_config` gives the config (no parameters) before the data is known;
+  `load_teacher` returns a `Teacher` whose heads, vocabulary and label count
+  are checked against the recipe, with messages naming the config field.
+  `Teacher.read` reads only the subtrees asked for (the encoder and the
+  recipe's heads by default) from params.safetensors and checks them against
+  the model's shapes; `Teacher.abstract` gives the boxed abstract parameters
+  the trainer shards the teacher with.
+- `teacher_data_config`: a data block that reads the teacher's vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+from safetensors import safe_open
+
+from mbert_jax.models import Model, ModelConfig, io
+from mbert_jax.models.model import dummy_inputs
+from mbert_jax.models.variants import block_overrides, from_block
+from mbert_jax.parallel import sharding as sharding_lib
+from mbert_jax.train.config import model_block
+
+log = logging.getLogger(__name__)
+
+TEACHER_DTYPES = ("float32", "bfloat16")
+
+# What a missing head asks for, in messages.
+_HEAD_HINTS = {
+    "mlm": "a pretrained BERT (WORKDIR/model of configs/pretrain_ibbert.py, or any "
+    "pretraining run)",
+    "classifier": "a fine-tuned model (WORKDIR/model of configs/finetune.py)",
+}
+
+
+def teacher_block(
+    variant: str = "bert_base",
+    path: str = "",
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    **overrides,
+) -> ml_collections.ConfigDict:
+    """The config block of a frozen teacher: `{path, variant, overrides, seed, dtype}`.
+
+    Args:
+      variant: the zoo variant of a random teacher (empty `path`).
+      path: a model directory; it brings its own config, so `variant`,
+        `overrides` and `seed` are then unused.
+      seed: the host-init seed of a random teacher.
+      dtype: "float32" or "bfloat16": how the teacher is held and run.
+      **overrides: `ModelConfig` fields of a random teacher (see
+        `train.config.model_block`; all are settable from the command line).
+
+    Returns:
+      The block.
+    """
+    block = model_block(variant, **overrides)
+    block.path = path
+    block.seed = seed
+    block.dtype = dtype
+    return block
+
+
+def describe(block, what: str = "teacher") -> str:
+    """`config.<what>.path=...`, or `config.<what>.variant=...` for a random teacher."""
+    path = block.get("path", "") or ""
+    return f"config.{what}.path={path}" if path else f"config.{what}.variant={block.variant}"
+
+
+def _check_dtype(block, what: str) -> str:
+    dtype = block.get("dtype", "float32")
+    if dtype not in TEACHER_DTYPES:
+        raise ValueError(f"config.{what}.dtype={dtype!r}: one of {TEACHER_DTYPES}")
+    declared = block_overrides(block).get("dtype")
+    if declared is not None and declared != dtype:
+        raise ValueError(
+            f"config.{what}.overrides.dtype={declared!r} differs from config.{what}.dtype="
+            f"{dtype!r}; set config.{what}.dtype alone (the teacher's parameter and compute dtype)"
+        )
+    return dtype
+
+
+def _model_dir(path: str | Path, what: str) -> Path:
+    d = Path(path)
+    if not io.is_model_dir(d):
+        raise ValueError(
+            f"config.{what}.path={str(d)!r} is not a model directory (needs {io.CONFIG_FILE} "
+            f"and {io.PARAMS_FILE}); pass the WORKDIR/model of a training run"
+        )
+    return d
+
+
+def read_config(block, *, heads: tuple[str, ...] = (), what: str = "teacher") -> ModelConfig:
+    """The model config of a teacher block, without reading any parameters.
+
+    A model directory's stored config (which must have `heads`), or the random
+    variant's with the block's overrides (its vocabulary and labels as
+    declared: `load_teacher` fits them to the data).
+
+    Raises:
+      ValueError: a bad dtype, a path that is not a model directory, or a
+        missing head, naming the config field.
+    """
+    _check_dtype(block, what)
+    if not block.get("path"):
+        return from_block(block)
+    d = _model_dir(block.path, what)
+    config, stored_heads = io.load_config(d)
+    missing = [h for h in heads if h not in stored_heads]
+    if missing:
+        raise ValueError(
+            f"config.{what}.path={block.path} has heads {list(stored_heads)} but this recipe "
+            f"needs {missing}: give " + " or ".join(_HEAD_HINTS.get(h, h) for h in missing)
+        )
+    return config
+
+
+def load_teacher(
+    block,
+    *,
+    heads: tuple[str, ...],
+    what: str = "teacher",
+    vocab_size: int | None = None,
+    num_labels: int | None = None,
+) -> Teacher:
+    """Resolve a teacher block into a `Teacher`, checked against the recipe's data.
+
+    Args:
+      block: `{path, variant, overrides, seed, dtype}` (`teacher_block`).
+      heads: the heads the recipe runs or copies; a model directory must have them.
+      what: the config field, for messages ("teacher", "augment.mlm_teacher").
+      vocab_size: the data's vocabulary size; a stored teacher must have it,
+        a random one is built with it.
+      num_labels: the task's label count; likewise for a classifier.
+
+    Raises:
+      ValueError: see `read_config`; a vocabulary or label count that differs.
+    """
+    seed = int(block.get("seed", 0))
+    if not block.get("path"):
+        dtype = _check_dtype(block, what)
+        log.warning(
+            "config.%s.path is empty: the %s is a RANDOMLY INITIALIZED %s (seed %d) -- only for "
+            "tests and smoke runs, the result means nothing; pass --config.%s.path=WORKDIR/model "
+            "of a training run",
+            what,
+            what,
+            block.variant,
+            seed,
+            what,
+        )
+        forced = {"vocab_size": vocab_size, "num_labels": num_labels}
+        config = from_block(block, **{k: v for k, v in forced.items() if v is not None})
+        return Teacher(config, tuple(heads), None, dtype, seed, what)
+    config = read_config(block, heads=heads, what=what)
+    if vocab_size is not None and config.vocab_size != vocab_size:
+        raise ValueError(
+            f"config.data: the data's vocabulary has {vocab_size} tokens but "
+            f"config.{what}.path={block.path} has vocab_size={config.vocab_size}; distillation "
+            f"feeds both models the same ids, so use the {what}'s vocab.txt "
+            "(config.data.vocab_file)"
+        )
+    if num_labels is not None and "classifier" in heads and config.num_labels != num_labels:
+        raise ValueError(
+            f"config.{what}.path={block.path} classifies into {config.num_labels} labels but the "
+            f"task has {num_labels}; fine-tune the {what} on this task first"
+        )
+    return Teacher(config, tuple(heads), Path(block.path), block.dtype, seed, what)
+
+
+@dataclasses.dataclass
+class Teacher:
+    """A frozen model from a directory (or a random one) with the heads a recipe uses.
+
+    Attributes:
+      config: its `ModelConfig` as stored (or declared by the block).
+      heads: the heads kept (a subset of those stored).
+      path: the model directory; None for a random model.
+      dtype: the block's `dtype`: the parameters are held and the forward
+        computes in it (`run_config`).
+      seed: the host-init seed of a random model.
+      what: the config field it comes from, for messages.
+    """
+
+    config: ModelConfig
+    heads: tuple[str, ...]
+    path: Path | None
+    dtype: str = "float32"
+    seed: int = 0
+    what: str = "teacher"
+    _random: dict | None = dataclasses.field(default=None, init=False, repr=False)
+
+    @property
+    def run_config(self) -> ModelConfig:
+        """`config` computing in `dtype`: the config the teacher runs with."""
+        return self.config.replace(dtype=self.dtype)
+
+    @property
+    def model(self) -> Model:
+        return Model(self.run_config, heads=self.heads)
+
+    @property
+    def vocab_file(self) -> Path | None:
+        return io.vocab_path(self.path) if self.path is not None else None
+
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The flat-key prefixes of its subtrees: the encoder and its heads."""
+        return ("encoder/", *(f"{h}/" for h in self.heads))
+
+    def abstract(self) -> Any:
+        """The boxed abstract parameters, in `dtype` (`jax.eval_shape`: allocates nothing)."""
+        model = self.model
+        boxed = jax.eval_shape(
+            lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))["params"]
+        )
+        dtype = jnp.dtype(self.dtype)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), boxed)
+
+    def read(self, prefixes: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Float32 host parameters under `prefixes` (default: all), flat ('/'-keys), checked.
+
+        A directory is read again on each call, only the tensors asked for; a
+        random model is drawn once and kept.
+
+        Raises:
+          ValueError: the stored parameters do not match the model's shapes.
+        """
+        prefixes = self.prefixes if prefixes is None else tuple(prefixes)
+        # Not `param_shapes`: its unboxing adds sharding constraints, which fail
+        # on abstract values inside the trainer's mesh context.
+        shapes = sharding_lib.unbox(self.abstract())
+        if self.path is None:
+            if self._random is None:
+                self._random = flat(host_init(shapes, self.config.initializer_range, self.seed))
+            return {k: v for k, v in self._random.items() if k.startswith(prefixes)}
+        want = {k: v for k, v in flat(shapes).items() if k.startswith(prefixes)}
+        have = read_params(self.path, prefixes)
+        check_params(have, want, f"config.{self.what}.path={str(self.path)!r}")
+        return {k: np.asarray(v, np.float32) for k, v in have.items()}
+
+    def host_params(self, dtype: str | None = None) -> dict:
+        """Numpy parameters of the encoder and `heads`, nested, in `dtype` (default: held).
+
+        The trainer's `load_teacher_params` takes the held dtype; copies into a
+        student ask for "float32".
+        """
+        dtype = jnp.dtype(dtype or self.dtype)
+        return io.unflatten({k: v.astype(dtype) for k, v in self.read().items()})
+
+
+# ------------------------------------------------------------------ parameters
+def flat(tree) -> dict[str, Any]:
+    """A nested parameter tree as a flat dict with '/'-joined keys."""
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def host_init(shapes, initializer_range: float, seed: int) -> dict:
+    """Random float32 parameters on the host, drawn like the zoo's initializers.
+
+    Norm scales are ones, biases zeros, every other leaf (kernels, embedding
+    tables, extra output weights) normal with std `initializer_range` (see
+    `models.layers`). For the random teacher of tests and smoke runs: numpy
+    draws cost nothing, where compiling the model's `init` takes seconds.
+
+    Args:
+      shapes: a tree of `jax.ShapeDtypeStruct` (e.g. `models.param_shapes(model)`).
+      initializer_range: the model's `initializer_range`.
+      seed: the numpy seed.
+
+    Returns:
+      A tree of numpy float32 arrays like `shapes`.
+    """
+    rng = np.random.default_rng(seed)
+
+    def one(path, s):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name == "scale":
+            return np.ones(s.shape, np.float32)
+        if name.endswith("bias"):
+            return np.zeros(s.shape, np.float32)
+        return (rng.standard_normal(s.shape) * initializer_range).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def read_params(directory: str | Path, prefixes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The parameters under `prefixes` of a model directory, flat ('/'-keys), as stored.
+
+    Only those tensors are read from params.safetensors.
+    """
+    with safe_open(str(Path(directory) / io.PARAMS_FILE), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}  # noqa: SIM118
+
+
+def check_params(have: dict[str, Any], want: dict[str, Any], where: str) -> None:
+    """Raise naming `where` unless `have` has exactly the keys and shapes of `want` (flat)."""
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    differ = sorted(
+        k for k in set(want) & set(have) if tuple(want[k].shape) != tuple(np.shape(have[k]))
+    )
+    if missing or extra or differ:
+        raise ValueError(
+            f"{where}: its parameters do not match its model_config.json (missing "
+            f"{missing[:5]}, unexpected {extra[:5]}, other shapes {differ[:5]})"
+        )
+
+
+# ------------------------------------------------------------------------ data
+def teacher_data_config(data_config, teacher_path: str, what: str = "teacher"):
+    """A pretraining data block that reads the teacher directory's vocab.txt.
+
+    Both models read the same `input_ids`, so the data must use the teacher's
+    vocabulary: an empty `vocab_file` (learn one) becomes the teacher's, and
+    `teacher_vocab_file` makes the data layer check that they are equal.
+    Synthetic data and random teachers are left alone.
+
+    Raises:
+      ValueError: `teacher_path` is not a model directory, or has no vocab.txt
+        and `data_config.vocab_file` is empty.
+    """
+    if data_config.get("source") == "synthetic" or not teacher_path:
+        return data_config
+    vocab = io.vocab_path(_model_dir(teacher_path, what))
+    if vocab is None:
+        if data_config.get("vocab_file"):
+            return data_config
+        raise ValueError(
+            f"config.{what}.path={teacher_path} has no vocab.txt; set config.data.vocab_file "
+            f"to the {what}'s"
+        )
+    c = ml_collections.ConfigDict(data_config.to_dict())
+    if not c.get("vocab_file"):
+        c.vocab_file = str(vocab)
+    if not c.get("teacher_vocab_file"):
+        c.teacher_vocab_file = str(vocab)
+    return c

@@ -1,0 +1,155 @@
+"""TinyBERT's losses between a student and a teacher forward, and its projections.
+
+`intermediate_losses` sums the layer-wise terms over the layer map (student
+layer m learns from teacher layer g(m); layer 0 is the embedding output):
+
+    L_attn = sum_{m=1..L_S} MSE(A_S^m, A_T^g(m))        pre-softmax scores, mean over heads
+    L_hidn = sum_{m=1..L_S} MSE(H_S^m W_h, H_T^g(m))
+    L_embd = MSE(E_S W_e, E_T)
+
+and `prediction_losses` the prediction-layer term (soft cross-entropy at a
+temperature; MSE for regression) and the optional hard-label loss. Each
+MSE is the mean over its real entries (`mbert_jax.losses.tinybert`).
+`Projections` holds W_h and W_e (or the official code's one shared
+`fit_dense`). The recipe is `tinybert.py`.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbert_jax import losses
+from mbert_jax.distill.layer_map import all_hidden
+from mbert_jax.losses import LossSum
+from mbert_jax.models.layers import EMBED, EMBED_IN
+from mbert_jax.train.finetune import task_metrics_from_logits
+
+INTERMEDIATE_LOSSES = ("attention", "hidden", "embedding")
+PREDICTION_LOSSES = ("prediction", "hard_label")
+
+
+class Projections(nn.Module):
+    """W_h (and W_e) mapping student widths to the teacher's: [d_S, d_T] (+ bias).
+
+    Parameters: `hidden` and `embedding`, or one `shared` (official `fit_dense`).
+    """
+
+    student_width: int
+    teacher_width: int
+    shared: bool = False
+    use_bias: bool = False
+    init_range: float = 0.02
+
+    @nn.compact
+    def __call__(self):
+        init = nn.with_logical_partitioning(
+            nn.initializers.normal(self.init_range), (EMBED_IN, EMBED)
+        )
+        bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,))
+        out = {}
+        for name in ("shared",) if self.shared else ("hidden", "embedding"):
+            kernel = self.param(
+                f"{name}_kernel", init, (self.student_width, self.teacher_width), jnp.float32
+            )
+            bias = None
+            if self.use_bias:
+                bias = self.param(f"{name}_bias", bias_init, (self.teacher_width,), jnp.float32)
+            out[name] = (kernel, bias)
+        return out
+
+
+def projection(proj_params: dict, which: str) -> tuple[jax.Array, jax.Array | None]:
+    """(kernel, bias) of W_h ("hidden") or W_e ("embedding"); shared ones serve both."""
+    name = "shared" if "shared_kernel" in proj_params else which
+    return proj_params[f"{name}_kernel"], proj_params.get(f"{name}_bias")
+
+
+def layer_sum(per_layer: list[LossSum]) -> LossSum:
+    """Sum of the layers' means as one `LossSum` (the layers count the same items)."""
+    total = sum(x.total for x in per_layer)
+    return LossSum(total, per_layer[0].count)
+
+
+def intermediate_losses(
+    student_out, teacher_out, proj_params, mapping, attention_mask, weights, official
+) -> dict[str, LossSum]:
+    """The active layer-wise losses between two `EncoderOutput`s (see the module docstring).
+
+    Args:
+      student_out, teacher_out: encoder outputs with hidden states and attentions.
+      proj_params: the `Projections` parameters.
+      mapping: `layer_map(...)`: teacher layer of each student layer 0..L_S.
+      attention_mask: [batch, length] ints, 0 at padding.
+      weights: the stage's loss weights (only their keys matter here).
+      official: the official code's reductions.
+    """
+    out = {}
+    s_layers = range(1, len(mapping))
+    if "attention" in weights:
+        out["attention"] = layer_sum(
+            [
+                losses.tinybert_attention_loss(
+                    student_out.attention_scores[m - 1],
+                    teacher_out.attention_scores[mapping[m] - 1],
+                    attention_mask=attention_mask,
+                    official=official,
+                )
+                for m in s_layers
+            ]
+        )
+    s_hidden, t_hidden = all_hidden(student_out), all_hidden(teacher_out)
+    if "hidden" in weights:
+        kernel, bias = projection(proj_params, "hidden")
+        out["hidden"] = layer_sum(
+            [
+                losses.tinybert_hidden_loss(
+                    s_hidden[m],
+                    t_hidden[mapping[m]],
+                    projection=kernel,
+                    projection_bias=bias,
+                    attention_mask=attention_mask,
+                    official=official,
+                )
+                for m in s_layers
+            ]
+        )
+    if "embedding" in weights:
+        kernel, bias = projection(proj_params, "embedding")
+        out["embedding"] = losses.tinybert_embedding_loss(
+            s_hidden[0],
+            t_hidden[0],
+            projection=kernel,
+            projection_bias=bias,
+            attention_mask=attention_mask,
+            official=official,
+        )
+    return out
+
+
+def prediction_losses(
+    student_logits, teacher_logits, batch, weights, *, temperature, regression, official
+) -> dict[str, LossSum]:
+    """Prediction-layer distillation (and the optional hard-label loss) on the valid rows."""
+    valid = batch["valid"].astype(jnp.float32)
+    out = {}
+    if "prediction" in weights:
+        if regression:  # official task_distill.py: MSE between the predictions
+            err = jnp.square(
+                student_logits[:, 0].astype(jnp.float32)
+                - jax.lax.stop_gradient(teacher_logits[:, 0]).astype(jnp.float32)
+            )
+            out["prediction"] = LossSum(jnp.sum(err * valid), jnp.sum(valid))
+        else:
+            out["prediction"] = losses.tinybert_prediction_loss(
+                student_logits,
+                teacher_logits,
+                temperature=temperature,
+                weights=valid,
+                official=official,
+            )
+    if "hard_label" in weights:
+        task = task_metrics_from_logits(student_logits, batch, regression=regression)
+        out["hard_label"] = task["loss"]
+    return out
