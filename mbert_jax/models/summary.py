@@ -96,11 +96,19 @@ def mlm_flops_per_prediction(config: ModelConfig) -> int:
     return 2 * (config.hidden_size * t + t * config.vocab_size)
 
 
+def format_flops(n: float) -> str:
+    """FLOPs with a readable unit (PFLOP ... MFLOP)."""
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if n >= scale:
+            return f"{n / scale:8.3f} {unit}"
+    return f"{n / 1e6:8.3f} MFLOP"
+
+
 def describe(name: str, config: ModelConfig, seq_lens=(128, 512)) -> str:
     """A human-readable report of one variant."""
     p = param_counts(config)
     m = lambda n: f"{n / 1e6:9.3f}M"
-    g = lambda n: f"{n / 1e9:8.3f} GFLOP"
+    g = format_flops
     c = config
     lines = [
         f"{name}: {c.num_layers} layers, hidden {c.hidden_size}, "

@@ -33,10 +33,9 @@ def _gib(n: float) -> str:
 
 
 def _flops(n: float) -> str:
-    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
-        if n >= scale:
-            return f"{n / scale:10.3f} {unit}"
-    return f"{n / 1e6:10.3f} MFLOP"
+    from mbert_jax.models.summary import format_flops
+
+    return f"  {format_flops(n)}"
 
 
 def plan_config(config) -> ml_collections.ConfigDict:
