@@ -308,9 +308,19 @@ class Trainer:
 
             manager.wait_until_finished()
             if not preempted:
-                if state is None:  # the run had already finished: take its final params
-                    state = self._restore(manager, latest, boxed, param_shardings, replicated)[0]
-                self._finish(state.params, final_train, final_eval, step)
+                if state is None:
+                    # The run had already finished: keep its results, and write the
+                    # model directory again only if the run died before writing it.
+                    previous = self._previous_results()
+                    final_train, final_eval = previous.get("train", {}), previous.get("eval", {})
+                    if not io.is_model_dir(self.workdir / "model") or not previous:
+                        state = self._restore(manager, latest, boxed, param_shardings, replicated)[
+                            0
+                        ]
+                    if self.is_lead:
+                        log.info("%s already finished at step %d", self.workdir, step)
+                if state is not None:
+                    self._finish(state.params, final_train, final_eval, step)
         writer.close()
         manager.close()
         if preempted and self.is_lead:
@@ -409,6 +419,10 @@ class Trainer:
     def _save(self, manager, state, step, index, stage, data) -> None:
         meta = {"stage": index, "stage_name": stage.name, "step": step}
         ckpt.save(manager, step, state, meta, data.get_state())
+
+    def _previous_results(self) -> dict:
+        path = self.workdir / "results.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def _finish(self, params, final_train, final_eval, step) -> None:
         host = multihost_utils.process_allgather(params, tiled=True)
