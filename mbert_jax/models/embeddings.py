@@ -11,11 +11,27 @@ from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.layers import BATCH, EMBED, EMBED_IN, LENGTH, VOCAB
 
 
-def trigram(x: jax.Array) -> jax.Array:
-    """Concatenate the embeddings of tokens t+1, t, t-1 (zeros past the ends): [B, S, 3E]."""
+def trigram(x: jax.Array, pieces: jax.Array | None = None) -> jax.Array:
+    """Concatenate the embeddings of tokens t+1, t, t-1 (zeros past the ends): [B, S, 3E].
+
+    `pieces` ([B, S] packed-piece ids as in the attention mask, 0 at padding):
+    a neighbour in another real piece counts as past the end, so packed
+    sequences do not see each other. Padding neighbours are kept, as in the
+    official code and transformers.
+    """
     zeros = jnp.zeros_like(x[:, :1])
     next_tok = jnp.concatenate([x[:, 1:], zeros], axis=1)
     prev_tok = jnp.concatenate([zeros, x[:, :-1]], axis=1)
+    if pieces is not None:
+        edge = jnp.zeros_like(pieces[:, :1])
+        next_piece = jnp.concatenate([pieces[:, 1:], edge], axis=1)
+        prev_piece = jnp.concatenate([edge, pieces[:, :-1]], axis=1)
+
+        def other_piece(neighbour):
+            return ((pieces > 0) & (neighbour > 0) & (neighbour != pieces))[..., None]
+
+        next_tok = jnp.where(other_piece(next_piece), 0, next_tok)
+        prev_tok = jnp.where(other_piece(prev_piece), 0, prev_tok)
     return jnp.concatenate([next_tok, x, prev_tok], axis=-1)
 
 
@@ -66,11 +82,12 @@ class Embeddings(nn.Module):
         token_type_ids: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         deterministic: bool = True,
+        pieces: jax.Array | None = None,
     ) -> jax.Array:
         cfg = self.config
         x = layers.constrain(self.word_embeddings(input_ids), (BATCH, LENGTH, EMBED))
         if cfg.embedding_transform == "trigram":
-            x = trigram(x)
+            x = trigram(x, pieces)
         if cfg.embedding_transform != "none":
             x = self.embedding_transform(x)
         if position_ids is None:

@@ -154,11 +154,13 @@ class Encoder(nn.Module):
         run = cfg.num_layers if num_layers is None else num_layers
         if not 0 <= run <= cfg.num_layers:
             raise ValueError(f"num_layers={num_layers} outside [0, {cfg.num_layers}]")
+        # The piece ids also keep MobileBERT's trigram input within each packed piece.
+        pieces = attention_mask
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         mask = make_attention_mask(attention_mask)
 
-        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic, pieces=pieces)
         embedding_output = x
         hidden, scores, probs = [], [], []
         for i in range(run):
