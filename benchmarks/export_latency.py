@@ -8,8 +8,13 @@ sequence length 128, batch 1, in float32, fp16, dynamic-range int8 and full
 int8 (attention core in float, the default), run by LiteRT's interpreter with
 its default XNNPACK delegate; against transformers' `*ForSequenceClassification`
 with the same weights (written by `models.hf.save_hf`) in eager PyTorch under
-`torch.no_grad()`. Median of `--runs` timed runs after warm-up; the variants
-are timed round-robin so that background load hits them alike.
+`torch.no_grad()`. Models with exact GELU (TinyBERT4) are also exported with
+`builtin_gelu=False` (GELU as its erf polynomial, the exporter's lowering
+before it used TFLite's GELU op), timed in the same round-robin, so the table
+holds the before and after side by side. Median of `--runs` timed runs after
+warm-up; the variants are timed round-robin so that background load hits
+them alike. Latency is taken at every `--threads` count; counts above the
+machine's cores oversubscribe it and are marked so.
 
 Targets (issue 6): int8 >= 2x faster and >= 3.5x smaller than our float
 export; our float export faster than PyTorch eager.
@@ -18,6 +23,7 @@ export; our float export faster than PyTorch eager.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -33,6 +39,11 @@ from mbert_jax.models import Model, get_config, param_shapes
 
 MODELS = ("mobilebert", "mobilebert_tiny", "tinybert4")
 MODES = ("none", "fp16", "dynamic_int8", "int8")
+# Re-exported with GELU as its erf polynomial (builtin_gelu=False), for models with exact GELU.
+POLY = "/erf-poly"
+POLY_MODES = ("none", "dynamic_int8", "int8")
+LABELS = {"none": "tflite float32", "pytorch": "pytorch eager"}
+FINDINGS = "## Findings"
 
 
 def random_params(config, heads, seed=0):
@@ -119,64 +130,89 @@ def bench_model(name: str, work: Path, seq_len: int, runs: int, threads: tuple[i
     params = random_params(config, heads)
     loaded = LoadedModel(config, heads, params, source=name)
     calibration = synthetic_examples(config, seq_len, 100, seed=1)
+    variants = [(m, True) for m in MODES]
+    if config.hidden_act == "gelu":
+        variants += [(m, False) for m in POLY_MODES]
     files, reports = {}, {}
-    for mode in MODES:
-        path = work / f"{name}_{mode}.tflite"
+    for mode, builtin_gelu in variants:
+        key = mode if builtin_gelu else mode + POLY
+        path = work / f"{name}_{key.replace('/', '_')}.tflite"
         t = time.time()
-        reports[mode] = export_tflite(
+        reports[key] = export_tflite(
             loaded, "classification", path, quantize=mode, seq_len=seq_len,
             calibration=calibration if mode == "int8" else None, num_verify=8, latency_runs=0,
+            builtin_gelu=builtin_gelu,
         )  # fmt: skip
-        files[mode] = path
-        print(f"  {name} {mode}: exported in {time.time() - t:.0f}s", file=sys.stderr)
+        files[key] = path
+        print(f"  {name} {key}: exported in {time.time() - t:.0f}s", file=sys.stderr)
     hf_dir = hf.save_hf(work / f"{name}_hf", config, heads, params)
     inputs = {k: v[:1] for k, v in synthetic_examples(config, seq_len, 1, seed=2).inputs().items()}
     inputs["attention_mask"][:] = 1
     rows = {}
     for n in threads:
-        runners = {m: tflite_runner(files[m], n) for m in MODES}
+        runners = {k: tflite_runner(path, n) for k, path in files.items()}
         runners["pytorch"] = torch_runner(hf_dir, n)
         rows[n] = timed(runners, inputs, runs)
-    sizes = {m: files[m].stat().st_size for m in MODES}
+        print(f"  {name}: timed at {n} thread(s)", file=sys.stderr)
+    sizes = {k: path.stat().st_size for k, path in files.items()}
     sizes["pytorch"] = (hf_dir / "model.safetensors").stat().st_size
-    agreement = {m: reports[m].agreement for m in MODES}
-    info = {m: partitions(files[m]) for m in MODES}
-    info["int8_float_ops"] = float_ops(files["int8"])
+    agreement = {k: r.agreement for k, r in reports.items()}
+    info = {k: partitions(path) for k, path in files.items()}
+    info["float_ops"] = {k: float_ops(files[k]) for k in files if k.startswith("int8")}
     return rows, sizes, agreement, info
 
 
-def render(results, seq_len, runs, threads, command) -> str:
+def _label(key: str) -> str:
+    mode, _, poly = key.partition("/")
+    label = LABELS.get(mode, f"tflite {mode}")
+    return f"{label}, erf-polynomial GELU (before)" if poly else label
+
+
+def render(results, seq_len, runs, threads, command, cores, load) -> str:
+    over = [t for t in threads if t > cores]
     lines = [
         "# Export latency and size (issue 6)",
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {_cpu_model()}; "
-        "shared with other jobs, so absolute times are noisy: variants are timed round-robin.",
+        f"Machine: {platform.processor() or platform.machine()}, {_cpu_model()}, {cores} cores; "
+        "shared with other jobs, so absolute times are noisy: variants are timed round-robin. "
+        f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end.",
         f"Classification export, sequence {seq_len}, batch 1, median of {runs} runs; "
         "TFLite = LiteRT interpreter + default XNNPACK delegate; "
         "PyTorch = transformers eager, torch.no_grad(), float32.",
-        "",
     ]
-    head = "| model | format | size MB | " + " | ".join(f"{t} thr ms" for t in threads)
-    head += " | speed-up vs float (1 thr) | smaller than float | agreement | XNNPACK partitions |"
-    lines += [head, "|" + "---|" * (7 + len(threads))]
+    if over:
+        lines.append(
+            f"{', '.join(map(str, over))} thread(s) oversubscribe the {cores} cores (marked *): "
+            "those columns show contention, not what the file does on a phone with that many "
+            "cores."
+        )
+    mark = {t: f"{t} thr{'*' if t > cores else ''}" for t in threads}
+    head = "| model | format | size MB | " + " | ".join(f"{mark[t]} ms" for t in threads)
+    head += " | " + " | ".join(f"speed-up {mark[t]}" for t in threads)
+    head += " | smaller | agreement | XNNPACK partitions |"
+    lines += ["", head, "|" + "---|" * (6 + 2 * len(threads))]
     for name, (rows, sizes, agreement, info) in results.items():
-        base_ms, base_size = rows[threads[0]]["none"], sizes["none"]
-        for fmt in (*MODES, "pytorch"):
-            label = {"none": "tflite float32", "pytorch": "pytorch eager"}.get(fmt, f"tflite {fmt}")
-            cells = [name, label, f"{sizes[fmt] / 1e6:.1f}"]
-            cells += [f"{rows[t][fmt]:.1f}" for t in threads]
-            cells += [f"{base_ms / rows[threads[0]][fmt]:.2f}x", f"{base_size / sizes[fmt]:.2f}x"]
-            cells.append(f"{agreement[fmt]:.3f}" if fmt in agreement else "")
-            cells.append(str(info[fmt]) if fmt in info else "")
+        for key in rows[threads[0]]:
+            # Ratios against the float32 file of the same GELU lowering.
+            base = "none" + key[key.index("/") :] if "/" in key else "none"
+            cells = [name, _label(key), f"{sizes[key] / 1e6:.1f}"]
+            cells += [f"{rows[t][key]:.1f}" for t in threads]
+            cells += [f"{rows[t][base] / rows[t][key]:.2f}x" for t in threads]
+            cells.append(f"{sizes[base] / sizes[key]:.2f}x")
+            cells.append(f"{agreement[key]:.3f}" if key in agreement else "")
+            cells.append(str(info[key]) if key in info else "")
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Ops left in float32 in the int8 files (count per op):", ""]
     for name, (_, _, _, info) in results.items():
-        ops = ", ".join(f"{k} x{v}" for k, v in sorted(info["int8_float_ops"].items()))
-        lines.append(f"- {name}: {ops or 'none'}")
+        for key, counts in info["float_ops"].items():
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+            lines.append(f"- {name} ({_label(key)}): {ops or 'none'}")
     lines += [
         "",
+        "Speed-up and smaller: against the float32 file of the same GELU lowering (the "
+        "erf-polynomial rows against the erf-polynomial float32 file).",
         "Agreement: argmax agreement of the file with the JAX model on 8 synthetic inputs.",
         "XNNPACK partitions: delegated subgraphs (the ops between them run on the "
         "builtin kernels; the SELECT_V2 of the attention mask is one per layer).",
@@ -199,18 +235,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--runs", type=int, default=30)
-    p.add_argument("--threads", default="1,4")
+    p.add_argument("--threads", default="1,2,4", help="thread counts to time (default 1,2,4)")
     p.add_argument("--out", default="benchmarks/results/export_latency.md")
     args = p.parse_args(argv)
     threads = tuple(int(t) for t in args.threads.split(","))
+    cores = len(os.sched_getaffinity(0))
+    load_start = os.getloadavg()[0]
     results = {}
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             results[name] = bench_model(name, Path(work), args.seq_len, args.runs, threads)
     command = "python benchmarks/export_latency.py " + " ".join(argv or sys.argv[1:])
-    text = render(results, args.seq_len, args.runs, threads, command.strip())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    load = (load_start, os.getloadavg()[0])
+    text = render(results, args.seq_len, args.runs, threads, command.strip(), cores, load)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # The hand-written findings below the generated part are kept.
+    old = out.read_text() if out.is_file() else ""
+    findings = old[old.find(FINDINGS) :] if FINDINGS in old else ""
+    out.write_text(text + ("\n" + findings if findings else ""))
     print(text)
     return 0
 

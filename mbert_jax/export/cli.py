@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="int8: also quantize the attention matmuls and softmax "
         "(an integer-only graph for NoNorm/ReLU models)",
     )
+    opt.add_argument(
+        "--no-builtin-gelu",
+        action="store_true",
+        help="lower exact GELU to elementwise ops (its erf polynomial) instead of TFLite's "
+        "GELU op, for runtimes older than TFLite 2.9; slower, above all in int8",
+    )
     opt.add_argument("--threads", default="1,4", help="thread counts to time (default 1,4)")
     opt.add_argument("--latency-runs", type=int, default=20, help="0 skips timing")
     return p
@@ -130,6 +136,7 @@ def run(args) -> list[str]:
         pooling=args.pooling,
         init_missing_head=args.init_missing_head,
         int8_attention=args.int8_attention,
+        builtin_gelu=not args.no_builtin_gelu,
         threads=threads,
         latency_runs=args.latency_runs,
     )

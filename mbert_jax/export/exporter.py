@@ -15,12 +15,20 @@ pretraining checkpoint exported for qa) is refused, because the head would
 have no trained weights; `init_missing_head=True` exports it with a freshly
 initialized head (for latency and size measurements, or an on-device
 fine-tuning start).
+
+Exact GELU becomes TFLite's builtin `GELU` op in every mode (see `graph`):
+the graph is traced with the tanh form as a carrier, the converter fuses it,
+and the fused ops are set exact. If the converter did not fuse every
+activation (another TensorFlow version), the export is redone with the erf
+polynomial, with a warning; `builtin_gelu=False` asks for the polynomial
+(for runtimes older than TFLite 2.9, which lack the `GELU` op).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 
 import jax
@@ -113,6 +121,7 @@ def export_tflite(
     pooling: str = "mean",
     init_missing_head: bool = False,
     int8_attention: bool = False,
+    builtin_gelu: bool = True,
     threads: tuple[int, ...] = (1, 4),
     latency_runs: int = 20,
 ) -> verify.Report:
@@ -133,6 +142,9 @@ def export_tflite(
       pooling: "mean" or "cls" for the embedding task.
       init_missing_head: export with a fresh head when the model lacks the task's.
       int8_attention: in int8 mode, quantize the attention core too.
+      builtin_gelu: compute exact GELU with TFLite's `GELU` op (exact erf
+        form; one kernel instead of a ~40-op polynomial); False lowers it to
+        elementwise ops that runtimes older than TFLite 2.9 can run.
       threads: thread counts to time; latency_runs: runs per timing (0: none).
 
     Returns:
@@ -165,11 +177,10 @@ def export_tflite(
     table_q = None
     if quantize in ("dynamic_int8", "int8"):
         table_q = graph.quantize_rows(graph.word_table(params))
-    fn = graph.export_fn(config, heads, task, quantized_table=table_q, pooling=pooling)
 
-    def make() -> bytes:
-        flatbuffer = tflite.convert(
-            fn,
+    def convert(traced: ModelConfig) -> bytes:
+        return tflite.convert(
+            graph.export_fn(traced, heads, task, quantized_table=table_q, pooling=pooling),
             params,
             seq_len=seq_len,
             signature=task,
@@ -178,6 +189,22 @@ def export_tflite(
             int8_attention=int8_attention,
             int8_elementwise=quantization_friendly(config),
         )
+
+    def make() -> bytes:
+        traced = graph.builtin_gelu_config(config) if builtin_gelu else config
+        if traced is config:
+            flatbuffer = convert(config)
+        else:
+            flatbuffer, found = tflite.set_gelu_exact(convert(traced))
+            expected = graph.gelu_count(config, task)
+            if found != expected:
+                warnings.warn(
+                    f"the converter fused {found} of the {expected} GELU activations into "
+                    "TFLite's GELU op; exporting exact GELU as its erf polynomial instead "
+                    "(slower, above all in int8)",
+                    stacklevel=4,
+                )
+                flatbuffer = convert(config)
         custom = tflite.custom_ops(flatbuffer)
         if custom:
             raise ExportError(f"the converted graph needs non-builtin ops {custom}")

@@ -35,6 +35,25 @@ back exactly the same int8 bytes and scales. `tflite.tidy` then points both
 at one buffer. (The lookup in these modes clamps
 out-of-range ids instead of returning NaN as `nn.Embed` does; ids come from
 the same vocabulary, so it only matters for invalid inputs.)
+
+Exact GELU as TFLite's GELU op (design). BERT, TinyBERT, DistilBERT and
+IB-BERT use the exact (erf) GELU. Traced as written, the converter expands
+`erf` into a ~40-op float polynomial per activation (ABS, EXP, DIV, SELECT,
+MUL/ADD): in a float file XNNPACK does not take its SELECTs (3 extra
+delegate partitions per layer), and in an int8 file it stays float around
+the int8 dense layers and dominated TinyBERT4's int8 latency (1.4x over
+float). TFLite's builtin `GELU` op is computed in one kernel (one XNNPACK
+node in float; a lookup table in int8) and its `approximate` option selects
+the erf form (False) or the tanh form (True). The converter reaches it only
+by fusing the tanh form that `jax.nn.gelu(approximate=True)` lowers to (the
+StableHLO composite route is closed: jax 0.10.2 writes `vhlo.composite_v2`,
+which TF 2.21's deserializer rejects). So `builtin_gelu_config` traces exact
+GELU in its tanh form, purely as a carrier pattern, and
+`tflite.set_gelu_exact` then sets `approximate=False` on the fused ops: the
+file computes the exact GELU of the model (float parity 1e-7 on TinyBERT4),
+not the tanh approximation (whose error, up to 4.7e-4, never reaches the
+file). `gelu_count` is how many ops the fusion must have produced; the
+exporter checks it and otherwise falls back to the erf polynomial.
 """
 
 from __future__ import annotations
@@ -85,6 +104,37 @@ def quantize_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     q = np.clip(np.round(table / scale[:, None]), -127, 127).astype(np.int8)
     return q, scale
+
+
+def builtin_gelu_config(config: ModelConfig) -> ModelConfig:
+    """The config to trace so that exact GELU reaches TFLite's GELU op (see the module docstring).
+
+    Args:
+      config: the model's config.
+
+    Returns:
+      `config` with `hidden_act="gelu_tanh"` (the pattern the converter fuses
+      to `GELU`) when it uses exact GELU; otherwise `config` itself. The
+      exported file must then go through `tflite.set_gelu_exact`.
+    """
+    return config.replace(hidden_act="gelu_tanh") if config.hidden_act == "gelu" else config
+
+
+def gelu_count(config: ModelConfig, task: str) -> int:
+    """How many activations of `hidden_act` the task's export applies.
+
+    One per feed-forward network of every layer (shared layers are applied
+    once per layer too), plus the MLM transform's for the mlm task; the
+    heads of the other tasks have none (the pooler is tanh).
+
+    Args:
+      config: the model's config.
+      task: one of `TASKS`.
+
+    Returns:
+      The number of activation ops the exported graph computes.
+    """
+    return config.num_layers * config.num_feedforward_networks + (task == "mlm")
 
 
 def _mlm_logits(config: ModelConfig, mlm: dict, hidden: jax.Array, table: jax.Array):

@@ -29,10 +29,15 @@ Quantization modes:
   layer and MobileBERT int8 ran 1.5x faster than float instead of 2.75x
   (benchmarks/results/export_latency.md), while they are ~1/40 of the FLOPs;
   and, in models with LayerNorm or GELU (BERT, TinyBERT), the elementwise
-  ops, which there are mostly the LayerNorm statistics and the erf polynomial
-  of exact GELU: int8 has no sensible form for them (quantizing the erf
-  polynomial's ADDs makes the interpreter abort on TinyBERT), so only the
-  dense layers are int8 in those models. `int8_attention=True` quantizes
+  ops, which there are the LayerNorm statistics (int8 has no sensible form
+  for a variance), and the `GELU` op. Exact GELU reaches the graph as
+  TFLite's one `GELU` op (see `graph` and `set_gelu_exact`), not as its erf
+  polynomial, which stayed float beside the int8 dense layers and held
+  TinyBERT4's int8 file to 1.4x over float. The `GELU` op is left float
+  (between DEQUANTIZE / QUANTIZE, inside the XNNPACK graph): its int8 form
+  (a lookup table, the same values) is not an XNNPACK kernel, so it added a
+  delegate partition per layer and measured no faster. So only the dense
+  layers are int8 in those models. `int8_attention=True` quantizes
   the attention core too (an integer-only graph for NoNorm/ReLU models, e.g.
   for NPUs). Calibration examples should contain padding so that the -6 mask
   fill lies inside the calibrated score range.
@@ -161,8 +166,8 @@ def convert(
         int32} calibration examples.
       int8_attention: in "int8" mode, quantize the attention core too.
       int8_elementwise: in "int8" mode, quantize ADD / SUB / MUL; False for
-        models with LayerNorm or GELU, whose statistics and erf polynomial are
-        made of them (see the module docstring).
+        models with LayerNorm or GELU, whose LayerNorm statistics are made of
+        them (see the module docstring).
       input_names: the input names, in `fn`'s order.
 
     Returns:
@@ -293,6 +298,52 @@ def _flatten_fc_biases(model) -> bool:
                     bias.quantization.quantizedDimension = 0
                 changed = True
     return changed
+
+
+def set_gelu_exact(flatbuffer: bytes) -> tuple[bytes, int]:
+    """Set `approximate=False` (the exact erf GELU) on every `GELU` op of the model.
+
+    The converter reaches the builtin `GELU` only by fusing the tanh form,
+    so the exporter traces exact GELU in that form (`graph.builtin_gelu_config`)
+    and makes the fused ops exact here. Both the builtin kernel and XNNPACK's
+    compute `0.5 x (1 + erf(x / sqrt(2)))` when the option is False (in int8,
+    the kernel's lookup table is built from it). Call it only on a model
+    whose every `GELU` op stands for an exact GELU.
+
+    Args:
+      flatbuffer: a TFLite model.
+
+    Returns:
+      (the model with every GELU exact, how many GELU ops it has).
+    """
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(flatbuffer)
+    found = changed = 0
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) != "GELU":
+                continue
+            found += 1
+            if op.builtinOptions.approximate:
+                op.builtinOptions.approximate = False
+                changed += 1
+    if not changed:
+        return flatbuffer, found
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), found
+
+
+def gelu_options(flatbuffer: bytes) -> list[bool]:
+    """The `approximate` option of every `GELU` op, in graph order (False: exact erf GELU)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(flatbuffer)
+    return [
+        bool(op.builtinOptions.approximate)
+        for subgraph in model.subgraphs
+        for op in subgraph.operators
+        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "GELU"
+    ]
 
 
 def builtin_ops(flatbuffer: bytes) -> Counter:

@@ -100,3 +100,16 @@ def expected(config, params, inputs, task):
     if task == "mlm":
         return {"mlm_logits": np.asarray(out.mlm_logits)}
     return {"embedding": mean_pool(out.encoder.last_hidden_state, inputs["attention_mask"])}
+
+
+def tensor_types(flatbuffer, op_name):
+    """The types of every input tensor of the ops named `op_name` (e.g. {"INT8", "INT32"})."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    types = set()
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == op_name:
+                types |= {flatbuffer_utils.type_to_name(sg.tensors[i].type) for i in op.inputs}
+    return types

@@ -11,13 +11,21 @@ import hashlib
 import jax
 import numpy as np
 import pytest
-from export_helpers import SEQ_LEN, jax_outputs, mean_pool, padded_inputs, run_file
+from export_helpers import (
+    SEQ_LEN,
+    jax_outputs,
+    mean_pool,
+    padded_inputs,
+    run_file,
+    tensor_types,
+)
 
 from mbert_jax.export import graph, tflite
 from mbert_jax.export.exporter import export_tflite, load_for_export
 
 # A LayerNorm's statistics lower to SUM (the mean) and RSQRT (the variance);
-# the exact (erf) GELU to a polynomial with ABS and EXP.
+# the exact (erf) GELU to the builtin GELU op (or, with builtin_gelu=False, to
+# a polynomial with ABS and EXP).
 LAYER_NORM_OPS = {"MEAN", "SUM", "RSQRT", "SQUARED_DIFFERENCE"}
 GELU_OPS = {"GELU", "ABS", "EXP"}
 
@@ -137,7 +145,13 @@ def test_layer_norm_gelu_model_positive_control(model_dirs, tmp_path):
     directory, config, params = model_dirs["bert_base_micro"]
     flatbuffer, _ = export(directory, "classification", tmp_path / "bert.tflite")
     ops = tflite.builtin_ops(flatbuffer)
-    assert {"SUM", "RSQRT"} <= set(ops) and {"ABS", "EXP"} <= set(ops) and "TANH" in ops, ops
+    assert {"SUM", "RSQRT"} <= set(ops) and "TANH" in ops, ops
+    assert (
+        ops["GELU"] == config.num_layers
+        and tflite.gelu_options(flatbuffer) == [False] * config.num_layers
+    )
+    poly, _ = export(directory, "classification", tmp_path / "poly.tflite", builtin_gelu=False)
+    assert {"ABS", "EXP"} <= set(tflite.builtin_ops(poly))
     inputs = padded_inputs(config)
     np.testing.assert_allclose(
         run_file(flatbuffer, inputs)["logits"],
@@ -214,18 +228,6 @@ def test_float_qa_matches_jax(model_dirs, tmp_path):
     np.testing.assert_allclose(got["end_logits"], np.asarray(out.end_logits), atol=1e-4)
 
 
-def _tensor_types(flatbuffer, op_name):
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
-    types = set()
-    for sg in model.subgraphs:
-        for op in sg.operators:
-            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == op_name:
-                types |= {flatbuffer_utils.type_to_name(sg.tensors[i].type) for i in op.inputs}
-    return types
-
-
 def test_int8_quantizes_dense_layers_and_keeps_attention_core_float(model_dirs, tmp_path):
     from export_helpers import padded_inputs as inputs_of
 
@@ -237,9 +239,9 @@ def test_int8_quantizes_dense_layers_and_keeps_attention_core_float(model_dirs, 
     flatbuffer, report = export(
         directory, "classification", tmp_path / "int8.tflite", "int8", calibration=calibration
     )
-    assert _tensor_types(flatbuffer, "FULLY_CONNECTED") == {"INT8", "INT32"}
-    assert _tensor_types(flatbuffer, "BATCH_MATMUL") == {"FLOAT32"}
-    assert _tensor_types(flatbuffer, "SOFTMAX") == {"FLOAT32"}
+    assert tensor_types(flatbuffer, "FULLY_CONNECTED") == {"INT8", "INT32"}
+    assert tensor_types(flatbuffer, "BATCH_MATMUL") == {"FLOAT32"}
+    assert tensor_types(flatbuffer, "SOFTMAX") == {"FLOAT32"}
     assert report.agreement >= 0.75
     inputs = padded_inputs(config, n=8, seed=9)
     got = run_file(flatbuffer, inputs)["logits"]
@@ -262,6 +264,6 @@ def test_int8_attention_flag_quantizes_the_attention_core_too(model_dirs, tmp_pa
         calibration=calibration,
         int8_attention=True,
     )
-    assert _tensor_types(flatbuffer, "BATCH_MATMUL") == {"INT8"}
-    assert _tensor_types(flatbuffer, "SOFTMAX") == {"INT8"}
+    assert tensor_types(flatbuffer, "BATCH_MATMUL") == {"INT8"}
+    assert tensor_types(flatbuffer, "SOFTMAX") == {"INT8"}
     assert report.agreement >= 0.75
