@@ -8,7 +8,8 @@ of 6 layers: 0, 2, 5). Defaults are the official code's where the paper is
 silent (KL over every real token); see mbert_jax/distill/distilbert.py.
 
 Full size (pod; paper: 8 x V100 for about 90 hours on Toronto Books +
-Wikipedia, batch 4k tokens x gradient accumulation, lr 5e-4):
+Wikipedia, batches of up to 4K examples by gradient accumulation, lr 5e-4;
+here 4,096 sequences of 512 tokens per step):
 
     mbert-jax train --config configs/distilbert.py --workdir $BUCKET/distilbert \
         --config.teacher.path=$BUCKET/bert_base/model \

@@ -4,7 +4,7 @@
         --config.init_from=runs/mobilebert_pkt_local/model
 
     mbert-jax train --config configs/evaluate.py:task=stdlib --workdir runs/eval_task \
-        --config.init_from=runs/finetune_local/model
+        --config.init_from=runs/bert_stdlib/model
 
 Options: `task=NAME` (a GLUE task, squad_v1/v2 or stdlib; default: pretraining
 data, the embedded corpus with the model's vocab.txt). Writes

@@ -12,10 +12,12 @@ Full size (BERT recipe: batch 32, lr 2e-5, 3 epochs, sequence 128):
         --config.init_from=$BUCKET/bert_base/model --config.data.data_dir=/data/glue/MNLI
 
 CPU smoke run on the embedded `stdlib` task (6 classes, chance 16.7%;
-without init_from a random micro BERT is trained from scratch), about a
-minute:
+without init_from a random micro BERT is trained from scratch, and the task
+needs a vocabulary: `data.vocab_file`, here the one the runlocal teacher run
+of configs/pretrain_ibbert.py writes), about a minute:
 
-    mbert-jax train --config configs/finetune.py:runlocal --workdir runs/bert_stdlib
+    mbert-jax train --config configs/finetune.py:runlocal --workdir runs/bert_stdlib \
+        --config.data.vocab_file=runs/ibbert_local/model/vocab.txt
 
 Options: `runlocal`, `task=NAME`, `variant=NAME` (the model when no
 init_from is given). Expected: at runlocal size from a random micro BERT,

@@ -80,8 +80,13 @@ def get_config(arg=None):
     return config
 
 
-def sweep(add):
-    """The paper's replacement-rate study: the linear curriculum vs constant rates."""
+def sweep(add, arg=None):
+    """The paper's replacement-rate study: the linear curriculum vs constant rates.
+
+    The constant runs replace for as many steps as `schedule=constant` gives
+    (10,000; 35 at `runlocal`, where the linear curriculum ends after 35).
+    """
+    constant = get_config(f"{arg},schedule=constant" if arg else "schedule=constant")
     add(name="linear")
     for rate in (0.5, 0.7, 0.9):
         add(
@@ -89,6 +94,6 @@ def sweep(add):
             **{
                 "theseus.schedule": "constant",
                 "theseus.rate": rate,
-                "theseus.replace_steps": 10_000,
+                "theseus.replace_steps": constant.theseus.replace_steps,
             },
         )

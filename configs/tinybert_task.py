@@ -7,7 +7,9 @@ augmentation (`config.augment`, mbert_jax/distill/augment.py) replaces words
 by the MLM teacher's top-K candidates (single-piece words) or K nearest
 word vectors (multi-piece), p = 0.4, N = 20, K = 15 (paper defaults; the
 official script uses N = 10..30 per task). Paper behaviour by default,
-`official` for the official code's shared projection and loss reductions.
+`official` for the official code's shared projection, loss reductions and
+augmentation (`augment.official`: stop words skipped, sentence pair as MLM
+input, duplicates dropped).
 
 Full size (the official README: intermediate distillation for 10 epochs (20
 for small tasks), then 3 epochs of prediction distillation at lr 3e-5;
@@ -25,7 +27,8 @@ size):
 CPU run on the embedded `stdlib` task (runlocal: micro models; random
 teachers unless given; N = 2 variants of the first 100 rows):
 
-    mbert-jax train --config configs/finetune.py:runlocal --workdir runs/bert_stdlib
+    mbert-jax train --config configs/finetune.py:runlocal --workdir runs/bert_stdlib \
+        --config.data.vocab_file=runs/ibbert_local/model/vocab.txt
     mbert-jax train --config configs/tinybert_task.py:runlocal --workdir runs/tinybert_stdlib \
         --config.teacher.path=runs/bert_stdlib/model
 
@@ -69,7 +72,9 @@ def get_config(arg=None):
         prediction_learning_rate=3e-5,
     )
     config.augment = augment_config(
-        enabled=arg.augment, mlm_teacher=teacher_block("bert_base" + micro)
+        enabled=arg.augment,
+        mlm_teacher=teacher_block("bert_base" + micro),
+        official=arg.official,
     )
     config.data = data_config.get_task_config(task)
     config.data.global_batch_size = 32

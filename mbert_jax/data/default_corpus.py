@@ -22,8 +22,8 @@ paragraphs that do not look like English prose (code, tables, argument
 signatures; see `text.is_prose`) dropped, the rest cut into sentences. Each
 document is a tuple of sentences; documents without any prose are left out
 (the count is in `build_stats()`). With CPython 3.11 the corpus holds about
-1.7 MB of text in about 5,000 documents, enough for a few minutes of CPU
-pretraining of the micro variants.
+2.0 MB of text (1.98 million characters) in 2,032 documents and 22,800
+sentences, enough for a few minutes of CPU pretraining of the micro variants.
 
 Determinism: the same interpreter (version and distribution) always gives the
 same corpus, byte for byte; `fingerprint()` identifies it cheaply (paths and

@@ -27,7 +27,6 @@ with another fingerprint is an error.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -223,8 +222,15 @@ class DataIterator:
             it.close()
 
     def __del__(self):
-        with contextlib.suppress(Exception):
-            self.close()
+        # Nothing may raise here: a failed __init__ leaves no `_it`, and at interpreter
+        # shutdown module globals (an import, a helper) can already be None.
+        try:
+            it = getattr(self, "_it", None)
+            self._it = None
+            if it is not None and hasattr(it, "close"):
+                it.close()
+        except Exception:
+            pass
 
 
 def _absl_flags_parsed() -> None:

@@ -2,7 +2,7 @@
 
     loaded = load_for_export(path)                 # a model directory
     report = export_tflite(loaded, "classification", "model.tflite", quantize="int8",
-                           calibration=examples, eval_examples=dev)
+                           calibration=examples, verify_examples=dev)
     print("\n".join(report.lines()))
 
 Loading goes through `load_for_export` alone: it reads a model directory

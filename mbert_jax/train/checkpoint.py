@@ -2,7 +2,8 @@
 
 Each checkpoint (WORKDIR/checkpoints/<step>/) holds three items:
 - `state`: the `TrainState` (params, optimizer state, step, RNG), sharded;
-- `meta`: JSON with the stage index and name and the config fingerprint;
+- `meta`: JSON with the stage index and name and the global step (the
+  resolved config is WORKDIR/config.json, beside the checkpoints, not in them);
 - `data`: JSON with the data iterator's position.
 
 Saves are asynchronous and atomic (orbax writes to a temporary directory and

@@ -3,9 +3,13 @@
     mbert-jax train --config configs/X.py[:args] --workdir DIR [--config.a.b=value ...]
     mbert-jax sweep --config configs/X.py[:args] --workdir DIR [--dry-run]
 
+Flag names take `-` or `_` (`--dry-run` is `--dry_run`); `--help` lists the
+flags.
+
 Config files follow big_vision: `get_config(arg)` returns a locked
 `ConfigDict`; `sweep(add)` (optional) declares the ablation grid by calling
-`add(**{"field.path": value, ...})` once per run. Every config error (unknown
+`add(**{"field.path": value, ...})` once per run (`sweep(add, arg)` also gets
+the config's `:args` string, for values that depend on them). Every config error (unknown
 field, wrong type, impossible combination) is reported before anything
 compiles.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -74,9 +79,34 @@ def _define_common(fv: flags.FlagValues, argv: list[str]) -> None:
     )
 
 
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`--dry-run` as `--dry_run`: absl names flags with underscores, users type either."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--") and not arg.startswith("--config"):
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + eq + value
+        out.append(arg)
+    return out
+
+
 def _parse(
-    fv: flags.FlagValues, prog: str, argv: list[str], required=("config", "workdir")
+    fv: flags.FlagValues,
+    prog: str,
+    argv: list[str],
+    required=("config", "workdir"),
+    doc: str | None = None,
 ) -> None:
+    """Parse `argv` into `fv`; `--help` prints `doc` (this module's) and the flags, and exits."""
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv):
+        # absl groups the flags under "module.name:" headings; one list reads better.
+        flag_help = fv.get_help(include_special_flags=False).splitlines()
+        flag_help = [line for line in flag_help if line.startswith(" ")]
+        usage = (doc if doc is not None else __doc__).strip()
+        print(f"{prog}\n\n{usage}\n\nflags:\n" + "\n".join(flag_help))
+        raise SystemExit(0)
     try:
         fv([prog] + argv)
     except flags.Error as e:
@@ -95,6 +125,7 @@ def _parse(
 
 
 def train_main(argv: list[str]) -> int:
+    argv = normalize_argv(argv)
     fv = flags.FlagValues()
     _define_common(fv, argv)
     flags.DEFINE_string(
@@ -151,7 +182,14 @@ def sweep_runs(module, arg) -> list[dict[str, Any]]:
     if not hasattr(module, "sweep"):
         raise SystemExit(f"{module.__file__} declares no sweep(add) function")
     runs: list[dict[str, Any]] = []
-    module.sweep(lambda **overrides: runs.append(overrides))
+
+    def add(**overrides):
+        runs.append(overrides)
+
+    if len(inspect.signature(module.sweep).parameters) > 1:
+        module.sweep(add, arg)
+    else:
+        module.sweep(add)
     if not runs:
         raise SystemExit(f"the sweep of {module.__file__} adds no runs")
     return runs
@@ -200,6 +238,7 @@ def write_results(workdir: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def sweep_main(argv: list[str]) -> int:
+    argv = normalize_argv(argv)
     fv = flags.FlagValues()
     _define_common(fv, argv)
     flags.DEFINE_bool("dry_run", False, "print one train command per run instead", flag_values=fv)

@@ -140,13 +140,14 @@ def report(figures: dict) -> str:
 def plan_main(argv: list[str]) -> int:
     from absl import flags
 
-    from mbert_jax.train.cli import _parse, define_config_flag
+    from mbert_jax.train.cli import _parse, define_config_flag, normalize_argv
 
+    argv = normalize_argv(argv)
     fv = flags.FlagValues()
     define_config_flag(fv, argv)
     flags.DEFINE_integer("devices", None, "number of (simulated) devices", flag_values=fv)
     flags.DEFINE_integer("stage", 0, "index of the stage to compile", flag_values=fv)
-    _parse(fv, "mbert-jax plan", argv, required=("config", "devices"))
+    _parse(fv, "mbert-jax plan", argv, required=("config", "devices"), doc=__doc__)
     if os.environ.get(CHILD_ENV) != "1":
         # Devices must be forced before JAX starts: run again in a child process.
         env = dict(os.environ, **{CHILD_ENV: "1"})

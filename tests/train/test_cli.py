@@ -1,0 +1,68 @@
+"""`mbert-jax train|sweep|plan`: `--help`, dashed flag names and sweep dry runs (no training)."""
+
+import shlex
+
+import pytest
+
+from mbert_jax.train import cli, plan
+
+CONFIG = """
+import ml_collections
+
+
+def get_config(arg=None):
+    return ml_collections.ConfigDict({"train": {"steps": 100 if arg == "runlocal" else 1000}})
+
+
+def sweep(add, arg=None):
+    add(name="short")
+    add(**{"train.steps": 7 if arg == "runlocal" else 70})
+"""
+
+
+@pytest.mark.parametrize(
+    "main, flags",
+    [
+        (cli.train_main, ["--config", "--workdir", "--num_processes"]),
+        (cli.sweep_main, ["--config", "--workdir", "dry_run"]),
+        (plan.plan_main, ["--config", "--devices"]),
+    ],
+)
+@pytest.mark.parametrize("help_flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_flags(capsys, main, flags, help_flag):
+    with pytest.raises(SystemExit) as exit_info:
+        main([help_flag])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out.split("flags:")[0]  # the usage
+    for flag in flags:
+        assert flag in out.split("flags:")[1]
+
+
+@pytest.mark.parametrize("dry_run", ["--dry-run", "--dry_run"])
+def test_sweep_dry_run_prints_one_train_command_per_run(tmp_path, capsys, dry_run):
+    config = tmp_path / "tiny.py"
+    config.write_text(CONFIG)
+    workdir = tmp_path / "sweep"
+    argv = ["--config", f"{config}:runlocal", "--workdir", str(workdir), dry_run]
+    assert cli.sweep_main(argv) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    train = ["mbert-jax", "train", "--config", f"{config}:runlocal", "--workdir"]
+    assert commands == [
+        [*train, str(workdir / "short")],
+        [*train, str(workdir / "steps=7"), "--config.train.steps=7"],
+    ]
+    assert not workdir.exists()
+
+
+def test_dashed_flag_names_are_normalized():
+    argv = ["--dry-run", "--num-processes=2", "--config.a_b=x-y", "--workdir", "a-b", "--", "--x-y"]
+    assert cli.normalize_argv(argv) == [
+        "--dry_run",
+        "--num_processes=2",
+        "--config.a_b=x-y",
+        "--workdir",
+        "a-b",
+        "--",
+        "--x-y",
+    ]
