@@ -28,7 +28,6 @@ Expected: the KL and cosine terms fall within the first 100 steps (the
 student starts close to the teacher); paper: GLUE dev 77.0 vs BERT-base 79.5.
 """
 
-from mbert_jax.data import config as data_config
 from mbert_jax.distill.distilbert import BERT_BASE_LAYERS
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.losses import (
@@ -38,7 +37,7 @@ from mbert_jax.losses import (
     DISTILBERT_TEMPERATURE,
 )
 from mbert_jax.train.config import base_config, model_block, parse_arg
-from mbert_jax.train.inputs import synthetic_data_config
+from mbert_jax.train.inputs import pretraining_data_config
 
 
 def get_config(arg=None):
@@ -57,15 +56,11 @@ def get_config(arg=None):
         ),
     )
 
-    if arg.data == "synthetic":
-        config.data = synthetic_data_config(nsp=False)
-    else:
-        config.data = data_config.get_config()
-        config.data.packing = True
-    config.data.nsp = False
-    config.data.global_batch_size = 4096
-    config.data.max_seq_length = 512
-    config.data.max_predictions_per_seq = 80
+    config.data = pretraining_data_config(
+        arg.data, nsp=False, global_batch_size=4096, max_seq_length=512, max_predictions_per_seq=80
+    )
+    if arg.data == "default":
+        config.data.packing = True  # synthetic batches are unpacked rows
 
     config.optimizer.learning_rate = 5e-4
     config.optimizer.eps = 1e-6

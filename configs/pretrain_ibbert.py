@@ -22,9 +22,8 @@ batches); NSP accuracy stays near chance (0.55-0.6): 300 micro steps are too
 few to learn it.
 """
 
-from mbert_jax.data import config as data_config
 from mbert_jax.train.config import base_config, model_block, parse_arg
-from mbert_jax.train.inputs import synthetic_data_config
+from mbert_jax.train.inputs import pretraining_data_config
 
 
 def get_config(arg=None):
@@ -32,13 +31,9 @@ def get_config(arg=None):
     config = base_config("pretrain")
     config.model = model_block(arg.variant + ("_micro" if arg.runlocal else ""))
 
-    if arg.data == "synthetic":
-        config.data = synthetic_data_config()
-    else:
-        config.data = data_config.get_config()
-    config.data.global_batch_size = 2048
-    config.data.max_seq_length = 512
-    config.data.max_predictions_per_seq = 80
+    config.data = pretraining_data_config(
+        arg.data, global_batch_size=2048, max_seq_length=512, max_predictions_per_seq=80
+    )
 
     config.optimizer.name = "lamb"
     config.optimizer.learning_rate = 1.5e-3

@@ -30,10 +30,9 @@ TinyBERT4 after task distillation reaches GLUE test 77.0.
 Sweep (`mbert-jax sweep`): the paper's ablation without each loss.
 """
 
-from mbert_jax.data import config as data_config
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, model_block, parse_arg
-from mbert_jax.train.inputs import synthetic_data_config
+from mbert_jax.train.inputs import pretraining_data_config
 
 
 def get_config(arg=None):
@@ -52,13 +51,10 @@ def get_config(arg=None):
         projection_bias=arg.official,
     )
 
-    if arg.data == "synthetic":
-        config.data = synthetic_data_config(nsp=False)
-    else:
-        config.data = data_config.get_config()
-        config.data.nsp = False  # NSP pairs are not used by the layer-wise losses
-    config.data.global_batch_size = 256
-    config.data.max_seq_length = 128
+    # NSP pairs are not used by the layer-wise losses.
+    config.data = pretraining_data_config(
+        arg.data, nsp=False, global_batch_size=256, max_seq_length=128
+    )
 
     config.optimizer.learning_rate = 1e-4
     config.optimizer.weight_decay = 1e-4

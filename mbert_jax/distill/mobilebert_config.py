@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from mbert_jax.data import config as data_config
 from mbert_jax.distill.mobilebert_stages import default_distill_config
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, model_block, parse_arg
-from mbert_jax.train.inputs import synthetic_data_config
+from mbert_jax.train.inputs import pretraining_data_config
 
 RECIPE = "distill_mobilebert"
 
@@ -65,13 +64,9 @@ def get_config(strategy: str, arg: str | None = None) -> ml_collections.ConfigDi
         d.attention_form = "cross_entropy"
         d.official_padding = True
 
-    if arg.data == "synthetic":
-        config.data = synthetic_data_config()
-    else:
-        config.data = data_config.get_config()
-    config.data.global_batch_size = 2048
-    config.data.max_seq_length = 512
-    config.data.max_predictions_per_seq = 80
+    config.data = pretraining_data_config(
+        arg.data, global_batch_size=2048, max_seq_length=512, max_predictions_per_seq=80
+    )
 
     config.optimizer.name = "lamb"
     config.optimizer.learning_rate = 1.5e-3

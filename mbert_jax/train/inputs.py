@@ -29,6 +29,26 @@ def synthetic_data_config(**overrides) -> ml_collections.ConfigDict:
     return cfg
 
 
+def pretraining_data_config(kind: str, **fields) -> ml_collections.ConfigDict:
+    """The `data` block of a pretraining config: `kind` is a config file's `data=` option.
+
+    Args:
+      kind: "default" (the data layer's config: the embedded corpus unless its
+        `source` is changed) or "synthetic" (random tokens).
+      **fields: values set on the block (`nsp`, batch and sequence sizes, ...).
+
+    Returns:
+      The block.
+    """
+    from mbert_jax.data import config as data_config
+
+    if kind not in ("default", "synthetic"):
+        raise ValueError(f"config option data={kind!r}: use data=default or data=synthetic")
+    cfg = synthetic_data_config() if kind == "synthetic" else data_config.get_config()
+    cfg.update(fields)
+    return cfg
+
+
 @dataclasses.dataclass
 class PretrainingInputs:
     vocab_size: int
