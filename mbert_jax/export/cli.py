@@ -58,8 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument(
         "--int8-attention",
         action="store_true",
-        help="int8: also quantize the attention matmuls and softmax "
-        "(an integer-only graph for NoNorm/ReLU models)",
+        help="int8: also quantize the attention matmuls and softmax (slower on XNNPACK)",
+    )
+    opt.add_argument(
+        "--int8-elementwise",
+        action="store_true",
+        help="int8: also quantize the residual adds and NoNorm (NoNorm/ReLU models only; "
+        "costs accuracy). With --int8-attention: an integer-only graph for NPUs",
     )
     opt.add_argument(
         "--no-builtin-gelu",
@@ -136,6 +141,7 @@ def run(args) -> list[str]:
         pooling=args.pooling,
         init_missing_head=args.init_missing_head,
         int8_attention=args.int8_attention,
+        int8_elementwise=args.int8_elementwise,
         builtin_gelu=not args.no_builtin_gelu,
         threads=threads,
         latency_runs=args.latency_runs,

@@ -95,7 +95,7 @@ def params_for_task(
 
 
 def quantization_friendly(config: ModelConfig) -> bool:
-    """NoNorm and ReLU/relu6: every elementwise op of a block is safe in int8."""
+    """NoNorm and ReLU/relu6: a block has no statistics that int8 cannot hold."""
     return config.normalization == "no_norm" and config.hidden_act in ("relu", "relu6")
 
 
@@ -121,6 +121,7 @@ def export_tflite(
     pooling: str = "mean",
     init_missing_head: bool = False,
     int8_attention: bool = False,
+    int8_elementwise: bool = False,
     builtin_gelu: bool = True,
     threads: tuple[int, ...] = (1, 4),
     latency_runs: int = 20,
@@ -142,6 +143,9 @@ def export_tflite(
       pooling: "mean" or "cls" for the embedding task.
       init_missing_head: export with a fresh head when the model lacks the task's.
       int8_attention: in int8 mode, quantize the attention core too.
+      int8_elementwise: in int8 mode, quantize the residual adds and NoNorm
+        too (NoNorm/ReLU models only); with `int8_attention`, an
+        integer-only graph. Costs accuracy (see `tflite`).
       builtin_gelu: compute exact GELU with TFLite's `GELU` op (exact erf
         form; one kernel instead of a ~40-op polynomial); False lowers it to
         elementwise ops that runtimes older than TFLite 2.9 can run.
@@ -160,6 +164,15 @@ def export_tflite(
             f"unknown quantization {quantize!r}; valid modes: {', '.join(tflite.QUANTIZATIONS)}"
         )
     _check_seq_len(config, seq_len)
+    if int8_elementwise and not quantization_friendly(config):
+        raise ExportError(
+            "--int8-elementwise needs a NoNorm/ReLU model (MobileBERT's quantization-friendly "
+            f"choices); this one has normalization={config.normalization!r}, "
+            f"hidden_act={config.hidden_act!r}, whose LayerNorm statistics int8 cannot hold: "
+            "drop the flag"
+        )
+    if (int8_attention or int8_elementwise) and quantize != "int8":
+        raise ExportError("--int8-attention / --int8-elementwise apply to --quantize int8 only")
     heads, params = params_for_task(loaded, task, init_missing_head=init_missing_head)
     representative = None
     if quantize == "int8":
@@ -187,7 +200,7 @@ def export_tflite(
             quantize=quantize,
             representative=representative,
             int8_attention=int8_attention,
-            int8_elementwise=quantization_friendly(config),
+            int8_elementwise=int8_elementwise,
         )
 
     def make() -> bytes:

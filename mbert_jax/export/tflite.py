@@ -21,26 +21,33 @@ Quantization modes:
   `graph`).
 - `int8`: integer quantization calibrated on a representative set: int8
   weights and int8 activations with calibrated ranges for the dense layers
-  and the elementwise ops around them (`INT8_OPS`: with NoNorm and ReLU that
-  is the whole MobileBERT block). Everything else stays float32 between
-  QUANTIZE / DEQUANTIZE ops: the attention core (the two `BATCH_MATMUL`s
-  between activations and the `SOFTMAX`), because XNNPACK has no int8
-  kernels for them, so quantizing them splits the delegated graph at every
-  layer and MobileBERT int8 ran 1.5x faster than float instead of 2.75x
-  (benchmarks/results/export_latency.md), while they are ~1/40 of the FLOPs;
-  and, in models with LayerNorm or GELU (BERT, TinyBERT), the elementwise
-  ops, which there are the LayerNorm statistics (int8 has no sensible form
-  for a variance), and the `GELU` op. Exact GELU reaches the graph as
-  TFLite's one `GELU` op (see `graph` and `set_gelu_exact`), not as its erf
-  polynomial, which stayed float beside the int8 dense layers and held
-  TinyBERT4's int8 file to 1.4x over float. The `GELU` op is left float
-  (between DEQUANTIZE / QUANTIZE, inside the XNNPACK graph): its int8 form
-  (a lookup table, the same values) is not an XNNPACK kernel, so it added a
-  delegate partition per layer and measured no faster. So only the dense
-  layers are int8 in those models. `int8_attention=True` quantizes
-  the attention core too (an integer-only graph for NoNorm/ReLU models, e.g.
-  for NPUs). Calibration examples should contain padding so that the -6 mask
-  fill lies inside the calibrated score range.
+  (`FULLY_CONNECTED`) and the data-movement ops around them (`INT8_OPS`).
+  Everything else stays float32 between QUANTIZE / DEQUANTIZE ops, inside
+  one XNNPACK graph:
+  - the attention core (the two `BATCH_MATMUL`s between activations and the
+    `SOFTMAX`), because XNNPACK has no int8 kernels for them, so quantizing
+    them splits the delegated graph at every layer and MobileBERT int8 ran
+    1.5x faster than float instead of 2.75x
+    (benchmarks/results/export_latency.md), while they are ~1/40 of the FLOPs;
+  - the elementwise ops (`ELEMENTWISE_OPS`): the residual adds and NoNorm's
+    scale and shift in MobileBERT, the LayerNorm statistics in BERT and
+    TinyBERT (int8 has no sensible form for a variance). A per-tensor int8
+    residual stream loses the small features beside the large ones: a
+    quantization-friendly micro MobileBERT lost 2.4 points of accuracy with
+    them int8 and gained 1.1 with them float (prediction agreement with the
+    float file 0.87 -> 0.98), and the full-size MobileBERT int8 file ran as
+    fast (2.78x over float instead of 2.53x);
+  - the `GELU` op. Exact GELU reaches the graph as TFLite's one `GELU` op
+    (see `graph` and `set_gelu_exact`), not as its erf polynomial, which
+    stayed float beside the int8 dense layers and held TinyBERT4's int8 file
+    to 1.4x over float. Its int8 form (a lookup table, the same values) is
+    not an XNNPACK kernel, so it added a delegate partition per layer and
+    measured no faster.
+  `int8_attention=True` and `int8_elementwise=True` quantize the attention
+  core and the elementwise ops too: together, an integer-only graph for
+  NoNorm/ReLU models (for NPUs and DSPs without float units), at the
+  accuracy cost above. Calibration examples should contain padding so that
+  the -6 mask fill lies inside the calibrated score range.
 
 Files are written atomically (temporary sibling, then `os.replace`), so a
 failed export leaves no partial file.
@@ -67,7 +74,7 @@ QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "int8")
 # the graph stays float32 between QUANTIZE / DEQUANTIZE pairs.
 INT8_OPS = frozenset(
     {
-        "FULLY_CONNECTED", "ADD", "SUB", "MUL", "RELU", "RELU6", "RESHAPE", "TRANSPOSE",
+        "FULLY_CONNECTED", "RELU", "RELU6", "RESHAPE", "TRANSPOSE",
         "CONCATENATION", "SLICE", "STRIDED_SLICE", "GATHER", "GATHER_ND", "SELECT", "SELECT_V2",
     }
 )  # fmt: skip
@@ -146,7 +153,7 @@ def convert(
     quantize: str = "none",
     representative: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
     int8_attention: bool = False,
-    int8_elementwise: bool = True,
+    int8_elementwise: bool = False,
     input_names: Iterable[str] = ("input_ids", "attention_mask", "token_type_ids"),
 ) -> bytes:
     """Convert `fn(variables, *inputs)` to a TFLite flatbuffer.
@@ -165,9 +172,8 @@ def convert(
       representative: for "int8", a function yielding {input name: [1, seq_len]
         int32} calibration examples.
       int8_attention: in "int8" mode, quantize the attention core too.
-      int8_elementwise: in "int8" mode, quantize ADD / SUB / MUL; False for
-        models with LayerNorm or GELU, whose LayerNorm statistics are made of
-        them (see the module docstring).
+      int8_elementwise: in "int8" mode, quantize ADD / SUB / MUL too (see the
+        module docstring; only sensible for NoNorm/ReLU models).
       input_names: the input names, in `fn`'s order.
 
     Returns:
@@ -198,9 +204,11 @@ def convert(
                     tf.lite.OpsSet.TFLITE_BUILTINS,
                 ]
             if quantize == "int8":
-                allowed = INT8_OPS | ATTENTION_OPS if int8_attention else INT8_OPS
-                if not int8_elementwise:
-                    allowed = allowed - ELEMENTWISE_OPS
+                allowed = INT8_OPS
+                if int8_attention:
+                    allowed |= ATTENTION_OPS
+                if int8_elementwise:
+                    allowed |= ELEMENTWISE_OPS
                 flatbuffer = _int8_selective(converter, allowed)
             else:
                 flatbuffer = converter.convert()

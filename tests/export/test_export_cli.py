@@ -113,6 +113,24 @@ def test_int8_without_calibration_data_is_an_error(model_dirs, tmp_path, capsys)
     assert_nothing_written(out)
 
 
+def test_integer_only_flags_on_a_layernorm_model_or_float_export_are_errors(
+    model_dirs, tmp_path, capsys
+):
+    out = tmp_path / "o" / "x.tflite"
+    out.parent.mkdir()
+    directory = model_dirs["tinybert4_micro"][0]
+    code = export("--checkpoint", directory, "--task", "classification", "--quantize", "int8",
+                  "--int8-elementwise", "--out", out)  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "--int8-elementwise needs a NoNorm/ReLU model" in err and "layer_norm" in err
+    code = export("--checkpoint", model_dirs["mobilebert_micro"][0], "--task", "classification",
+                  "--int8-attention", "--out", out)  # fmt: skip
+    assert code == 1
+    assert "apply to --quantize int8 only" in capsys.readouterr().err
+    assert_nothing_written(out)
+
+
 def test_empty_calibration_set_is_an_error(model_dirs, tmp_path, capsys):
     out = tmp_path / "o" / "x.tflite"
     out.parent.mkdir()

@@ -228,7 +228,7 @@ def test_float_qa_matches_jax(model_dirs, tmp_path):
     np.testing.assert_allclose(got["end_logits"], np.asarray(out.end_logits), atol=1e-4)
 
 
-def test_int8_quantizes_dense_layers_and_keeps_attention_core_float(model_dirs, tmp_path):
+def test_int8_quantizes_dense_layers_and_keeps_attention_and_residuals_float(model_dirs, tmp_path):
     from export_helpers import padded_inputs as inputs_of
 
     from mbert_jax.export.data import Examples
@@ -242,6 +242,9 @@ def test_int8_quantizes_dense_layers_and_keeps_attention_core_float(model_dirs, 
     assert tensor_types(flatbuffer, "FULLY_CONNECTED") == {"INT8", "INT32"}
     assert tensor_types(flatbuffer, "BATCH_MATMUL") == {"FLOAT32"}
     assert tensor_types(flatbuffer, "SOFTMAX") == {"FLOAT32"}
+    # Residual adds and NoNorm (MUL, ADD) stay float: int8 residuals cost accuracy.
+    assert "INT8" not in tensor_types(flatbuffer, "ADD") | tensor_types(flatbuffer, "MUL")
+    assert "FLOAT32" in tensor_types(flatbuffer, "ADD")
     assert report.agreement >= 0.75
     inputs = padded_inputs(config, n=8, seed=9)
     got = run_file(flatbuffer, inputs)["logits"]
@@ -251,7 +254,7 @@ def test_int8_quantizes_dense_layers_and_keeps_attention_core_float(model_dirs, 
 
 
 @pytest.mark.slow
-def test_int8_attention_flag_quantizes_the_attention_core_too(model_dirs, tmp_path):
+def test_integer_only_flags_quantize_attention_core_and_elementwise_ops_too(model_dirs, tmp_path):
     from mbert_jax.export.data import Examples
 
     directory, config, _ = model_dirs["mobilebert_micro"]
@@ -263,7 +266,10 @@ def test_int8_attention_flag_quantizes_the_attention_core_too(model_dirs, tmp_pa
         "int8",
         calibration=calibration,
         int8_attention=True,
+        int8_elementwise=True,
     )
     assert tensor_types(flatbuffer, "BATCH_MATMUL") == {"INT8"}
     assert tensor_types(flatbuffer, "SOFTMAX") == {"INT8"}
+    assert "FLOAT32" not in tensor_types(flatbuffer, "ADD") | tensor_types(flatbuffer, "MUL")
+    assert "FLOAT32" not in tensor_types(flatbuffer, "FULLY_CONNECTED")
     assert report.agreement >= 0.75
