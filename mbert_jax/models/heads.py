@@ -24,6 +24,10 @@ class MLMHead(nn.Module):
     MobileBERT (E = 128, T = 512) is tied in the first 128 columns and untied
     (`extra_output_weights`) in the other 384. The transform's norm is always
     a real LayerNorm, as in the official MobileBERT.
+
+    The two parts are applied as two products whose logits are added, never
+    concatenated: the concatenation copied the whole [V, T] matrix every step
+    (62 MB for MobileBERT) and its gradient was split again.
     """
 
     config: ModelConfig
@@ -35,18 +39,19 @@ class MLMHead(nn.Module):
         h = layers.dense(cfg, t, (EMBED_IN, EMBED), name="transform")(hidden)
         h = layers.activation(cfg.hidden_act)(h)
         h = layers.norm(cfg, EMBED, kind="layer_norm", name="transform_norm")(h)
-        table = word_table
+        e = word_table.shape[1]
+        logits = jnp.einsum("...d,vd->...v", h[..., :e], word_table.astype(cfg.compute_dtype))
         if cfg.mlm_untied_size:
             extra = self.param(
                 "extra_output_weights",
-                # Laid out like the word table it is concatenated with.
+                # Laid out like the word table whose columns it continues.
                 layers.kernel_init(cfg, (VOCAB, EMBED_IN)),
                 (cfg.vocab_size, cfg.mlm_untied_size),
                 jnp.float32,
             )
-            table = jnp.concatenate([table, extra], axis=1)
+            extra = extra.astype(cfg.compute_dtype)
+            logits = logits + jnp.einsum("...d,vd->...v", h[..., e:], extra)
         bias = self.param("output_bias", layers.zeros_init((VOCAB,)), (cfg.vocab_size,))
-        logits = jnp.einsum("...d,vd->...v", h, table.astype(cfg.compute_dtype))
         logits = logits + bias.astype(cfg.compute_dtype)
         return layers.constrain(logits, (BATCH, LENGTH, VOCAB))
 
