@@ -95,6 +95,7 @@ def ours_pretraining_step(variant: str, batch: int, seq: int, predictions: int):
         holder[0], m = step(holder[0], data, None)
         jax.block_until_ready(m)
 
+    run.lower = lambda: step.lower(holder[0], data, None)  # for profile_step.py
     return run, host
 
 
