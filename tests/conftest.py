@@ -8,6 +8,11 @@ minutes off CI's wall time on the 2-core machine).
 
 from __future__ import annotations
 
+import os
+
+import jax
+import pytest
+
 # Test files whose tests take minutes, longest first; then the other slow
 # tests, then the fast ones. The sort is stable, so order within a group is
 # the collection order.
@@ -23,3 +28,24 @@ def _rank(item) -> int:
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=_rank)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for the whole run.
+
+    Tests build the same micro models' programs again and again (in new
+    closures, in other xdist workers, in the CLI subprocesses); with one
+    cache directory each program is compiled once per run. In-process tests
+    use it through `jax.config`, subprocesses through the variable the CLI
+    reads. The cache only skips compilation: every program still runs.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers
+    path = root / "xla_cache"
+    path.mkdir(exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    os.environ["MBERT_JAX_COMPILE_CACHE"] = str(path)
+    return path

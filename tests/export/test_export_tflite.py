@@ -217,17 +217,6 @@ def test_embedding_is_the_masked_mean_of_the_last_hidden_state(model_dirs, tmp_p
     np.testing.assert_allclose(run_file(flatbuffer, inputs)["embedding"], want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.slow
-def test_float_qa_matches_jax(model_dirs, tmp_path):
-    directory, config, params = model_dirs["tinybert4_micro"]
-    flatbuffer, _ = export(directory, "qa", tmp_path / "qa.tflite")
-    inputs = padded_inputs(config)
-    got = run_file(flatbuffer, inputs)
-    out = jax_outputs(config, params, inputs)
-    np.testing.assert_allclose(got["start_logits"], np.asarray(out.start_logits), atol=1e-4)
-    np.testing.assert_allclose(got["end_logits"], np.asarray(out.end_logits), atol=1e-4)
-
-
 def test_int8_quantizes_dense_layers_and_keeps_attention_and_residuals_float(model_dirs, tmp_path):
     from export_helpers import padded_inputs as inputs_of
 

@@ -22,9 +22,9 @@ LAYOUTS = {
 }
 
 
-def config(variant: str, accum: int = 1):
+def config(variant: str, accum: int = 1, **overrides):
     c = base_config("pretrain")
-    c.model = model_block(variant)
+    c.model = model_block(variant, **overrides)
     c.data = synthetic_data_config(global_batch_size=16, max_seq_length=16)
     c.train.steps = 3
     c.train.log_every = 1
@@ -34,11 +34,11 @@ def config(variant: str, accum: int = 1):
     return c
 
 
-def main(variant: str, layouts: list[str]) -> None:
+def main(variant: str, layouts: list[str], num_layers: int | None = None) -> None:
     out = {}
     for name in layouts:
         (d, f, t), n = LAYOUTS[name]
-        c = config(variant)
+        c = config(variant, num_layers=num_layers)
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = d, f, t
         with tempfile.TemporaryDirectory() as workdir:
             loop.run(c, recipes.build(c), workdir, devices=jax.devices()[:n])
@@ -49,4 +49,4 @@ def main(variant: str, layouts: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(","))
+    main(sys.argv[1], sys.argv[2].split(","), *map(int, sys.argv[3:4]))
