@@ -1,9 +1,12 @@
 """Suite-wide hooks.
 
-The longest tests run first: with `pytest -n 2` each worker then fills the
-rest of its time with short tests, instead of one worker running the
-end-to-end quickstart alone at the end while the other idles (this cut
-minutes off CI's wall time on the 2-core machine).
+Scheduling under `pytest -n 2` (CI's 2-core machine): the longest tests come
+first, and `--dist loadgroup` (pyproject.toml) hands each worker one test at a
+time, so a worker that finishes early takes the next test instead of idling
+while the other works through a pre-assigned chunk (xdist's default `load`
+gave the first worker the first 60 tests, all the long ones: minutes of one
+idle core at the end). The quickstart and trainer modules are `xdist_group`s,
+so their module fixtures (one quickstart run, one reference run) run once.
 """
 
 from __future__ import annotations

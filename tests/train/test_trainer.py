@@ -20,7 +20,7 @@ from mbert_jax.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/pretrain_ibbert.py:runlocal,data=synthetic"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("trainer")]
 
 
 @pytest.fixture(scope="module")
