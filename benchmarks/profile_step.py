@@ -32,6 +32,8 @@ import tempfile
 import jax
 from train_throughput import ours_pretraining_step
 
+from mbert_jax import host_memory
+
 RUNTIME = ("ThunkExecutor", "$", "Pjit", "Slinky", "Common", "Parse", "Allocate")
 
 
@@ -61,6 +63,7 @@ def main():
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args()
 
+    host_memory.keep_freed_memory()
     run, _ = ours_pretraining_step(args.model, args.batch, args.seq, args.predictions)
     ops = hlo_ops(run.lower().compile().as_text())
     for _ in range(3):

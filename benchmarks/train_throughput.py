@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbert_jax import host_memory
 from mbert_jax.distill import mobilebert_config
 from mbert_jax.distill.mobilebert import MobileBertRecipe
 from mbert_jax.distill.teacher import host_init
@@ -236,6 +237,8 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default="benchmarks/results/train_throughput.md")
     args = p.parse_args()
+    # Both sides run in this process, so both get it (MBERT_JAX_KEEP_HOST_MEMORY=0: neither).
+    kept = host_memory.keep_freed_memory()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -265,7 +268,8 @@ def main():
         f"--distill {args.distill} --batch {args.batch} --seq {args.seq}`",
         "",
         f"CPU: {os.cpu_count()} cores, {args.threads} threads; jax {jax.__version__}, "
-        f"torch {torch.__version__}; matmul peak (f32 2048^3, JAX) {peak:.1f} GFLOP/s.",
+        f"torch {torch.__version__}; matmul peak (f32 2048^3, JAX) {peak:.1f} GFLOP/s; "
+        f"freed host memory kept for reuse (`mbert_jax.host_memory`): {'yes' if kept else 'no'}.",
         f"Batch {args.batch} x {args.seq} tokens, {args.predictions} masked positions per row; "
         "median step time.",
         "",

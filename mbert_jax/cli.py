@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mbert_jax import host_memory
 from mbert_jax.models import summary, variants
 
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0 if argv else 2
+    host_memory.keep_freed_memory()  # before JAX starts its backend
     return COMMANDS[argv[0]](argv[1:])
 
 
