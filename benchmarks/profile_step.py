@@ -63,7 +63,7 @@ def main():
     p.add_argument("--top", type=int, default=15)
     args = p.parse_args()
 
-    host_memory.keep_freed_memory()
+    host_memory.keep_freed_memory(default=True)  # as train_throughput.py
     run, _ = ours_pretraining_step(args.model, args.batch, args.seq, args.predictions)
     ops = hlo_ops(run.lower().compile().as_text())
     for _ in range(3):

@@ -238,7 +238,7 @@ def main():
     p.add_argument("--out", default="benchmarks/results/train_throughput.md")
     args = p.parse_args()
     # Both sides run in this process, so both get it (MBERT_JAX_KEEP_HOST_MEMORY=0: neither).
-    kept = host_memory.keep_freed_memory()
+    kept = host_memory.keep_freed_memory(default=True)
     import torch
 
     torch.set_num_threads(args.threads)

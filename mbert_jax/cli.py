@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0 if argv else 2
-    host_memory.keep_freed_memory()  # before JAX starts its backend
+    try:
+        host_memory.keep_freed_memory()  # if MBERT_JAX_KEEP_HOST_MEMORY=1; before JAX starts
+    except ValueError as e:
+        print(f"mbert-jax: {e}", file=sys.stderr)
+        return 2
     return COMMANDS[argv[0]](argv[1:])
 
 

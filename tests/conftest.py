@@ -18,12 +18,6 @@ import os
 import jax
 import pytest
 
-from mbert_jax import host_memory
-
-# As `mbert-jax` does, before JAX starts its backend: XLA's per-step
-# temporaries reuse freed pages instead of faulting fresh ones in.
-host_memory.keep_freed_memory()
-
 # Test files whose tests take minutes, longest first; then the other slow
 # tests, then the fast ones. The sort is stable, so order within a group is
 # the collection order.

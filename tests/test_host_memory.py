@@ -1,4 +1,4 @@
-"""`mbert_jax.host_memory`: freed host memory is kept for reuse, on CPU-only JAX.
+"""`mbert_jax.host_memory`: freed host memory is kept for reuse when asked for.
 
 Each check runs in a fresh interpreter: the allocator settings hold for the
 whole process and must be made before anything allocates from threads.
@@ -53,20 +53,21 @@ def test_freed_memory_is_reused_without_page_faults():
     assert not applied and faults > pages // 2, faults
 
 
-def test_the_variable_forces_it_and_a_bad_value_names_the_variable(monkeypatch):
-    monkeypatch.setenv(host_memory.ENV, "0")
+def test_off_unless_asked_and_a_bad_value_names_the_variable(monkeypatch):
+    monkeypatch.delenv(host_memory.ENV, raising=False)
     assert not host_memory.keep_freed_memory()
+    monkeypatch.setenv(host_memory.ENV, "0")
+    assert not host_memory.keep_freed_memory(default=True)
     monkeypatch.setenv(host_memory.ENV, "yes")
     with pytest.raises(ValueError, match="MBERT_JAX_KEEP_HOST_MEMORY='yes'"):
         host_memory.keep_freed_memory()
 
 
-def test_cpu_only_follows_jax_platforms(monkeypatch):
-    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-    assert host_memory.cpu_only()
-    monkeypatch.setenv("JAX_PLATFORMS", "tpu,cpu")
-    assert not host_memory.cpu_only()
-    monkeypatch.delenv("JAX_PLATFORMS")
-    monkeypatch.delenv("JAX_PLATFORM_NAME", raising=False)
-    # This test environment has no GPU or TPU plugin installed.
-    assert host_memory.cpu_only()
+def test_the_command_reads_the_variable():
+    env = dict(os.environ, MBERT_JAX_KEEP_HOST_MEMORY="yes")
+    cmd = [sys.executable, "-m", "mbert_jax", "describe", "mobilebert"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "MBERT_JAX_KEEP_HOST_MEMORY='yes'" in out.stderr, out.stderr
+    env["MBERT_JAX_KEEP_HOST_MEMORY"] = "1"
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "mobilebert" in out.stdout, out.stderr
