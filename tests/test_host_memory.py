@@ -16,7 +16,7 @@ from mbert_jax import host_memory
 # Touch 256 MiB from malloc, free it, do it again: the second round page-faults
 # (kernel maps and zeroes fresh pages) unless the freed block was kept.
 FAULTS_ON_SECOND_ROUND = """
-import ctypes, resource, sys
+import ctypes, resource
 from mbert_jax import host_memory
 applied = host_memory.keep_freed_memory()
 libc = ctypes.CDLL(None)
