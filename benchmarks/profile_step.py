@@ -61,10 +61,13 @@ def main():
     p.add_argument("--predictions", type=int, default=20)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
     args = p.parse_args()
 
     host_memory.keep_freed_memory(default=True)  # as train_throughput.py
-    run, _ = ours_pretraining_step(args.model, args.batch, args.seq, args.predictions)
+    run, _ = ours_pretraining_step(
+        args.model, args.batch, args.seq, args.predictions, args.precision
+    )
     ops = hlo_ops(run.lower().compile().as_text())
     for _ in range(3):
         run()

@@ -8,8 +8,15 @@ For each model, on this CPU, in one process:
 - PyTorch: transformers' `BertForPreTraining` / `MobileBertForPreTraining` of
   the same config, AdamW, `loss.backward()`, clipping, `optimizer.step()` —
   the standard loop, labels -100 everywhere but the masked positions;
-- the matmul peak: a large f32 matmul in JAX, and the fraction of it that our
+- the matmul peak: a large matmul in JAX, and the fraction of it that our
   step reaches (analytic FLOPs of the step / time).
+
+Each precision in `--precisions` is a pair of equivalents:
+- float32: both sides in float32;
+- bfloat16 (mixed precision): ours with `matmul_dtype="bfloat16"` (bf16
+  operands, float32 accumulation, everything else float32; the teacher too),
+  PyTorch with the standard `torch.autocast("cpu", dtype=torch.bfloat16)`
+  around the forward and the loss. The peak is then a bf16 x bf16 -> f32 matmul.
 
     python benchmarks/train_throughput.py --models bert_base,mobilebert --batch 8 --seq 128
 
@@ -19,6 +26,7 @@ Results (with the command) go to benchmarks/results/train_throughput.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -54,10 +62,10 @@ def timeit(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a jitted f32 n x n matmul (the CPU's practical peak for our dtype)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
+def matmul_peak(precision: str, n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a jitted n x n matmul on `precision` operands, float32 result."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(precision)
+    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
     t = timeit(lambda: f(a).block_until_ready(), repeats)
     return 2 * n**3 / t / 1e9
 
@@ -78,9 +86,14 @@ def data_config(cfg, batch, seq, predictions):
     )
 
 
-def ours_pretraining_step(variant: str, batch: int, seq: int, predictions: int):
+def mixed(precision: str) -> dict:
+    """The `ModelConfig` overrides of a precision."""
+    return {} if precision == "float32" else {"matmul_dtype": precision}
+
+
+def ours_pretraining_step(variant: str, batch: int, seq: int, predictions: int, precision: str):
     config = base_config("pretrain")
-    config.model = model_block(variant)
+    config.model = model_block(variant, **mixed(precision))
     config.data = data_config(get_config(variant), batch, seq, predictions)
     recipe = PretrainRecipe(config)
     stage = recipe.stages()[0]
@@ -108,7 +121,9 @@ def ours_pretraining_step(variant: str, batch: int, seq: int, predictions: int):
 TEACHER_OVERRIDES = {"use_bottleneck_attention": True}
 
 
-def ours_distillation_step(teacher: str, student: str, batch: int, seq: int, predictions: int):
+def ours_distillation_step(
+    teacher: str, student: str, batch: int, seq: int, predictions: int, precision: str
+):
     """The MobileBERT recipe's own PD stage: frozen teacher forward + student MLM-KD + NSP.
 
     `configs/mobilebert_pkt.py` at full size with synthetic data and a random
@@ -119,6 +134,8 @@ def ours_distillation_step(teacher: str, student: str, batch: int, seq: int, pre
     if config.teacher.variant != teacher:
         raise SystemExit(f"the PD recipe's teacher is {config.teacher.variant}, not {teacher}")
     config.teacher.overrides.update(TEACHER_OVERRIDES)
+    config.teacher.overrides.update(mixed(precision))
+    config.student.overrides.update(mixed(precision))
     config.data.update(
         global_batch_size=batch, max_seq_length=seq, max_predictions_per_seq=predictions
     )
@@ -178,7 +195,16 @@ def torch_batch(host):
     )
 
 
-def torch_pretraining_step(variant: str, host):
+def autocast(precision: str):
+    """PyTorch's standard mixed precision for `precision` (none for float32)."""
+    import torch
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=getattr(torch, precision))
+
+
+def torch_pretraining_step(variant: str, host, precision: str):
     import torch
 
     model = torch_model(variant)
@@ -188,7 +214,8 @@ def torch_pretraining_step(variant: str, host):
 
     def run():
         opt.zero_grad(set_to_none=True)
-        loss = model(**b).loss
+        with autocast(precision):
+            loss = model(**b).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -196,7 +223,7 @@ def torch_pretraining_step(variant: str, host):
     return run
 
 
-def torch_distillation_step(teacher: str, student: str, host):
+def torch_distillation_step(teacher: str, student: str, host, precision: str):
     import torch
 
     t = torch_model(teacher, **TEACHER_OVERRIDES).eval()
@@ -207,18 +234,19 @@ def torch_distillation_step(teacher: str, student: str, host):
 
     def run():
         opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            t_logits = t(
-                **{k: v for k, v in b.items() if k not in ("labels", "next_sentence_label")}
-            ).prediction_logits[mask]
-        out = s(**{k: v for k, v in b.items() if k != "labels"})
-        target = 0.5 * torch.nn.functional.one_hot(
-            b["labels"][mask], t_logits.shape[-1]
-        ) + 0.5 * t_logits.softmax(-1)
-        kd = -(target * out.prediction_logits[mask].log_softmax(-1)).sum(-1).mean()
-        nsp = torch.nn.functional.cross_entropy(
-            out.seq_relationship_logits, b["next_sentence_label"]
-        )
+        with autocast(precision):
+            with torch.no_grad():
+                t_logits = t(
+                    **{k: v for k, v in b.items() if k not in ("labels", "next_sentence_label")}
+                ).prediction_logits[mask]
+            out = s(**{k: v for k, v in b.items() if k != "labels"})
+            target = 0.5 * torch.nn.functional.one_hot(
+                b["labels"][mask], t_logits.shape[-1]
+            ) + 0.5 * t_logits.float().softmax(-1)
+            kd = -(target * out.prediction_logits[mask].float().log_softmax(-1)).sum(-1).mean()
+            nsp = torch.nn.functional.cross_entropy(
+                out.seq_relationship_logits, b["next_sentence_label"]
+            )
         (kd + nsp).backward()
         torch.nn.utils.clip_grad_norm_(s.parameters(), 1.0)
         opt.step()
@@ -230,6 +258,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="bert_base,mobilebert")
     p.add_argument("--distill", default="ibbert_large:mobilebert")
+    p.add_argument("--precisions", default="float32,bfloat16")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--predictions", type=int, default=20)
@@ -237,51 +266,68 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", default="benchmarks/results/train_throughput.md")
     args = p.parse_args()
+    precisions = args.precisions.split(",")
+    if set(precisions) - {"float32", "bfloat16"}:
+        p.error(f"--precisions: float32 and/or bfloat16, got {args.precisions!r}")
     # Both sides run in this process, so both get it (MBERT_JAX_KEEP_HOST_MEMORY=0: neither).
     kept = host_memory.keep_freed_memory(default=True)
     import torch
 
     torch.set_num_threads(args.threads)
-    peak = matmul_peak()
+    peaks = {precision: matmul_peak(precision) for precision in precisions}
     tokens = args.batch * args.seq
     rows = []
-    for variant in args.models.split(","):
-        run, host = ours_pretraining_step(variant, args.batch, args.seq, args.predictions)
-        t_ours = timeit(run, args.repeats)
-        t_torch = timeit(torch_pretraining_step(variant, host), args.repeats)
-        flops = step_flops(get_config(variant), args.batch, args.seq, args.predictions)
-        rows.append(("MLM+NSP", variant, t_ours, t_torch, flops))
-    if args.distill:
-        teacher, student = args.distill.split(":")
-        run, host = ours_distillation_step(teacher, student, args.batch, args.seq, args.predictions)
-        t_ours = timeit(run, args.repeats)
-        t_torch = timeit(torch_distillation_step(teacher, student, host), args.repeats)
-        t_cfg, s_cfg = get_config(teacher), get_config(student)
-        flops = (
-            step_flops(s_cfg, args.batch, args.seq, args.predictions)
-            + step_flops(t_cfg, args.batch, args.seq, args.predictions) / 3.0
-        )
-        rows.append(("PD distillation", f"{teacher} -> {student}", t_ours, t_torch, flops))
+    for precision in precisions:
+        for variant in args.models.split(","):
+            run, host = ours_pretraining_step(
+                variant, args.batch, args.seq, args.predictions, precision
+            )
+            t_ours = timeit(run, args.repeats)
+            t_torch = timeit(torch_pretraining_step(variant, host, precision), args.repeats)
+            flops = step_flops(get_config(variant), args.batch, args.seq, args.predictions)
+            rows.append((precision, "MLM+NSP", variant, t_ours, t_torch, flops))
+        if args.distill:
+            teacher, student = args.distill.split(":")
+            run, host = ours_distillation_step(
+                teacher, student, args.batch, args.seq, args.predictions, precision
+            )
+            t_ours = timeit(run, args.repeats)
+            t_torch = timeit(
+                torch_distillation_step(teacher, student, host, precision), args.repeats
+            )
+            t_cfg, s_cfg = get_config(teacher), get_config(student)
+            flops = (
+                step_flops(s_cfg, args.batch, args.seq, args.predictions)
+                + step_flops(t_cfg, args.batch, args.seq, args.predictions) / 3.0
+            )
+            rows.append(
+                (precision, "PD distillation", f"{teacher} -> {student}", t_ours, t_torch, flops)
+            )
 
+    peak_text = ", ".join(
+        f"{'f32' if k == 'float32' else 'bf16 x bf16 -> f32'} {v:.1f}" for k, v in peaks.items()
+    )
     lines = [
         f"Command: `python benchmarks/train_throughput.py --models {args.models} "
-        f"--distill {args.distill} --batch {args.batch} --seq {args.seq}`",
+        f"--distill {args.distill} --precisions {args.precisions} "
+        f"--batch {args.batch} --seq {args.seq}`",
         "",
         f"CPU: {os.cpu_count()} cores, {args.threads} threads; jax {jax.__version__}, "
-        f"torch {torch.__version__}; matmul peak (f32 2048^3, JAX) {peak:.1f} GFLOP/s; "
+        f"torch {torch.__version__}; matmul peak (2048^3, JAX), GFLOP/s: {peak_text}; "
         f"freed host memory kept for reuse (`mbert_jax.host_memory`): {'yes' if kept else 'no'}.",
         f"Batch {args.batch} x {args.seq} tokens, {args.predictions} masked positions per row; "
-        "median step time.",
+        "median step time. bfloat16: ours bf16 matmul operands with float32 accumulation, "
+        "PyTorch `torch.autocast`; % of peak against that precision's peak.",
         "",
-        "| step | model | ours (s) | ours tokens/s | PyTorch (s) | PyTorch tokens/s | speed-up | "
-        "ours GFLOP/s | % of peak |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| precision | step | model | ours (s) | ours tokens/s | PyTorch (s) | PyTorch tokens/s "
+        "| speed-up | ours GFLOP/s | % of peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, name, t_o, t_t, flops in rows:
+    for precision, kind, name, t_o, t_t, flops in rows:
         lines.append(
-            f"| {kind} | {name} | {t_o:.3f} | {tokens / t_o:,.0f} | {t_t:.3f} | "
+            f"| {precision} | {kind} | {name} | {t_o:.3f} | {tokens / t_o:,.0f} | {t_t:.3f} | "
             f"{tokens / t_t:,.0f} | {t_t / t_o:.2f}x | {flops / t_o / 1e9:.1f} | "
-            f"{100 * flops / t_o / 1e9 / peak:.0f}% |"
+            f"{100 * flops / t_o / 1e9 / peaks[precision]:.0f}% |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -4,8 +4,8 @@ MobileBERT, TinyBERT, DistilBERT, BERT-of-Theseus (the predecessor) and the
 augmentation's MLM teacher all describe, load, check and shard their teacher
 the same way:
 
-- `teacher_block(variant, path, seed=, dtype=, **overrides)` is the config
-  block `{path, variant, overrides, seed, dtype}`. `path` is a model
+- `teacher_block(variant, path, seed=, dtype=, matmul_dtype=, **overrides)` is
+  the config block `{path, variant, overrides, seed, dtype, matmul_dtype}`. `path` is a model
   directory (`models/io.py`; every run writes one as WORKDIR/model) and
   brings its own config. An empty path builds a randomly initialized
   `variant` with the block's `overrides` (a `model_block`'s: every
@@ -16,6 +16,9 @@ the same way:
   held in on the devices and its forward computes in (`Teacher.run_config`
   and `Teacher.model`); it wins over the `ModelConfig.dtype` of a stored
   config. Copies of teacher parameters into a student are always float32.
+  `matmul_dtype` (None, or e.g. "bfloat16" with dtype "float32": mixed
+  precision, `models/matmul.py`) sets `ModelConfig.matmul_dtype` of the run
+  the same way; None keeps the stored (or declared) one.
 - `read_config` gives the config (no parameters) before the data is known;
   `load_teacher` returns a `Teacher` whose heads, vocabulary and label count
   are checked against the recipe, with messages naming the config field.
@@ -41,6 +44,7 @@ from flax import traverse_util
 from safetensors import safe_open
 
 from mbert_jax.models import Model, ModelConfig, io
+from mbert_jax.models.config import DTYPES
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.parallel import sharding as sharding_lib
@@ -64,9 +68,10 @@ def teacher_block(
     *,
     seed: int = 0,
     dtype: str = "float32",
+    matmul_dtype: str | None = None,
     **overrides,
 ) -> ml_collections.ConfigDict:
-    """The config block of a frozen teacher: `{path, variant, overrides, seed, dtype}`.
+    """The config block of a frozen teacher: `{path, variant, overrides, seed, dtype, ...}`.
 
     Args:
       variant: the zoo variant of a random teacher (empty `path`).
@@ -74,6 +79,7 @@ def teacher_block(
         `overrides` and `seed` are then unused.
       seed: the host-init seed of a random teacher.
       dtype: "float32" or "bfloat16": how the teacher is held and run.
+      matmul_dtype: the operand dtype of its matmuls (None: as stored or declared).
       **overrides: `ModelConfig` fields of a random teacher (see
         `train.config.model_block`; all are settable from the command line).
 
@@ -84,6 +90,7 @@ def teacher_block(
     block.path = path
     block.seed = seed
     block.dtype = dtype
+    block.matmul_dtype = ml_collections.FieldReference(matmul_dtype, field_type=str)
     return block
 
 
@@ -97,6 +104,9 @@ def _check_dtype(block, what: str) -> str:
     dtype = block.get("dtype", "float32")
     if dtype not in TEACHER_DTYPES:
         raise ValueError(f"config.{what}.dtype={dtype!r}: one of {TEACHER_DTYPES}")
+    matmul_dtype = block.get("matmul_dtype")
+    if matmul_dtype is not None and matmul_dtype not in DTYPES:
+        raise ValueError(f"config.{what}.matmul_dtype={matmul_dtype!r}: None or one of {DTYPES}")
     declared = block_overrides(block).get("dtype")
     if declared is not None and declared != dtype:
         raise ValueError(
@@ -177,7 +187,7 @@ def load_teacher(
         )
         forced = {"vocab_size": vocab_size, "num_labels": num_labels}
         config = from_block(block, **{k: v for k, v in forced.items() if v is not None})
-        return Teacher(config, tuple(heads), None, dtype, seed, what)
+        return Teacher(config, tuple(heads), None, dtype, seed, what, block.get("matmul_dtype"))
     config = read_config(block, heads=heads, what=what)
     if vocab_size is not None and config.vocab_size != vocab_size:
         raise ValueError(
@@ -191,7 +201,9 @@ def load_teacher(
             f"config.{what}.path={block.path} classifies into {config.num_labels} labels but the "
             f"task has {num_labels}; fine-tune the {what} on this task first"
         )
-    return Teacher(config, tuple(heads), Path(block.path), block.dtype, seed, what)
+    return Teacher(
+        config, tuple(heads), Path(block.path), block.dtype, seed, what, block.get("matmul_dtype")
+    )
 
 
 @dataclasses.dataclass
@@ -206,6 +218,7 @@ class Teacher:
         computes in it (`run_config`).
       seed: the host-init seed of a random model.
       what: the config field it comes from, for messages.
+      matmul_dtype: the block's `matmul_dtype` (None: the config's).
     """
 
     config: ModelConfig
@@ -214,12 +227,16 @@ class Teacher:
     dtype: str = "float32"
     seed: int = 0
     what: str = "teacher"
+    matmul_dtype: str | None = None
     _random: dict | None = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def run_config(self) -> ModelConfig:
-        """`config` computing in `dtype`: the config the teacher runs with."""
-        return self.config.replace(dtype=self.dtype)
+        """`config` computing in `dtype` (and `matmul_dtype`): the config the teacher runs with."""
+        run = {"dtype": self.dtype}
+        if self.matmul_dtype is not None:
+            run["matmul_dtype"] = self.matmul_dtype
+        return self.config.replace(**run)
 
     @property
     def model(self) -> Model:

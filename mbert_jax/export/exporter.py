@@ -58,10 +58,14 @@ def load_for_export(path: str | os.PathLike) -> LoadedModel:
     (+ vocab.txt)). This is the one place that knows checkpoint formats: an
     orbax training checkpoint will be read here through the trainer's loader.
 
+    The training numerics (`dtype`, `matmul_dtype`) are reset to float32: the
+    file's precision is the exporter's `quantize` choice, not the training run's.
+
     Raises:
       FileNotFoundError: when `path` is not a model directory.
     """
     config, heads, params = io.load_model(path)
+    config = config.replace(dtype="float32", matmul_dtype=None)
     return LoadedModel(config, tuple(heads), params, io.vocab_path(path), str(path))
 
 

@@ -79,6 +79,10 @@ class ModelConfig:
     initializer_range: float = 0.02
     # Numerics and memory.
     dtype: str = "float32"  # compute dtype; parameters are always float32.
+    # Operand dtype of every matmul (None: `dtype`). "bfloat16" with dtype
+    # "float32" is mixed precision: bf16 operands, float32 accumulation and
+    # activations (see `matmul.py`).
+    matmul_dtype: str | None = None
     remat: bool = False  # rematerialize each block in the backward pass.
 
     def __post_init__(self):
@@ -112,6 +116,10 @@ class ModelConfig:
     @property
     def compute_dtype(self) -> Any:
         return jnp.dtype(self.dtype)
+
+    @property
+    def compute_matmul_dtype(self) -> Any:
+        return jnp.dtype(self.dtype if self.matmul_dtype is None else self.matmul_dtype)
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
@@ -173,6 +181,8 @@ class ModelConfig:
         ):
             if getattr(self, name) not in allowed:
                 fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.matmul_dtype is not None and self.matmul_dtype not in DTYPES:
+            fail("matmul_dtype", f"must be None or one of {DTYPES}, got {self.matmul_dtype!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbert_jax.models import layers
+from mbert_jax.models import layers, matmul
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.layers import BATCH, EMBED, EMBED_IN, LENGTH, VOCAB
 
@@ -40,7 +40,7 @@ class MLMHead(nn.Module):
         h = layers.activation(cfg.hidden_act)(h)
         h = layers.norm(cfg, EMBED, kind="layer_norm", name="transform_norm")(h)
         e = word_table.shape[1]
-        logits = jnp.einsum("...d,vd->...v", h[..., :e], word_table.astype(cfg.compute_dtype))
+        logits = matmul.einsum("...d,vd->...v", h[..., :e], word_table, cfg)
         if cfg.mlm_untied_size:
             extra = self.param(
                 "extra_output_weights",
@@ -49,8 +49,7 @@ class MLMHead(nn.Module):
                 (cfg.vocab_size, cfg.mlm_untied_size),
                 jnp.float32,
             )
-            extra = extra.astype(cfg.compute_dtype)
-            logits = logits + jnp.einsum("...d,vd->...v", h[..., e:], extra)
+            logits = logits + matmul.einsum("...d,vd->...v", h[..., e:], extra, cfg)
         bias = self.param("output_bias", layers.zeros_init((VOCAB,)), (cfg.vocab_size,))
         logits = logits + bias.astype(cfg.compute_dtype)
         return layers.constrain(logits, (BATCH, LENGTH, VOCAB))

@@ -15,12 +15,14 @@ those names onto any mesh (see `mbert_jax.parallel`). Logical names used:
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mbert_jax.models import matmul
 from mbert_jax.models.config import ModelConfig
 
 # Logical axis names, spelled once.
@@ -70,23 +72,23 @@ class Dense(nn.Module):
     names: tuple[str | None, ...]
     contract: int
     use_bias: bool
-    init_std: float
-    dtype: jnp.dtype
+    config: ModelConfig
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = tuple(x.shape[-self.contract :]) + self.features
         if len(shape) != len(self.names):
             raise ValueError(f"kernel of shape {shape} needs {len(shape)} names, got {self.names}")
-        init = nn.initializers.normal(stddev=self.init_std)
-        kernel = self.param(
-            "kernel", nn.with_logical_partitioning(init, self.names), shape, jnp.float32
-        )
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
+        kernel = self.param("kernel", kernel_init(self.config, self.names), shape, jnp.float32)
+        kept = x.ndim - self.contract
+        x_idx = string.ascii_lowercase[: x.ndim]
+        f_idx = string.ascii_uppercase[: len(self.features)]
+        spec = f"{x_idx},{x_idx[kept:]}{f_idx}->{x_idx[:kept]}{f_idx}"
+        y = matmul.einsum(spec, x, kernel, self.config)
         if self.use_bias:
             out_names = self.names[-len(self.features) :]
             bias = self.param("bias", zeros_init(out_names), self.features, jnp.float32)
-            y = y + bias.astype(self.dtype)
+            y = y + bias.astype(y.dtype)
         return y
 
 
@@ -109,8 +111,7 @@ def dense(
         names=tuple(names),
         contract=contract,
         use_bias=use_bias,
-        init_std=config.initializer_range,
-        dtype=config.compute_dtype,
+        config=config,
         name=name,
     )
 

@@ -25,7 +25,14 @@ from mbert_jax.train.pretrain import masked_accuracy
 from mbert_jax.train.recipe import Recipe, Stage
 
 # Fields a fine-tuning config may change in a pretrained model's config.
-TUNABLE_FIELDS = ("hidden_dropout", "attention_dropout", "dtype", "remat", "num_labels")
+TUNABLE_FIELDS = (
+    "hidden_dropout",
+    "attention_dropout",
+    "dtype",
+    "matmul_dtype",
+    "remat",
+    "num_labels",
+)
 
 
 def _encoder_mismatch(want, have, prefix="encoder") -> list[str]:

@@ -34,11 +34,13 @@ def config(variant: str, accum: int = 1, **overrides):
     return c
 
 
-def main(variant: str, layouts: list[str], num_layers: int | None = None) -> None:
+def main(
+    variant: str, layouts: list[str], num_layers: int | None = None, matmul_dtype: str | None = None
+) -> None:
     out = {}
     for name in layouts:
         (d, f, t), n = LAYOUTS[name]
-        c = config(variant, num_layers=num_layers)
+        c = config(variant, num_layers=num_layers, matmul_dtype=matmul_dtype)
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = d, f, t
         with tempfile.TemporaryDirectory() as workdir:
             loop.run(c, recipes.build(c), workdir, devices=jax.devices()[:n])
@@ -49,4 +51,4 @@ def main(variant: str, layouts: list[str], num_layers: int | None = None) -> Non
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2].split(","), *map(int, sys.argv[3:4]))
+    main(sys.argv[1], sys.argv[2].split(","), *map(int, sys.argv[3:4]), *sys.argv[4:5])

@@ -1,8 +1,9 @@
 """The trainer as a user runs it: `mbert-jax train` in subprocesses.
 
 Mesh invariance (1 vs 8 forced host devices, data / FSDP / tensor layouts),
-exact resume after SIGKILL, SIGTERM preemption, non-finite losses, a
-checkpoint of another shape, and 2 local processes with CPU collectives.
+exact resume after SIGKILL, mixed-precision matmuls against float32, SIGTERM
+preemption, non-finite losses, a checkpoint of another shape, and 2 local
+processes with CPU collectives.
 """
 
 import json
@@ -84,15 +85,24 @@ def wait_for_step(proc, workdir, step, checkpoint=None, timeout=600):
     raise AssertionError("training did not reach the step in time")
 
 
-def test_results_do_not_depend_on_the_mesh(env):
+@pytest.mark.parametrize(
+    "layouts, matmul_dtype",
+    [
+        ("single,data,fsdp,tensor", None),
+        # bf16 operands: FSDP gathers them, tensor parallelism sums float32 partials.
+        ("single,fsdp,tensor", "bfloat16"),
+    ],
+)
+def test_results_do_not_depend_on_the_mesh(env, layouts, matmul_dtype):
     e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     p = run(
         [
             sys.executable,
             str(ROOT / "tests/train/mesh_runs.py"),
             "mobilebert_micro",
-            "single,data,fsdp,tensor",
+            layouts,
             "2",  # layers: each layer is sharded alike, 2 test the rules as well as 24
+            *([matmul_dtype] if matmul_dtype else []),
         ],
         e,
     )
@@ -124,6 +134,17 @@ def test_resume_after_sigkill_continues_with_the_same_losses(tmp_path, env, refe
     assert sorted(resumed) == list(range(1, 9))
     for step, value in reference.items():
         assert resumed[step] == pytest.approx(value, rel=1e-6), step
+
+
+def test_mixed_precision_run_follows_the_float32_losses(tmp_path, env, reference):
+    """bf16 matmul operands, float32 accumulation and everything else: the same run, rounded."""
+    workdir = tmp_path / "mixed"
+    run(train_cmd(workdir, "--config.model.overrides.matmul_dtype=bfloat16"), env)
+    mixed = losses(workdir)
+    assert sorted(mixed) == sorted(reference)
+    assert mixed != reference  # the bf16 products ran
+    for step, value in reference.items():
+        assert mixed[step] == pytest.approx(value, rel=1e-3), step
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env, reference):
