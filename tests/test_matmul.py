@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mbert_jax.distill.teacher import load_teacher, teacher_block
-from mbert_jax.models import Model, get_config
+from mbert_jax.export.exporter import load_for_export
+from mbert_jax.models import Model, get_config, io
 from mbert_jax.models.config import ConfigError
 from mbert_jax.models.matmul import einsum
 from mbert_jax.models.model import init_params
@@ -123,3 +124,12 @@ def test_teacher_block_sets_the_matmul_dtype_of_the_run():
     block.matmul_dtype = "int4"
     with pytest.raises(ValueError, match=r"config.teacher.matmul_dtype='int4'"):
         load_teacher(block, heads=("mlm",))
+
+
+def test_a_model_trained_in_mixed_precision_is_exported_in_float32(tmp_path):
+    cfg = get_config("mobilebert_micro", matmul_dtype="bfloat16")
+    params = init_params(Model(cfg, heads=("mlm",)), jax.random.key(0))
+    io.save_model(tmp_path / "model", cfg, ("mlm",), params)
+    assert io.load_config(tmp_path / "model")[0].matmul_dtype == "bfloat16"  # kept on disk
+    loaded = load_for_export(tmp_path / "model")
+    assert (loaded.config.dtype, loaded.config.matmul_dtype) == ("float32", None)
