@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from mbert_jax.distill.teacher import load_teacher, teacher_block
 from mbert_jax.export.exporter import load_for_export
@@ -17,6 +18,7 @@ from mbert_jax.models import Model, get_config, io
 from mbert_jax.models.config import ConfigError
 from mbert_jax.models.matmul import einsum
 from mbert_jax.models.model import init_params
+from mbert_jax.parallel import sharding as sharding_lib
 
 MIXED = get_config("bert_base", matmul_dtype="bfloat16")
 FULL = get_config("bert_base")
@@ -133,3 +135,31 @@ def test_a_model_trained_in_mixed_precision_is_exported_in_float32(tmp_path):
     assert io.load_config(tmp_path / "model")[0].matmul_dtype == "bfloat16"  # kept on disk
     loaded = load_for_export(tmp_path / "model")
     assert (loaded.config.dtype, loaded.config.matmul_dtype) == ("float32", None)
+
+
+def test_a_mixed_teacher_holds_its_matmul_weights_in_bf16_with_the_same_outputs():
+    block = teacher_block("mobilebert_micro", matmul_dtype="bfloat16")
+    teacher = load_teacher(block, heads=("mlm", "nsp"))
+    held = teacher.host_params()
+    dtypes = {k: v.dtype for k, v in traverse_util.flatten_dict(held, sep="/").items()}
+    abstract = traverse_util.flatten_dict(sharding_lib.unbox(teacher.abstract()), sep="/")
+    assert {k: s.dtype for k, s in abstract.items()} == dtypes
+    matmul_only = {k for k in dtypes if k.endswith(("/kernel", "/extra_output_weights"))}
+    assert any(k.endswith("extra_output_weights") for k in matmul_only)
+    assert {k for k, d in dtypes.items() if d == jnp.bfloat16} == matmul_only
+    assert dtypes["encoder/embeddings/word_embeddings/embedding"] == np.float32  # also looked up
+    full = teacher.host_params("float32")
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(full))
+
+    ids = jax.random.randint(jax.random.key(3), (2, 16), 0, teacher.config.vocab_size)
+    apply = jax.jit(
+        lambda p: teacher.model.apply(
+            {"params": p}, ids, jnp.ones_like(ids), output_hidden_states=True
+        )
+    )
+    out_held, out_full = apply(held), apply(full)
+    for a, b in zip(jax.tree.leaves(out_held), jax.tree.leaves(out_full), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # A teacher without mixed matmuls holds everything in its dtype.
+    plain = load_teacher(teacher_block("mobilebert_micro"), heads=("mlm",)).host_params()
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(plain))

@@ -18,7 +18,9 @@ the same way:
   config. Copies of teacher parameters into a student are always float32.
   `matmul_dtype` (None, or e.g. "bfloat16" with dtype "float32": mixed
   precision, `models/matmul.py`) sets `ModelConfig.matmul_dtype` of the run
-  the same way; None keeps the stored (or declared) one.
+  the same way; None keeps the stored (or declared) one. The weights used
+  only in matmuls (`matmul.OPERAND_ONLY`) are then held in that operand
+  dtype (`matmul.frozen_dtype`): the same outputs, without a per-step cast.
 - `read_config` gives the config (no parameters) before the data is known;
   `load_teacher` returns a `Teacher` whose heads, vocabulary and label count
   are checked against the recipe, with messages naming the config field.
@@ -43,7 +45,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors import safe_open
 
-from mbert_jax.models import Model, ModelConfig, io
+from mbert_jax.models import Model, ModelConfig, io, matmul
 from mbert_jax.models.config import DTYPES
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
@@ -215,7 +217,8 @@ class Teacher:
       heads: the heads kept (a subset of those stored).
       path: the model directory; None for a random model.
       dtype: the block's `dtype`: the parameters are held and the forward
-        computes in it (`run_config`).
+        computes in it (`run_config`); matmul-only weights are held in the
+        operand dtype (`matmul.frozen_dtype`).
       seed: the host-init seed of a random model.
       what: the config field it comes from, for messages.
       matmul_dtype: the block's `matmul_dtype` (None: the config's).
@@ -252,13 +255,17 @@ class Teacher:
         return ("encoder/", *(f"{h}/" for h in self.heads))
 
     def abstract(self) -> Any:
-        """The boxed abstract parameters, in `dtype` (`jax.eval_shape`: allocates nothing)."""
+        """The boxed abstract parameters in their held dtypes (`jax.eval_shape`: no allocation)."""
         model = self.model
         boxed = jax.eval_shape(
             lambda: model.init(jax.random.key(0), *dummy_inputs(model.config))["params"]
         )
-        dtype = jnp.dtype(self.dtype)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), boxed)
+
+        def held(path, s):
+            name = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)][-1]
+            return jax.ShapeDtypeStruct(s.shape, matmul.frozen_dtype(name, model.config))
+
+        return jax.tree_util.tree_map_with_path(held, boxed)
 
     def read(self, prefixes: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Float32 host parameters under `prefixes` (default: all), flat ('/'-keys), checked.
@@ -285,11 +292,16 @@ class Teacher:
     def host_params(self, dtype: str | None = None) -> dict:
         """Numpy parameters of the encoder and `heads`, nested, in `dtype` (default: held).
 
-        The trainer's `load_teacher_params` takes the held dtype; copies into a
-        student ask for "float32".
+        The trainer's `load_teacher_params` takes the held dtypes (`abstract`);
+        copies into a student ask for "float32".
         """
-        dtype = jnp.dtype(dtype or self.dtype)
-        return io.unflatten({k: v.astype(dtype) for k, v in self.read().items()})
+        cfg = self.run_config
+
+        def cast(key, v):
+            held = matmul.frozen_dtype(key.rsplit("/", 1)[-1], cfg)
+            return v.astype(jnp.dtype(dtype) if dtype else held)
+
+        return io.unflatten({k: cast(k, v) for k, v in self.read().items()})
 
 
 # ------------------------------------------------------------------ parameters

@@ -36,6 +36,22 @@ import jax.numpy as jnp
 
 from mbert_jax.models.config import ModelConfig
 
+# The parameters used only as the weight operand of `einsum`: every dense
+# kernel and the MLM head's untied output part (the word table is also looked
+# up, so it is not one of them).
+OPERAND_ONLY = ("kernel", "extra_output_weights")
+
+
+def frozen_dtype(name: str, config: ModelConfig) -> jnp.dtype:
+    """The dtype a frozen model (a teacher) holds its parameter `name` in.
+
+    Weights in `OPERAND_ONLY` in the matmul operand dtype, the rest in the
+    compute dtype. Rounding a weight once on the host is what `einsum` does to
+    it on every step, so a frozen model held this way gives the same outputs,
+    bit for bit, without that per-step cast (and in less memory).
+    """
+    return config.compute_matmul_dtype if name in OPERAND_ONLY else config.compute_dtype
+
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, config: ModelConfig) -> jax.Array:
     """`jnp.einsum(spec, a, b)` in `config.compute_dtype`, operands in `config.matmul_dtype`.
