@@ -1,6 +1,7 @@
 """Training-step throughput: our jitted steps vs a standard PyTorch loop, side by side.
 
-For each model, on this CPU, in one process:
+For each model, on this CPU, side by side in one process per row (a fresh
+one for each, so no row inherits the heap of the rows before it):
 - ours: the trainer's own MLM + NSP step (`mbert_jax.train.step.make_train_step`
   with the pretraining recipe: forward, backward, AdamW, clipping), and a
   pre-training-distillation step (frozen teacher forward + student step on
@@ -26,7 +27,9 @@ Results (with the command) go to benchmarks/results/train_throughput.md.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import multiprocessing
 import os
 import statistics
 import time
@@ -254,6 +257,42 @@ def torch_distillation_step(teacher: str, student: str, host, precision: str):
     return run
 
 
+def measure(row: tuple[str, str, str], args) -> tuple[float, float, float]:
+    """One row, (ours s, PyTorch s, analytic FLOPs of our step), in this process.
+
+    `row` is (precision, "MLM+NSP" or "PD distillation", variant or
+    "teacher:student"). `main` calls it in a fresh process per row.
+    """
+    host_memory.keep_freed_memory(default=True)  # before JAX starts its backend
+    import torch
+
+    torch.set_num_threads(args.threads)
+    precision, kind, name = row
+    if kind == "MLM+NSP":
+        run, host = ours_pretraining_step(name, args.batch, args.seq, args.predictions, precision)
+        t_ours = timeit(run, args.repeats)
+        t_torch = timeit(torch_pretraining_step(name, host, precision), args.repeats)
+        return t_ours, t_torch, step_flops(get_config(name), args.batch, args.seq, args.predictions)
+    teacher, student = name.split(":")
+    run, host = ours_distillation_step(
+        teacher, student, args.batch, args.seq, args.predictions, precision
+    )
+    t_ours = timeit(run, args.repeats)
+    t_torch = timeit(torch_distillation_step(teacher, student, host, precision), args.repeats)
+    t_cfg, s_cfg = get_config(teacher), get_config(student)
+    flops = step_flops(s_cfg, args.batch, args.seq, args.predictions) + (
+        step_flops(t_cfg, args.batch, args.seq, args.predictions) / 3.0
+    )
+    return t_ours, t_torch, flops
+
+
+def in_fresh_process(fn, *fn_args):
+    """`fn(*fn_args)` in a new Python process (spawned: nothing inherited)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *fn_args).result()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="bert_base,mobilebert")
@@ -269,40 +308,24 @@ def main():
     precisions = args.precisions.split(",")
     if set(precisions) - {"float32", "bfloat16"}:
         p.error(f"--precisions: float32 and/or bfloat16, got {args.precisions!r}")
-    # Both sides run in this process, so both get it (MBERT_JAX_KEEP_HOST_MEMORY=0: neither).
+    # Every row gets it in its own process (MBERT_JAX_KEEP_HOST_MEMORY=0: none does).
     kept = host_memory.keep_freed_memory(default=True)
     import torch
 
-    torch.set_num_threads(args.threads)
     peaks = {precision: matmul_peak(precision) for precision in precisions}
     tokens = args.batch * args.seq
     rows = []
     for precision in precisions:
-        for variant in args.models.split(","):
-            run, host = ours_pretraining_step(
-                variant, args.batch, args.seq, args.predictions, precision
-            )
-            t_ours = timeit(run, args.repeats)
-            t_torch = timeit(torch_pretraining_step(variant, host, precision), args.repeats)
-            flops = step_flops(get_config(variant), args.batch, args.seq, args.predictions)
-            rows.append((precision, "MLM+NSP", variant, t_ours, t_torch, flops))
+        todo = [(precision, "MLM+NSP", v) for v in args.models.split(",") if v]
         if args.distill:
-            teacher, student = args.distill.split(":")
-            run, host = ours_distillation_step(
-                teacher, student, args.batch, args.seq, args.predictions, precision
-            )
-            t_ours = timeit(run, args.repeats)
-            t_torch = timeit(
-                torch_distillation_step(teacher, student, host, precision), args.repeats
-            )
-            t_cfg, s_cfg = get_config(teacher), get_config(student)
-            flops = (
-                step_flops(s_cfg, args.batch, args.seq, args.predictions)
-                + step_flops(t_cfg, args.batch, args.seq, args.predictions) / 3.0
-            )
-            rows.append(
-                (precision, "PD distillation", f"{teacher} -> {student}", t_ours, t_torch, flops)
-            )
+            todo.append((precision, "PD distillation", args.distill))
+        for row in todo:
+            # A fresh process per row: with freed memory kept (one arena, never
+            # trimmed), a row's heap would otherwise depend on the rows before it.
+            t_ours, t_torch, flops = in_fresh_process(measure, row, args)
+            name = row[2].replace(":", " -> ")
+            rows.append((precision, row[1], name, t_ours, t_torch, flops))
+            print(f"{precision} {row[1]} {name}: ours {t_ours:.3f} s, PyTorch {t_torch:.3f} s")
 
     peak_text = ", ".join(
         f"{'f32' if k == 'float32' else 'bf16 x bf16 -> f32'} {v:.1f}" for k, v in peaks.items()

@@ -65,13 +65,25 @@ def test_mixed_product_and_gradients_round_operands_and_accumulate_in_float32(
     assert np.abs(np.asarray(out) - full).max() > 1e-4
 
 
-def test_default_is_the_plain_product_in_the_compute_dtype():
-    a, b = rand(0, (2, 5, 16)), rand(1, (16, 24))
-    np.testing.assert_array_equal(
-        einsum("bld,df->blf", a, b, FULL), jnp.einsum("bld,df->blf", a, b)
-    )
+@pytest.mark.parametrize(
+    "spec, a_shape, b_shape",
+    [("bld,df->blf", (2, 5, 16), (16, 24)), ("...d,vd->...v", (2, 5, 16), (40, 16))],
+)
+def test_default_is_the_plain_product_in_the_compute_dtype(spec, a_shape, b_shape):
+    a, b = rand(0, a_shape), rand(1, b_shape)
+    out, pullback = jax.vjp(lambda a, b: einsum(spec, a, b, FULL), a, b)
+    np.testing.assert_array_equal(out, jnp.einsum(spec, a, b))
+    # Its written-out backward pass: the float32 gradients of the product.
+    g = rand(2, out.shape)
+    da, db = pullback(g)
+    ins, outs = spec.replace("...", "xy").split("->")
+    sa, sb = ins.split(",")
+    a64, b64, g64 = (np.asarray(x, np.float64) for x in (a, b, g))
+    np.testing.assert_allclose(da, np.einsum(f"{outs},{sb}->{sa}", g64, b64), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(db, np.einsum(f"{sa},{outs}->{sb}", a64, g64), rtol=1e-5, atol=1e-5)
+    assert da.dtype == db.dtype == jnp.float32
     low = get_config("bert_base", dtype="bfloat16")
-    assert einsum("bld,df->blf", a, b, low).dtype == jnp.bfloat16
+    assert einsum(spec, a, b, low).dtype == jnp.bfloat16
 
 
 @pytest.mark.parametrize(

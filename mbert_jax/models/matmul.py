@@ -2,7 +2,8 @@
 
 `einsum(spec, a, b, config)` is every product of activations with a weight
 (all dense layers, the MLM output matrix). By default it is `jnp.einsum` in
-the compute dtype (`config.dtype`).
+the compute dtype (`config.dtype`), with its backward pass written out
+(below) when that is float32.
 
 With `matmul_dtype="bfloat16"` and `dtype="float32"` (mixed precision), the
 two operands are rounded to bfloat16 and the product is accumulated in
@@ -20,10 +21,17 @@ under 5% of the FLOPs at sequence 128) stay in the compute dtype: XLA:CPU
 operands and a float32 result ("Unsupported element type for
 DotThunk::Execute: BF16 x BF16 = F32").
 
-The backward pass is written out (`jax.custom_vjp`) because JAX's own
-transpose of a float32-accumulating product multiplies the float32 gradient
-by the bfloat16 operand, which XLA computes as a float32 matmul: the
-backward pass, two thirds of the FLOPs, would not get faster.
+The backward pass is written out (`jax.custom_vjp`): each operand's
+gradient is one einsum of the other operand with the incoming gradient.
+With bfloat16 operands, JAX's own transpose of a float32-accumulating
+product multiplies the float32 gradient by the bfloat16 operand, which XLA
+computes as a float32 matmul: the backward pass, two thirds of the FLOPs,
+would not get faster. In float32 the written-out pass computes the same
+products, but XLA:CPU compiles JAX's own transpose of a dense layer
+("abc,cA->abA") with a transposed copy of the incoming gradient before the
+weight-gradient product, and the written-out one without: on the
+development CPU the float32 MobileBERT training step got ~12% faster,
+BERT-base ~2% (benchmarks/results/train_throughput.md).
 """
 
 from __future__ import annotations
@@ -56,20 +64,20 @@ def frozen_dtype(name: str, config: ModelConfig) -> jnp.dtype:
 def einsum(spec: str, a: jax.Array, b: jax.Array, config: ModelConfig) -> jax.Array:
     """`jnp.einsum(spec, a, b)` in `config.compute_dtype`, operands in `config.matmul_dtype`.
 
-    `spec` is a two-operand einsum ("bqhd,bkhd->bhqk"); it may use "..." in the
+    `spec` is a two-operand einsum ("bld,df->blf"); it may use "..." in the
     first operand and the output. Operands are cast to the compute dtype,
     which is also the result's dtype.
     """
     dtype = config.compute_dtype
     a, b = a.astype(dtype), b.astype(dtype)
     operand = config.compute_matmul_dtype
-    if operand == dtype:
+    if operand == dtype != jnp.float32:  # bfloat16 throughout: JAX's own backward pass
         return jnp.einsum(spec, a, b)
-    return _mixed(_explicit(spec, a.ndim), operand, a, b)
+    return _product(_explicit(spec, a.ndim), operand, a, b)
 
 
 def _explicit(spec: str, a_ndim: int) -> str:
-    """`spec` with "..." replaced by letters, checked for a contraction `_mixed` can transpose."""
+    """`spec` with "..." replaced by letters, checked for a contraction `_product` can transpose."""
     if "->" not in spec or spec.count(",") != 1:
         raise ValueError(f"einsum spec {spec!r} must be 'a,b->out' (two operands, explicit output)")
     ins, out = spec.replace(" ", "").split("->")
@@ -92,29 +100,29 @@ def _explicit(spec: str, a_ndim: int) -> str:
     return f"{a},{b}->{out}"
 
 
-def _product(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+def _accumulate(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mixed(spec: str, operand: jnp.dtype, a: jax.Array, b: jax.Array) -> jax.Array:
+def _product(spec: str, operand: jnp.dtype, a: jax.Array, b: jax.Array) -> jax.Array:
     """The product of `a` and `b` (both of one dtype) on `operand` operands, in their dtype."""
-    return _mixed_fwd(spec, operand, a, b)[0]
+    return _product_fwd(spec, operand, a, b)[0]
 
 
-def _mixed_fwd(spec, operand, a, b):
+def _product_fwd(spec, operand, a, b):
     a_low, b_low = a.astype(operand), b.astype(operand)
-    return _product(spec, a_low, b_low).astype(a.dtype), (a_low, b_low)
+    return _accumulate(spec, a_low, b_low).astype(a.dtype), (a_low, b_low)
 
 
-def _mixed_bwd(spec, operand, residuals, g):
+def _product_bwd(spec, operand, residuals, g):
     a_low, b_low = residuals
     ins, out = spec.split("->")
     a, b = ins.split(",")
     g_low = g.astype(operand)
-    da = _product(f"{out},{b}->{a}", g_low, b_low)
-    db = _product(f"{a},{out}->{b}", a_low, g_low)
+    da = _accumulate(f"{out},{b}->{a}", g_low, b_low)
+    db = _accumulate(f"{a},{out}->{b}", a_low, g_low)
     return da.astype(g.dtype), db.astype(g.dtype)  # g has the operands' dtype
 
 
-_mixed.defvjp(_mixed_fwd, _mixed_bwd)
+_product.defvjp(_product_fwd, _product_bwd)
