@@ -86,6 +86,19 @@ def test_default_is_the_plain_product_in_the_compute_dtype(spec, a_shape, b_shap
     assert einsum(spec, a, b, low).dtype == jnp.bfloat16
 
 
+def test_hessian_vector_products_go_through_the_written_out_backward_pass():
+    a, w, v = rand(0, (2, 5, 16)), rand(1, (16, 24)) * 0.1, rand(2, (16, 24))
+
+    def hvp(product):
+        grad = jax.grad(lambda w: jnp.sum(jnp.tanh(product(w))))
+        return jax.jvp(grad, (w,), (v,))[1]
+
+    ours = hvp(lambda w: einsum("bld,df->blf", a, w, FULL))
+    np.testing.assert_allclose(
+        ours, hvp(lambda w: jnp.einsum("bld,df->blf", a, w)), rtol=1e-5, atol=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     "spec, message",
     [

@@ -31,7 +31,10 @@ products, but XLA:CPU compiles JAX's own transpose of a dense layer
 ("abc,cA->abA") with a transposed copy of the incoming gradient before the
 weight-gradient product, and the written-out one without: on the
 development CPU the float32 MobileBERT training step got ~12% faster,
-BERT-base ~2% (benchmarks/results/train_throughput.md).
+BERT-base ~2% (benchmarks/results/train_throughput.md). A `custom_vjp` has
+no forward mode of its own: `jax.jvp` / `jax.jacfwd` of a model fail with a
+TypeError, while Hessian-vector products (`jax.jvp` of `jax.grad`, or
+`jax.grad` of a gradient) work (tests/test_matmul.py).
 """
 
 from __future__ import annotations
