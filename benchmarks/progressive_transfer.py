@@ -73,7 +73,7 @@ class NaiveRecipe(MobileBertRecipe):
             student_layers=L,
             teacher_layers=None,
             stop=None,
-            dropout=bool(stage.options["dropout"]),
+            dropout=bool(stage.options.dropout),
             rng=rng,
             report=False,
         )
@@ -88,7 +88,9 @@ class NaiveRecipe(MobileBertRecipe):
 
 
 def truncated(stage):
-    return dataclasses.replace(stage, options={**stage.options, "stop_gradient_below": 0})
+    return dataclasses.replace(
+        stage, options=dataclasses.replace(stage.options, stop_gradient_below=0)
+    )
 
 
 def build(args):
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     host_batch = next(recipe.train_data(0, 1))
     rows = []
     for stage in recipe.stages()[:L]:
-        layer = stage.options["layers"][0]
+        layer = stage.options.layers[0]
         gate = np.zeros((args.batch, L), np.float32)
         gate[:, layer - 1] = 1.0
         batch = jax.tree.map(jnp.asarray, {**host_batch, "stage_gate": gate})

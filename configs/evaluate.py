@@ -20,6 +20,7 @@ def get_config(arg=None):
     config = base_config("evaluate")
     config.init_from = ""
     config.model = model_block("bert_base")  # unused: the model directory has its config
+    config.train.eval_steps = 0  # the whole held-out split
     if arg.task:
         config.data = data_config.get_task_config(arg.task)
         config.data.global_batch_size = 32

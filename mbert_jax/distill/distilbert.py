@@ -49,18 +49,14 @@ from mbert_jax.models.heads import gather_positions
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
-from mbert_jax.train.pretrain import PRETRAINING_KEYS, masked_accuracy
+from mbert_jax.train.forward import masked_accuracy
 from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.tree import shape_mismatch
 
 log = logging.getLogger(__name__)
 
 KL_POSITIONS = ("all", "masked")
 BERT_BASE_LAYERS = (0, 2, 4, 7, 9, 11)
-
-
-def _shapes(tree) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): tuple(np.shape(v)) for p, v in flat}
 
 
 def init_student_from_teacher(
@@ -95,13 +91,8 @@ def init_student_from_teacher(
         raise ValueError(f"init_layers {list(layers)}: the teacher has layers 0..{n_teacher - 1}")
 
     def same(a, b, what):
-        sa, sb = _shapes(a), _shapes(b)
-        if sa != sb:
-            diff = [
-                f"{k}: student {sa.get(k)} vs teacher {sb.get(k)}"
-                for k in sorted(set(sa) | set(sb))
-                if sa.get(k) != sb.get(k)
-            ]
+        diff = shape_mismatch(a, b, want_name="student", have_name="teacher", limit=10)
+        if diff:
             raise ValueError(
                 f"cannot initialize the student's {what} from the teacher's; shapes differ:\n  "
                 + "\n  ".join(diff[:10])
@@ -136,8 +127,6 @@ def init_student_from_teacher(
 
 class DistilBertRecipe(Recipe):
     """One stage of `config.train.steps` of DistilBERT's triple loss."""
-
-    batch_keys = tuple(k for k in PRETRAINING_KEYS if k != "next_sentence_labels")
 
     def __init__(self, config):
         self.config = config

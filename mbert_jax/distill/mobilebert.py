@@ -78,7 +78,7 @@ from mbert_jax.models import Model
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
-from mbert_jax.train.pretrain import PRETRAINING_KEYS, forward, masked_accuracy
+from mbert_jax.train.forward import forward, masked_accuracy
 from mbert_jax.train.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,6 @@ log = logging.getLogger(__name__)
 
 class MobileBertRecipe(Recipe):
     """MobileBERT layer-wise transfer (PKT / JKT / AKT) and pre-training distillation."""
-
-    batch_keys = PRETRAINING_KEYS
 
     def __init__(self, config):
         self.config = config
@@ -257,12 +255,12 @@ class MobileBertRecipe(Recipe):
             params,
             teacher_params,
             batch,
-            layers=tuple(o["layers"]),
-            pd=bool(o["pd"]),
-            student_layers=o["student_layers"],
-            teacher_layers=o["teacher_layers"],
-            stop=o["stop_gradient_below"],
-            dropout=bool(o["dropout"]),
+            layers=tuple(o.layers),
+            pd=bool(o.pd),
+            student_layers=o.student_layers,
+            teacher_layers=o.teacher_layers,
+            stop=o.stop_gradient_below,
+            dropout=bool(o.dropout),
             rng=rng,
             report=False,
         )
@@ -273,8 +271,8 @@ class MobileBertRecipe(Recipe):
 
     def evaluate(self, stage: Stage, params, teacher_params, batch):
         o = stage.options
-        layers = tuple(o["eval_layers"])
-        pd = bool(o["pd"])
+        layers = tuple(o.eval_layers)
+        pd = bool(o.pd)
         return self._metrics(
             params,
             teacher_params,

@@ -13,15 +13,9 @@ distillation (PD). Three strategies order the two (`distill.strategy`):
 This module turns the config into a list of `train.recipe.Stage`s: each stage
 names its active loss terms and weights, its training rules (regex over the
 student's parameter paths -> learning-rate multiplier, or None = frozen) and
-the static forward options the recipe reads (`mobilebert.py`):
-
-    layers               1-based student layers whose transfer losses are active
-    pd                   the PD loss (MLM distillation + NSP) is active
-    student_layers       blocks the student runs (`num_layers`)
-    teacher_layers       blocks the teacher runs (None: all, for its MLM head)
-    stop_gradient_below  no gradient below this block index (0-based), or None
-    dropout              the student's dropout is on
-    eval_layers          layers whose held-out transfer losses `evaluate` reports
+the static forward options the recipe reads (`mobilebert.py`), a
+`TransferOptions`: the active layers, whether PD is on, how many blocks each
+model runs, where the gradient stops, dropout, and the evaluated layers.
 
 Layer numbers follow `layer_map.py`: layer l (1..L) is the output of block l,
 i.e. the parameters `encoder/layers_{l-1}`; layer 0 is the embedding.
@@ -73,6 +67,8 @@ layers has no per-block parameters, so it takes JKT or AKT, not PKT.
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from mbert_jax.losses import (
@@ -91,6 +87,29 @@ ATTENTION_FORMS = ("kl", "cross_entropy")
 
 EMBEDDING_NORM = "encoder/embeddings/norm/.*"
 ALL_BLOCKS = r"encoder/(layers_\d+|shared_attention|shared_ffn)/.*"
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferOptions:
+    """The static forward options of one MobileBERT stage (`Stage.options`).
+
+    Attributes:
+      layers: 1-based student layers whose transfer losses are active.
+      pd: the PD loss (MLM distillation + NSP) is active.
+      student_layers: blocks the student runs (`num_layers`).
+      teacher_layers: blocks the teacher runs (None: all, for its MLM head).
+      stop_gradient_below: no gradient below this block index (0-based), or None.
+      dropout: the student's dropout is on.
+      eval_layers: layers whose held-out transfer losses `evaluate` reports.
+    """
+
+    layers: tuple[int, ...]
+    pd: bool
+    student_layers: int
+    teacher_layers: int | None
+    stop_gradient_below: int | None
+    dropout: bool
+    eval_layers: tuple[int, ...]
 
 
 def default_distill_config() -> ml_collections.ConfigDict:
@@ -262,7 +281,7 @@ def mobilebert_stages(
                     steps=int(d.layer_steps),
                     loss_weights=layer_terms(d, layer, L, scale),
                     rules=tuple(rules),
-                    options=dict(
+                    options=TransferOptions(
                         layers=(layer,),
                         pd=False,
                         student_layers=layer,
@@ -288,7 +307,7 @@ def mobilebert_stages(
                 steps=transfer_steps,
                 loss_weights=weights,
                 rules=tuple(rules),
-                options=dict(
+                options=TransferOptions(
                     layers=every,
                     pd=False,
                     student_layers=L,
@@ -317,7 +336,7 @@ def mobilebert_stages(
                 steps=transfer_steps + int(d.pd_steps),
                 loss_weights=weights,
                 rules=((".*", 1.0),),
-                options=dict(full, layers=every, pd=True, teacher_layers=None),
+                options=TransferOptions(**full, layers=every, pd=True, teacher_layers=None),
                 schedule=_schedule(d.pd_schedule),
             )
         )
@@ -328,7 +347,7 @@ def mobilebert_stages(
                 steps=int(d.pd_steps),
                 loss_weights=pd_terms(use_nsp),
                 rules=((".*", 1.0),),
-                options=dict(full, layers=(), pd=True, teacher_layers=None),
+                options=TransferOptions(**full, layers=(), pd=True, teacher_layers=None),
                 schedule=_schedule(d.pd_schedule),
             )
         )

@@ -14,8 +14,8 @@ import numpy as np
 
 from mbert_jax.distill import layer_map as layer_map_lib
 from mbert_jax.distill.mobilebert_stages import parse_layer_map
-from mbert_jax.distill.teacher import flat
 from mbert_jax.models import ModelConfig, io
+from mbert_jax.tree import flat
 
 TEACHER_HEADS = ("mlm",)
 # Copied from the teacher and frozen during transfer (the embedding norm only

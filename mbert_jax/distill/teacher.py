@@ -42,7 +42,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import traverse_util
 from safetensors import safe_open
 
 from mbert_jax.models import Model, ModelConfig, io, matmul
@@ -51,6 +50,7 @@ from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.parallel import sharding as sharding_lib
 from mbert_jax.train.config import model_block
+from mbert_jax.tree import flat, shape_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,13 @@ class Teacher:
             return {k: v for k, v in self._random.items() if k.startswith(prefixes)}
         want = {k: v for k, v in flat(shapes).items() if k.startswith(prefixes)}
         have = read_params(self.path, prefixes)
-        check_params(have, want, f"config.{self.what}.path={str(self.path)!r}")
+        problems = shape_mismatch(want, have, want_name="model_config.json", have_name="file")
+        if problems:
+            raise ValueError(
+                f"config.{self.what}.path={str(self.path)!r}: its parameters do not match its "
+                "model_config.json (other shapes, missing or unexpected parameters): "
+                + "; ".join(problems[:5])
+            )
         return {k: np.asarray(v, np.float32) for k, v in have.items()}
 
     def host_params(self, dtype: str | None = None) -> dict:
@@ -305,11 +311,6 @@ class Teacher:
 
 
 # ------------------------------------------------------------------ parameters
-def flat(tree) -> dict[str, Any]:
-    """A nested parameter tree as a flat dict with '/'-joined keys."""
-    return traverse_util.flatten_dict(tree, sep="/")
-
-
 def host_init(shapes, initializer_range: float, seed: int) -> dict:
     """Random float32 parameters on the host, drawn like the zoo's initializers.
 
@@ -346,20 +347,6 @@ def read_params(directory: str | Path, prefixes: tuple[str, ...]) -> dict[str, n
     """
     with safe_open(str(Path(directory) / io.PARAMS_FILE), framework="numpy") as f:
         return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}  # noqa: SIM118
-
-
-def check_params(have: dict[str, Any], want: dict[str, Any], where: str) -> None:
-    """Raise naming `where` unless `have` has exactly the keys and shapes of `want` (flat)."""
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    differ = sorted(
-        k for k in set(want) & set(have) if tuple(want[k].shape) != tuple(np.shape(have[k]))
-    )
-    if missing or extra or differ:
-        raise ValueError(
-            f"{where}: its parameters do not match its model_config.json (missing "
-            f"{missing[:5]}, unexpected {extra[:5]}, other shapes {differ[:5]})"
-        )
 
 
 # ------------------------------------------------------------------------ data

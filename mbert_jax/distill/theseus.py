@@ -38,6 +38,7 @@ predecessor layers 0..n-1 (the official `run_glue.py`), "module_first" /
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -50,8 +51,9 @@ from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.attention import make_attention_mask
+from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
-from mbert_jax.train.finetune import TUNABLE_FIELDS, task_forward, task_metrics_from_logits
+from mbert_jax.train.forward import task_forward, task_metrics_from_logits
 from mbert_jax.train.recipe import Recipe, Stage
 
 SCHEDULES = ("linear", "constant")
@@ -59,6 +61,14 @@ INIT_KINDS = ("first", "module_first", "module_last")
 SUCCESSOR_LAYERS = r"encoder/layers_\d+/.*"
 # Only the successor layers train; the shared embeddings, pooler and classifier are frozen.
 SUCCESSOR_RULES = ((SUCCESSOR_LAYERS, 1.0), (".*", None))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleOptions:
+    """`Stage.options` of a Theseus stage: whether predecessor modules are drawn (True) or the
+    successor runs alone (False)."""
+
+    replace: bool
 
 
 def successor_init_layers(spec, num_modules: int, per_module: int) -> tuple[int, ...]:
@@ -223,7 +233,6 @@ class TheseusRecipe(Recipe):
             rate=float(t.rate),
             replace_steps=self.replace_steps(),
         )
-        self.predict, self.evaluator = self._predict, self.task.data.evaluator
 
     def replace_steps(self) -> int:
         t = self.config.theseus
@@ -238,12 +247,12 @@ class TheseusRecipe(Recipe):
     def stages(self) -> list[Stage]:
         t = self.config.theseus
         rules = SUCCESSOR_RULES
-        stages = [Stage("replace", self.replace_steps(), {"loss": 1.0}, rules, {"mode": "replace"})]
+        stages = [Stage("replace", self.replace_steps(), {"loss": 1.0}, rules, ModuleOptions(True))]
         if int(t.successor_steps) > 0:
             last = ((".*", 1.0),) if t.train_all_in_successor_stage else rules
             stages.append(
                 Stage(
-                    "successor", int(t.successor_steps), {"loss": 1.0}, last, {"mode": "successor"}
+                    "successor", int(t.successor_steps), {"loss": 1.0}, last, ModuleOptions(False)
                 )
             )
         return stages
@@ -270,7 +279,7 @@ class TheseusRecipe(Recipe):
         return task_forward(self.successor, params, batch, train=train, rng=rng).logits
 
     def loss(self, stage, params, teacher_params, batch, rng, step=0):
-        if stage.options.get("mode") == "replace":
+        if stage.options.replace:
             draw_key, rng = jax.random.split(rng)
             p = replace_rate(step, **self.schedule)
             choose = draw_modules(draw_key, p, self.num_modules)
@@ -292,7 +301,10 @@ class TheseusRecipe(Recipe):
         logits = self.successor_logits(params, batch, train=False)
         return task_metrics_from_logits(logits, batch, regression=self.regression)
 
-    def _predict(self, params, batch) -> dict[str, jax.Array]:
+    def evaluator(self):
+        return self.task.data.evaluator()
+
+    def predict(self, params, batch) -> dict[str, jax.Array]:
         return {"logits": self.successor_logits(params, batch, train=False).astype(jnp.float32)}
 
     # -------------------------------------------------------------------- data

@@ -63,10 +63,11 @@ from mbert_jax.distill.tinybert_losses import (
     prediction_losses,
 )
 from mbert_jax.models import Model, io
+from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.train import inputs
-from mbert_jax.train.finetune import TUNABLE_FIELDS, task_forward, task_metrics
+from mbert_jax.train.forward import task_forward, task_metrics
 from mbert_jax.train.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,6 @@ class TinyBertRecipe(Recipe):
             self.task = TaskSetup(config.data, config.teacher.path, prepare=prepare)
             vocab_size, num_labels = self.task.tokenizer.vocab_size, self.task.num_labels
             heads = ("classifier",)
-            self.predict, self.evaluator = self._predict, self.task.data.evaluator
         self.heads = heads
         self.teacher_spec = teacher_lib.load_teacher(
             config.teacher, heads=heads, vocab_size=vocab_size, num_labels=num_labels
@@ -275,7 +275,10 @@ class TinyBertRecipe(Recipe):
     def evaluate(self, stage, params, teacher_params, batch):
         return self.compute_losses(stage, params, teacher_params, batch, train=False)
 
-    def _predict(self, params, batch) -> dict[str, jax.Array]:
+    def evaluator(self):
+        return self.task.data.evaluator() if self.task is not None else None
+
+    def predict(self, params, batch) -> dict[str, jax.Array]:
         out = task_forward(self.student, params["student"], batch, train=False)
         return {"logits": out.logits.astype(jnp.float32)}
 

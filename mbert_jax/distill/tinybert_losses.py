@@ -24,7 +24,7 @@ from mbert_jax import losses
 from mbert_jax.distill.layer_map import all_hidden
 from mbert_jax.losses import LossSum
 from mbert_jax.models.layers import EMBED, EMBED_IN
-from mbert_jax.train.finetune import task_metrics_from_logits
+from mbert_jax.train.forward import task_metrics_from_logits
 
 INTERMEDIATE_LOSSES = ("attention", "hidden", "embedding")
 PREDICTION_LOSSES = ("prediction", "hard_label")

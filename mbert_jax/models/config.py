@@ -25,6 +25,17 @@ EMBEDDING_TRANSFORMS = ("none", "dense", "trigram")
 LAYER_SHARINGS = ("none", "all", "attention", "ffn")
 DTYPES = ("float32", "bfloat16", "float16")
 
+# Fields a fine-tuning or task-distillation config may change in a pretrained model's
+# config: training numerics and regularization, and the label count of a fresh head.
+TUNABLE_FIELDS = (
+    "hidden_dropout",
+    "attention_dropout",
+    "dtype",
+    "matmul_dtype",
+    "remat",
+    "num_labels",
+)
+
 
 class ConfigError(ValueError):
     """An invalid model configuration; the message names the field and the fix."""

@@ -68,8 +68,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from flax import traverse_util
 
+from mbert_jax import tree
 from mbert_jax.models import io
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import HEADS, Model, param_shapes, validate_heads
@@ -516,7 +516,7 @@ def params_from_hf(
     state = _normalize_keys(state)
     prefix, heads = _detect(state, model_type)
     check_expressible(config, heads, model_type)  # e.g. our 'dense' embedding + MobileBERT MLM
-    shapes = traverse_util.flatten_dict(param_shapes(Model(config, heads)), sep="/")
+    shapes = tree.flat(param_shapes(Model(config, heads)))
     entries = _weight_map(config, heads, model_type, prefix)
     flat, used = {}, set()
     for e in entries:
@@ -556,7 +556,7 @@ def params_from_hf(
             f"{len(left)} tensor(s) of the checkpoint have no place in our model, e.g. "
             f"{left[:10]}; check config.json (model_type, heads, sizes)"
         )
-    return heads, traverse_util.unflatten_dict(flat, sep="/")
+    return heads, tree.unflat(flat)
 
 
 def params_to_hf(
@@ -572,7 +572,7 @@ def params_to_hf(
     suffix, _ = _ARCHITECTURES[heads]
     prefix = "" if suffix == "Model" else _PREFIX[model_type]
     flat = io.flatten(params)
-    shapes = traverse_util.flatten_dict(param_shapes(Model(config, heads)), sep="/")
+    shapes = tree.flat(param_shapes(Model(config, heads)))
     if set(flat) != set(shapes) or any(flat[k].shape != shapes[k].shape for k in shapes):
         missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
         raise ConversionError(

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from mbert_jax import tree
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import validate_heads
 
@@ -32,12 +32,13 @@ VOCAB_FILE = "vocab.txt"
 
 
 def flatten(params: dict) -> dict[str, np.ndarray]:
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {k: np.asarray(jax.device_get(v)) for k, v in flat.items()}
+    """Host numpy copies of every parameter, by '/'-joined name (`mbert_jax.tree`)."""
+    return {k: np.asarray(jax.device_get(v)) for k, v in tree.flat(params).items()}
 
 
 def unflatten(flat: dict[str, np.ndarray]) -> dict:
-    return traverse_util.unflatten_dict(flat, sep="/")
+    """The nested parameter tree of a flat ('/'-named) mapping."""
+    return tree.unflat(flat)
 
 
 def save_model(

@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mbert_jax.tree import shape_mismatch
+
 log = logging.getLogger(__name__)
 
 
@@ -60,25 +62,17 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def _shapes(tree) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ())) for p, v in flat}
-
-
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
     """Raise `CheckpointMismatchError` naming the parameters whose shapes differ."""
     stored = manager.item_metadata(step)["state"]
     tree = getattr(stored, "tree", stored)
-    want = _shapes(abstract_state.params)
-    have = _shapes(tree["params"] if isinstance(tree, dict) else tree.params)
-    missing = sorted(set(want) - set(have))
-    extra = sorted(set(have) - set(want))
-    differ = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-    if missing or extra or differ:
+    have = tree["params"] if isinstance(tree, dict) else tree.params
+    problems = shape_mismatch(
+        abstract_state.params, have, want_name="config", have_name="checkpoint"
+    )
+    if problems:
         lines = [f"checkpoint {manager.directory}/{step} does not match this config:"]
-        lines += [f"  {k}: checkpoint {have[k]} vs config {want[k]}" for k in differ[:20]]
-        lines += [f"  {k}: in the config, not in the checkpoint" for k in missing[:20]]
-        lines += [f"  {k}: in the checkpoint, not in the config" for k in extra[:20]]
+        lines += [f"  {line}" for line in problems]
         lines.append(
             "use a fresh --workdir for a different model, or the config the checkpoint was "
             "written with (WORKDIR/config.json)"

@@ -147,14 +147,9 @@ def run_config(config: ml_collections.ConfigDict, workdir: str):
     """Build the recipe (checking the config), save the resolved config, train."""
     import jax
 
-    from mbert_jax.train import loop, recipes
+    from mbert_jax import recipes
+    from mbert_jax.train import loop
 
-    if config.get("recipe") == "evaluate":
-        from mbert_jax.train.evaluate import run_evaluation
-
-        values = run_evaluation(config, workdir)
-        print("evaluation: " + " ".join(f"{k}={v:.4g}" for k, v in values.items()), flush=True)
-        return loop.RunResult(step=0, preempted=False, final_eval=values, final_train={})
     try:
         recipe = recipes.build(config)
     except (ValueError, KeyError, TypeError) as e:

@@ -1,80 +1,122 @@
-"""Evaluate a model directory without training: `config.recipe = "evaluate"`.
+"""Recipe: evaluate a model directory without training (`config.recipe = "evaluate"`).
+
+A run of zero steps: the trainer evaluates the initial model, which is the
+model directory `config.init_from` (every head it has), over the whole
+held-out split, and writes WORKDIR/results.json like a training run's.
 
 - Pretraining data (`config.data` a pretraining block): held-out masked-LM
-  accuracy, cross-entropy and perplexity (exp of the mean cross-entropy over
-  every masked position of the held-out split), and NSP accuracy when the
-  model has an NSP head.
+  accuracy, cross-entropy (`mlm_loss`) and perplexity (exp of the mean
+  cross-entropy over every masked position of the held-out split), and NSP
+  accuracy when the model has an NSP head.
 - A task (`config.data` a task block): the task's official metrics on its
-  dev split, for a model directory that has the task head.
-
-The numbers are written to WORKDIR/results.json like a training run's.
+  dev split, for a model directory that has the task head (the fine-tuning
+  recipe's data, model and evaluator).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+from typing import Any
 
-import jax
+import jax.numpy as jnp
 import ml_collections
 
 from mbert_jax.models import Model, io
-from mbert_jax.train import metrics as metrics_lib
-from mbert_jax.train.pretrain import forward, pretraining_metrics
+from mbert_jax.train import inputs
+from mbert_jax.train.finetune import FinetuneRecipe
+from mbert_jax.train.forward import forward, pretraining_metrics
+from mbert_jax.train.recipe import Recipe, Stage
+
+
+class EvaluateRecipe(Recipe):
+    """`config.init_from` on `config.data`: one stage of zero steps."""
+
+    def __init__(self, config):
+        if not config.get("init_from"):
+            raise ValueError("config.init_from: the model directory to evaluate")
+        self.init_from = Path(config.init_from)
+        self.model_config, self.heads = io.load_config(self.init_from)
+        self.task = None
+        if "task" in config.data:
+            self.task = FinetuneRecipe(config)
+            missing = set(self.task.heads) - set(self.heads)
+            if missing:
+                raise ValueError(
+                    f"config.init_from={self.init_from} has no {sorted(missing)[0]} head for "
+                    f"task {config.data.task} (heads: {list(self.heads)}); fine-tune it first"
+                )
+            return
+        if "mlm" not in self.heads:
+            raise ValueError(
+                f"config.init_from={self.init_from} has no MLM head (heads: {list(self.heads)}); "
+                "it cannot be scored on pretraining data"
+            )
+        data_cfg = ml_collections.ConfigDict(config.data.to_dict())
+        vocab = io.vocab_path(self.init_from)
+        if vocab is not None and not data_cfg.get("vocab_file"):
+            data_cfg.vocab_file = str(vocab)
+        self.use_nsp = "nsp" in self.heads and bool(data_cfg.get("nsp", True))
+        data_cfg.nsp = self.use_nsp
+        self.data = inputs.pretraining_inputs(data_cfg)
+        if self.data.vocab_size != self.model_config.vocab_size:
+            raise ValueError(
+                f"config.init_from={self.init_from} has vocab_size {self.model_config.vocab_size} "
+                f"but the data's vocabulary has {self.data.vocab_size}; evaluate with the "
+                "vocabulary the model was trained on (config.data.vocab_file)"
+            )
+        self.model = Model(self.model_config, heads=("mlm", "nsp") if self.use_nsp else ("mlm",))
+
+    def stages(self) -> list[Stage]:
+        return [Stage("evaluate", 0, {})]
+
+    def init_params(self, rng):
+        if self.task is not None:
+            return self.task.init_params(rng)
+        ids = jnp.zeros((1, 8), jnp.int32)
+        return self.model.init(rng, ids, jnp.ones_like(ids))["params"]
+
+    def initial_overrides(self, params):
+        _, _, stored = io.load_model(self.init_from)
+        return {k: stored[k] for k in params}
+
+    def evaluate(self, stage, params, teacher_params, batch):
+        if self.task is not None:
+            return self.task.evaluate(stage, params, teacher_params, batch)
+        out = forward(self.model, params, batch, train=False)
+        return pretraining_metrics(out, batch, self.use_nsp)
+
+    def evaluator(self):
+        return self.task.evaluator() if self.task is not None else None
+
+    def predict(self, params, batch):
+        return self.task.predict(params, batch)
+
+    def summarize(self, values: dict[str, float]) -> dict[str, float]:
+        if self.task is not None:
+            return values
+        out = {"mlm_accuracy": values["mlm_accuracy"], "mlm_loss": values["mlm"]}
+        out["perplexity"] = math.exp(values["mlm"])
+        if self.use_nsp:
+            out["nsp_accuracy"] = values["nsp_accuracy"]
+        return out
+
+    def eval_data(self, process_index, process_count):
+        if self.task is not None:
+            return self.task.eval_data(process_index, process_count)
+        return self.data.eval(process_index, process_count)
+
+    def final_model(self, params: Any):
+        return None
 
 
 def evaluate_pretraining(model_dir: str | Path, data_cfg) -> dict[str, float]:
     """Held-out MLM (and NSP) metrics of a model directory over the whole held-out split."""
-    from mbert_jax.data import build_pretraining_data
+    from mbert_jax.train import loop
+    from mbert_jax.train.config import base_config
 
-    config, heads, params = io.load_model(model_dir)
-    if "mlm" not in heads:
-        raise ValueError(f"{model_dir} has no MLM head (heads: {heads}); it cannot be scored")
-    data_cfg = ml_collections.ConfigDict(data_cfg.to_dict())
-    vocab = io.vocab_path(model_dir)
-    if vocab is not None and not data_cfg.vocab_file:
-        data_cfg.vocab_file = str(vocab)
-    use_nsp = "nsp" in heads and bool(data_cfg.nsp)
-    data_cfg.nsp = use_nsp
-    data = build_pretraining_data(
-        data_cfg, process_index=jax.process_index(), process_count=jax.process_count()
-    )
-    if data.tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(
-            f"{model_dir} has vocab_size {config.vocab_size} but the data's vocabulary has "
-            f"{data.tokenizer.vocab_size}; evaluate with the vocabulary the model was trained on"
-        )
-    model = Model(config, heads)
-    score = jax.jit(lambda p, b: pretraining_metrics(forward(model, p, b, train=False), b, use_nsp))
-    results = [score(params, batch) for batch in data.eval_iterator()]
-    values = metrics_lib.reduce(results)
-    out = {"mlm_accuracy": values["mlm_accuracy"], "mlm_loss": values["mlm"]}
-    out["perplexity"] = math.exp(values["mlm"])
-    if use_nsp:
-        out["nsp_accuracy"] = values["nsp_accuracy"]
-    return out
-
-
-def run_evaluation(config, workdir: str | Path) -> dict[str, float]:
-    """`config.init_from` (a model directory) on `config.data`; writes WORKDIR/results.json."""
-    if not config.get("init_from"):
-        raise ValueError("config.init_from: the model directory to evaluate")
-    if "task" in config.data:
-        from mbert_jax.train.finetune import FinetuneRecipe
-
-        recipe = FinetuneRecipe(config)
-        if set(recipe.heads) - set(io.load_model(config.init_from)[1]):
-            raise ValueError(f"{config.init_from} has no {recipe.heads[0]} head for this task")
-        _, _, params = io.load_model(config.init_from)
-        evaluator = recipe.evaluator()
-        predict = jax.jit(recipe.predict)
-        for batch in recipe.eval_data(0, 1):
-            evaluator.add(batch, **jax.device_get(predict(params, batch)))
-        values = {k: float(v) for k, v in evaluator.result().items()}
-    else:
-        values = evaluate_pretraining(config.init_from, config.data)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.json").write_text(json.dumps({"eval": values}, indent=2) + "\n")
-    return values
+    config = base_config("evaluate")
+    config.init_from = str(model_dir)
+    config.data = ml_collections.ConfigDict(data_cfg.to_dict())
+    config.train.eval_steps = 0
+    return loop.run(config, EvaluateRecipe(config), None).final_eval

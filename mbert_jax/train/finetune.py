@@ -15,79 +15,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mbert_jax import losses
-from mbert_jax.losses import LossSum
 from mbert_jax.models import Model, io
+from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.variants import block_overrides, from_block
-from mbert_jax.train.pretrain import masked_accuracy
+from mbert_jax.train.forward import task_forward, task_metrics
 from mbert_jax.train.recipe import Recipe, Stage
-
-# Fields a fine-tuning config may change in a pretrained model's config.
-TUNABLE_FIELDS = (
-    "hidden_dropout",
-    "attention_dropout",
-    "dtype",
-    "matmul_dtype",
-    "remat",
-    "num_labels",
-)
-
-
-def _encoder_mismatch(want, have, prefix="encoder") -> list[str]:
-    flat_w = jax.tree_util.tree_flatten_with_path(want)[0]
-    flat_h = dict(
-        (jax.tree_util.keystr(p), np.shape(v))
-        for p, v in jax.tree_util.tree_flatten_with_path(have)[0]
-    )
-    out = []
-    for p, v in flat_w:
-        k = jax.tree_util.keystr(p)
-        if k not in flat_h:
-            out.append(f"{prefix}{k}: missing in the pretrained model")
-        elif tuple(flat_h[k]) != tuple(v.shape):
-            out.append(f"{prefix}{k}: pretrained {flat_h[k]} vs model {tuple(v.shape)}")
-    return out
-
-
-def task_forward(model: Model, params, batch, *, train: bool, rng=None, **kwargs):
-    """The model on a task batch (dropout when `train`); `kwargs` go to `Model.__call__`."""
-    return model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        batch.get("position_ids"),
-        deterministic=not train,
-        rngs={"dropout": rng} if train else None,
-        **kwargs,
-    )
-
-
-def task_metrics(out, batch, *, squad: bool, regression: bool) -> dict[str, LossSum]:
-    """The task loss (and accuracy) over the valid rows of a batch."""
-    if squad:
-        valid = batch["valid"].astype(jnp.float32)
-        start = losses.cross_entropy(out.start_logits, batch["start_positions"], valid)
-        end = losses.cross_entropy(out.end_logits, batch["end_positions"], valid)
-        return {"loss": LossSum((start.total + end.total) / 2, start.count)}
-    return task_metrics_from_logits(out.logits, batch, regression=regression)
-
-
-def task_metrics_from_logits(logits, batch, *, regression: bool) -> dict[str, LossSum]:
-    """`task_metrics` of sequence classification or regression logits [batch, num_labels].
-
-    For logits of a forward assembled by hand (BERT-of-Theseus's mixed stack).
-    """
-    valid = batch["valid"].astype(jnp.float32)
-    if regression:
-        err = (logits[:, 0].astype(jnp.float32) - batch["labels"]) ** 2
-        return {"loss": LossSum(jnp.sum(err * valid), jnp.sum(valid))}
-    return {
-        "loss": losses.cross_entropy(logits, batch["labels"], valid),
-        "accuracy": masked_accuracy(logits, batch["labels"], valid),
-    }
+from mbert_jax.tree import shape_mismatch
 
 
 class FinetuneRecipe(Recipe):
@@ -150,7 +84,9 @@ class FinetuneRecipe(Recipe):
         if self.init_from is None:
             return params
         _, _, pretrained = io.load_model(self.init_from)
-        problems = _encoder_mismatch(params["encoder"], pretrained["encoder"])
+        problems = shape_mismatch(
+            params["encoder"], pretrained["encoder"], want_name="model", have_name="pretrained"
+        )
         if problems:
             raise ValueError(
                 f"{self.init_from} does not fit this model:\n  " + "\n  ".join(problems[:20])

@@ -204,16 +204,7 @@ class Trainer:
             out_shardings=(state_shardings, replicated),
             donate_argnums=(0,),
         )
-        eval_step = jax.jit(
-            make_eval_step(self.recipe, stage),
-            in_shardings=(param_shardings, teacher_shardings, None),
-            out_shardings=replicated,
-        )
-        predict_step = None
-        if hasattr(self.recipe, "evaluator"):
-            predict_step = jax.jit(
-                self.recipe.predict, in_shardings=(param_shardings, None), out_shardings=replicated
-            )
+        eval_step, predict_step = self._eval_functions(stage, param_shardings, teacher_shardings)
         return StageFunctions(
             tx,
             schedule,
@@ -225,12 +216,27 @@ class Trainer:
             counts,
         )
 
+    def _eval_functions(self, stage: Stage, param_shardings, teacher_shardings):
+        """The jitted eval step and the evaluator's predict step (compiled on first call)."""
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        eval_step = jax.jit(
+            make_eval_step(self.recipe, stage),
+            in_shardings=(param_shardings, teacher_shardings, None),
+            out_shardings=replicated,
+        )
+        predict_step = jax.jit(
+            self.recipe.predict, in_shardings=(param_shardings, None), out_shardings=replicated
+        )
+        return eval_step, predict_step
+
     # -------------------------------------------------------------------- run
     def run(self) -> RunResult:
         cfg = self.train_cfg
         stages = self.stages
         ends = stage_boundaries(stages)
         total_steps = ends[-1]
+        if total_steps == 0:
+            return self._evaluate_initial()
         writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_lead)
         progress = metrics_lib.Progress(total_steps, enabled=self.is_lead)
         manager = ckpt.make_manager(self.workdir / "checkpoints", cfg.keep_checkpoints)
@@ -296,7 +302,10 @@ class Trainer:
                         )
                         window = []
                     if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                        final_eval = self._evaluate(fns, state.params, teacher_params, step, writer)
+                        steps = fns.eval_step, fns.predict_step
+                        final_eval = self._evaluate(
+                            *steps, state.params, teacher_params, step, writer
+                        )
                     if stop.requested or last or step % cfg.checkpoint_every == 0:
                         self._check_finite(window)
                         self._save(manager, state, step, index, stage, data)
@@ -390,26 +399,28 @@ class Trainer:
                 "learning rate, check the data, or set config.train.nan_policy='skip'"
             )
 
-    def _evaluate(self, fns: StageFunctions, params, teacher_params, step, writer) -> dict:
+    def _evaluate(self, eval_step, predict_step, params, teacher_params, step, writer) -> dict:
         """Held-out metrics: `LossSum`s from the jitted step, plus the recipe's official
-        host-side metrics over the whole split when it has an `evaluator`."""
+        host-side metrics over the whole split when it has an `evaluator`, then the
+        values the recipe derives (`Recipe.summarize`)."""
         batches = self.recipe.eval_data(jax.process_index(), jax.process_count())
         if batches is None:
             return {}
-        evaluator = self.recipe.evaluator() if fns.predict_step is not None else None
+        evaluator = self.recipe.evaluator()
         results = []
         for i, host_batch in enumerate(batches):
             if evaluator is None and self.train_cfg.eval_steps and i >= self.train_cfg.eval_steps:
                 break
             batch = sharding_lib.global_batch(host_batch, self.mesh, self.rules)
-            results.append(fns.eval_step(params, teacher_params, batch))
+            results.append(eval_step(params, teacher_params, batch))
             if evaluator is not None:
-                outputs = jax.device_get(fns.predict_step(params, batch))
+                outputs = jax.device_get(predict_step(params, batch))
                 rows = multihost_utils.process_allgather(host_batch, tiled=True)
                 evaluator.add(jax.device_get(rows), **outputs)
         values = metrics_lib.reduce(results)
         if evaluator is not None:
             values.update({k: float(v) for k, v in evaluator.result().items()})
+        values = self.recipe.summarize(values)
         writer.write(step, "eval", values)
         if self.is_lead and values:
             shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
@@ -424,14 +435,37 @@ class Trainer:
         path = self.workdir / "results.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def _evaluate_initial(self) -> RunResult:
+        """A run without steps: evaluate the initial model (init + `initial_overrides`) once.
+
+        Nothing is trained or checkpointed; `results.json` gets the values
+        (when there is a workdir).
+        """
+        writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_lead)
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            _, param_shardings = self._abstract_params()
+            teacher_params, teacher_shardings = self._teacher()
+            params = self._init_params(param_shardings)
+            steps = self._eval_functions(self.stages[0], param_shardings, teacher_shardings)
+            values = self._evaluate(*steps, params, teacher_params, 0, writer)
+        writer.close()
+        if self.is_lead and self.workdir is not None:
+            self._write_results(0, {}, values)
+        return RunResult(step=0, preempted=False, final_eval=values, final_train={})
+
+    def _write_results(self, step, final_train, final_eval) -> None:
+        results = {"step": step, "train": final_train, "eval": final_eval}
+        (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
     def _finish(self, params, final_train, final_eval, step) -> None:
         host = multihost_utils.process_allgather(params, tiled=True)
-        config, heads, model_params = self.recipe.final_model(host)
+        model = self.recipe.final_model(host)
         if self.is_lead:
-            vocab = self.recipe.vocab_file() if hasattr(self.recipe, "vocab_file") else None
-            io.save_model(self.workdir / "model", config, heads, model_params, vocab)
-            results = {"step": step, "train": final_train, "eval": final_eval}
-            (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            if model is not None:
+                config, heads, model_params = model
+                vocab = self.recipe.vocab_file()
+                io.save_model(self.workdir / "model", config, heads, model_params, vocab)
+            self._write_results(step, final_train, final_eval)
 
 
 def run(config, recipe: Recipe, workdir: str | Path, devices=None) -> RunResult:

@@ -37,11 +37,11 @@ def reduce(window: list[dict[str, LossSum]]) -> dict[str, float]:
 class MetricWriter:
     """JSON lines (WORKDIR/metrics.jsonl) and TensorBoard events (WORKDIR/tensorboard/)."""
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
-        self.enabled = enabled
-        self.path = Path(workdir) / "metrics.jsonl"
+    def __init__(self, workdir: str | Path | None, enabled: bool = True):
+        self.enabled = enabled and workdir is not None
+        self.path = Path(workdir) / "metrics.jsonl" if workdir is not None else None
         self._tb = None
-        if enabled:
+        if self.enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)

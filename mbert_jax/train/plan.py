@@ -63,8 +63,8 @@ def plan(config, stage_index: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from mbert_jax import recipes
     from mbert_jax.parallel import sharding as sharding_lib
-    from mbert_jax.train import recipes
     from mbert_jax.train.loop import Trainer
 
     config = plan_config(config)

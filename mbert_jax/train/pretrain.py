@@ -4,69 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
-from mbert_jax import losses
-from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
+from mbert_jax.train.forward import forward, pretraining_metrics
 from mbert_jax.train.recipe import Recipe, Stage
-
-PRETRAINING_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "position_ids",
-    "masked_lm_positions",
-    "masked_lm_ids",
-    "masked_lm_weights",
-    "next_sentence_labels",
-)
-
-
-def masked_accuracy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> LossSum:
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    weights = weights.astype(jnp.float32)
-    return LossSum(jnp.sum(correct * weights), jnp.sum(weights))
-
-
-def forward(model: Model, params, batch, *, train: bool, rng=None, **kwargs):
-    """The model on a pretraining batch (logits at the masked positions)."""
-    return model.apply(
-        {"params": params},
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["token_type_ids"],
-        batch.get("position_ids"),
-        batch["masked_lm_positions"],
-        deterministic=not train,
-        rngs={"dropout": rng} if train else None,
-        **kwargs,
-    )
-
-
-def pretraining_metrics(out, batch, use_nsp: bool) -> dict[str, LossSum]:
-    """MLM (and NSP) losses and accuracies of a model output."""
-    metrics = {
-        "mlm": losses.mlm_loss(out.mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"]),
-        "mlm_accuracy": masked_accuracy(
-            out.mlm_logits, batch["masked_lm_ids"], batch["masked_lm_weights"]
-        ),
-    }
-    if use_nsp:
-        labels = batch["next_sentence_labels"]
-        valid = batch.get("valid", jnp.ones(labels.shape, jnp.float32))
-        metrics["nsp"] = losses.nsp_loss(out.nsp_logits, labels, valid)
-        metrics["nsp_accuracy"] = masked_accuracy(out.nsp_logits, labels, valid)
-    return metrics
 
 
 class PretrainRecipe(Recipe):
     """MLM + NSP from scratch, one stage of `config.train.steps`."""
-
-    batch_keys = PRETRAINING_KEYS
 
     def __init__(self, config):
         self.config = config

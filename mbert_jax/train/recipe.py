@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -31,8 +32,10 @@ class Stage:
       steps: optimizer steps in this stage.
       loss_weights: the active loss terms and their weights.
       rules: `(regex over parameter paths, lr multiplier or None = frozen)`, first match wins.
-      options: static, recipe-specific settings of the forward (e.g. the layer
-        being transferred); part of the compiled step.
+      options: static, recipe-specific settings of the forward, as the
+        recipe's own frozen dataclass (e.g. `distill.mobilebert.stages.
+        TransferOptions`: the layer being transferred); part of the compiled
+        step, so it must be hashable.
       learning_rate: this stage's base rate (None: `config.optimizer.learning_rate`).
       schedule: a schedule block replacing `config.optimizer.schedule` (None: keep).
     """
@@ -41,7 +44,7 @@ class Stage:
     steps: int
     loss_weights: Mapping[str, float]
     rules: tuple[tuple[str, float | None], ...] = ((".*", 1.0),)
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Any = None
     learning_rate: float | None = None
     schedule: Any = None
 
@@ -49,18 +52,18 @@ class Stage:
 class Recipe:
     """Interface between a training objective and the generic trainer.
 
-    Subclasses implement the methods below; all array functions are pure and
+    Every method a trainer calls is declared here, with its default where it
+    has one; subclasses override what they need. Array functions are pure and
     are traced inside the trainer's `jax.jit`.
     """
-
-    #: Keys of the batch this recipe reads (the data layer provides them).
-    batch_keys: tuple[str, ...] = ()
 
     #: When True, `loss` also receives `step=` (the global optimizer step, an
     #: int32 scalar), for objectives scheduled over training (BERT-of-Theseus).
     loss_uses_step: bool = False
 
+    # ------------------------------------------------------------ structure
     def stages(self) -> list[Stage]:
+        """The stages in order (a run with zero steps only evaluates its initial model)."""
         raise NotImplementedError
 
     def init_params(self, rng: jax.Array) -> Any:
@@ -87,6 +90,7 @@ class Recipe:
         """The teacher's parameters as a host (numpy) tree; called when `teacher()` is not None."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------ objective
     def loss(
         self,
         stage: Stage,
@@ -104,6 +108,24 @@ class Recipe:
         """Held-out metrics as `LossSum`s (deterministic forward)."""
         raise NotImplementedError
 
+    def evaluator(self) -> Any | None:
+        """A fresh host-side evaluator of the official metrics over the whole held-out split
+        (`data.tasks.Evaluator`: `add(batch, **predict(...))`, then `result()`), or None.
+
+        When there is one, every evaluation runs over the whole split and
+        `predict` gives its inputs.
+        """
+        return None
+
+    def predict(self, params: Any, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """The outputs `evaluator().add` takes (`{"logits": ...}`); needed with an evaluator."""
+        raise NotImplementedError
+
+    def summarize(self, values: dict[str, float]) -> dict[str, float]:
+        """The held-out values of one evaluation, with any the recipe derives (e.g. perplexity)."""
+        return values
+
+    # ------------------------------------------------------------------ data
     def train_data(self, process_index: int, process_count: int):
         """This process's endless iterator of training batches (numpy dicts).
 
@@ -117,6 +139,11 @@ class Recipe:
         or None when the recipe has no held-out data."""
         return None
 
-    def final_model(self, params: Any) -> tuple[Any, tuple[str, ...], Any]:
-        """`(ModelConfig, heads, params)` of the model to save as WORKDIR/model."""
+    # -------------------------------------------------------------- outputs
+    def vocab_file(self) -> str | Path | None:
+        """The vocabulary to copy into WORKDIR/model (None: none)."""
+        return None
+
+    def final_model(self, params: Any) -> tuple[Any, tuple[str, ...], Any] | None:
+        """`(ModelConfig, heads, params)` of the model to save as WORKDIR/model (None: none)."""
         raise NotImplementedError

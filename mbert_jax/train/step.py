@@ -61,7 +61,7 @@ def make_train_step(recipe: Recipe, stage: Stage, tx: optax.GradientTransformati
     """The pure train step of one stage."""
 
     def objective(params, teacher_params, batch, rng, step):
-        if getattr(recipe, "loss_uses_step", False):
+        if recipe.loss_uses_step:
             return recipe.loss(stage, params, teacher_params, batch, rng, step=step)
         return recipe.loss(stage, params, teacher_params, batch, rng)
 

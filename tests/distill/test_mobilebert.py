@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from mbert_jax import recipes
 from mbert_jax.distill import mobilebert_config
 from mbert_jax.distill.teacher import host_init
 from mbert_jax.models import io
-from mbert_jax.train import recipes
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.metrics import read_metrics
 from mbert_jax.train.optimizers import make_optimizer

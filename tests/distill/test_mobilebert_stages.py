@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from mbert_jax import recipes
 from mbert_jax.distill import mobilebert_config
 from mbert_jax.distill.mobilebert_stages import default_distill_config, mobilebert_stages
 from mbert_jax.models import Model, get_config, io, param_shapes
-from mbert_jax.train import recipes
 from mbert_jax.train.labels import make_labels
 
 
@@ -32,16 +32,16 @@ def test_pkt_has_one_stage_per_layer_then_pd_with_official_factors():
         # Official factors 100 / L and 1 / L, L = 4; only this layer's terms.
         assert dict(stage.loss_weights) == {f"fmt_layer_{layer}": 25.0, f"at_layer_{layer}": 0.25}
         o = stage.options
-        assert (o["student_layers"], o["teacher_layers"]) == (layer, layer)
-        assert o["stop_gradient_below"] == layer - 1  # frozen: nothing below block l
-        assert o["layers"] == (layer,) and o["eval_layers"] == tuple(range(1, layer + 1))
-        assert o["dropout"] and not o["pd"]
+        assert (o.student_layers, o.teacher_layers) == (layer, layer)
+        assert o.stop_gradient_below == layer - 1  # frozen: nothing below block l
+        assert o.layers == (layer,) and o.eval_layers == tuple(range(1, layer + 1))
+        assert o.dropout and not o.pd
         assert stage.schedule.kind == "polynomial" and stage.schedule.power == 0.5
         assert stage.schedule.end_factor == 0.9 and stage.schedule.warmup_fraction == 0.1
     pd = stages[-1]
     assert dict(pd.loss_weights) == {"pd_mlm": 1.0, "nsp": 1.0}
     assert pd.rules == ((".*", 1.0),)
-    assert pd.options["pd"] and not pd.options["dropout"] and pd.options["teacher_layers"] is None
+    assert pd.options.pd and not pd.options.dropout and pd.options.teacher_layers is None
     assert pd.schedule.kind == "linear" and pd.schedule.warmup_steps == 10_000
 
 
@@ -57,7 +57,7 @@ def test_lower_layer_modes(mode, multiplier, lower):
     assert stage3.rules[1][1] == pytest.approx(lower) if lower else stage3.rules[1][1] is None
     assert stage3.rules[-1] == (".*", None)  # embeddings, heads, upper blocks
     # Only the frozen mode cuts the gradient at the trained block; the others at block 0.
-    assert stage3.options["stop_gradient_below"] == (2 if mode == "frozen" else 0)
+    assert stage3.options.stop_gradient_below == (2 if mode == "frozen" else 0)
 
 
 def test_tf2_stage_loss_division_and_mean_variance_terms():
@@ -78,14 +78,14 @@ def test_jkt_and_akt_budgets_and_terms():
     jkt, pd = stages_of(distill(strategy="jkt", layer_steps=5, pd_steps=9), layers=3)
     assert (jkt.name, jkt.steps, pd.name, pd.steps) == ("jkt", 15, "pd", 9)
     assert set(jkt.loss_weights) == {f"{t}_layer_{i}" for t in ("fmt", "at") for i in (1, 2, 3)}
-    assert jkt.options["stop_gradient_below"] == 0 and jkt.options["student_layers"] == 3
+    assert jkt.options.stop_gradient_below == 0 and jkt.options.student_layers == 3
     (akt,) = stages_of(
         distill(strategy="akt", transfer_steps=4, pd_steps=9), layers=3, use_nsp=False
     )
     assert (akt.name, akt.steps) == ("akt", 13)
     assert akt.loss_weights["pd_mlm"] == 1.0 and "nsp" not in akt.loss_weights
     assert akt.loss_weights["fmt_layer_3"] == pytest.approx(100 / 3)
-    assert akt.rules == ((".*", 1.0),) and akt.options["pd"]
+    assert akt.rules == ((".*", 1.0),) and akt.options.pd
 
 
 def _leaf_sizes(params) -> dict[str, int]:
@@ -176,7 +176,7 @@ def test_a_deeper_student_works_with_an_explicit_map_and_pkt_runs_the_mapped_tea
     c.student.overrides = {"num_layers": 6}
     recipe = recipes.build(c)
     stages = recipe.stages()
-    assert [s.options["teacher_layers"] for s in stages[:6]] == [1, 1, 2, 2, 3, 4]
+    assert [s.options.teacher_layers for s in stages[:6]] == [1, 1, 2, 2, 3, 4]
 
 
 def _fake_teacher_dir(tmp_path, **overrides):

@@ -15,7 +15,7 @@ import pytest
 from mbert_jax.distill import theseus
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model, get_config, init_params, io
-from mbert_jax.train.finetune import task_metrics_from_logits
+from mbert_jax.train.forward import task_metrics_from_logits
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.optimizers import default_optimizer_config, make_optimizer
 from mbert_jax.train.recipe import Stage

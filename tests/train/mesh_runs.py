@@ -9,7 +9,8 @@ import tempfile
 
 import jax
 
-from mbert_jax.train import loop, recipes
+from mbert_jax import recipes
+from mbert_jax.train import loop
 from mbert_jax.train.config import base_config, model_block
 from mbert_jax.train.inputs import synthetic_data_config
 
