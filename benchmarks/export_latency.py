@@ -35,7 +35,7 @@ import numpy as np
 
 from mbert_jax.export.data import synthetic_examples
 from mbert_jax.export.exporter import LoadedModel, export_tflite
-from mbert_jax.models import Model, get_config, param_shapes
+from mbert_jax.models import Model, param_shapes, variants
 
 MODELS = ("mobilebert", "mobilebert_tiny", "tinybert4")
 MODES = ("none", "fp16", "dynamic_int8", "int8")
@@ -125,16 +125,16 @@ def timed(runners: dict, inputs, runs: int) -> dict[str, float]:
 def bench_model(name: str, work: Path, seq_len: int, runs: int, threads: tuple[int, ...]):
     from mbert_jax.models import hf
 
-    config = get_config(name)
+    config = variants.get(name)
     heads = ("classifier",)
     params = random_params(config, heads)
     loaded = LoadedModel(config, heads, params, source=name)
     calibration = synthetic_examples(config, seq_len, 100, seed=1)
-    variants = [(m, True) for m in MODES]
+    modes = [(m, True) for m in MODES]
     if config.hidden_act == "gelu":
-        variants += [(m, False) for m in POLY_MODES]
+        modes += [(m, False) for m in POLY_MODES]
     files, reports = {}, {}
-    for mode, builtin_gelu in variants:
+    for mode, builtin_gelu in modes:
         key = mode if builtin_gelu else mode + POLY
         path = work / f"{name}_{key.replace('/', '_')}.tflite"
         t = time.time()

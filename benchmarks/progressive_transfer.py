@@ -49,8 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbert_jax.distill import mobilebert_config
-from mbert_jax.distill.mobilebert import MobileBertRecipe
+from configs import common
+from mbert_jax.distill.mobilebert.recipe import MobileBertRecipe
 from mbert_jax.distill.teacher import host_init
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.optimizers import make_optimizer
@@ -95,7 +95,7 @@ def truncated(stage):
 
 def build(args):
     arg = f"runlocal,data=synthetic,layers={args.layers}"
-    config = mobilebert_config.get_config("pkt", arg)
+    config = common.mobilebert("pkt", arg)
     config.data.update(
         global_batch_size=args.batch, max_seq_length=args.seq, max_predictions_per_seq=args.seq // 8
     )

@@ -40,11 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import common
 from mbert_jax import host_memory
-from mbert_jax.distill import mobilebert_config
-from mbert_jax.distill.mobilebert import MobileBertRecipe
+from mbert_jax.distill.mobilebert.recipe import MobileBertRecipe
 from mbert_jax.distill.teacher import host_init
-from mbert_jax.models import get_config
+from mbert_jax.models import variants
 from mbert_jax.models.summary import encoder_flops_per_token, mlm_flops_per_prediction
 from mbert_jax.train.config import base_config, model_block
 from mbert_jax.train.inputs import synthetic_data_config
@@ -97,7 +97,7 @@ def mixed(precision: str) -> dict:
 def ours_pretraining_step(variant: str, batch: int, seq: int, predictions: int, precision: str):
     config = base_config("pretrain")
     config.model = model_block(variant, **mixed(precision))
-    config.data = data_config(get_config(variant), batch, seq, predictions)
+    config.data = data_config(variants.get(variant), batch, seq, predictions)
     recipe = PretrainRecipe(config)
     stage = recipe.stages()[0]
     params = nn.meta.unbox(recipe.init_params(jax.random.key(0)))
@@ -133,7 +133,7 @@ def ours_distillation_step(
     teacher (the cost does not depend on the values), built as the trainer
     builds it; the teacher is the recipe's (`teacher` must be its variant).
     """
-    config = mobilebert_config.get_config("pkt", f"data=synthetic,student={student}")
+    config = common.mobilebert("pkt", f"data=synthetic,student={student}")
     if config.teacher.variant != teacher:
         raise SystemExit(f"the PD recipe's teacher is {config.teacher.variant}, not {teacher}")
     config.teacher.overrides.update(TEACHER_OVERRIDES)
@@ -169,7 +169,7 @@ def torch_model(variant: str, **overrides):
     from mbert_jax.models import hf
 
     # transformers has no -6 mask value; the large negative costs the same.
-    cfg = get_config(variant, attention_mask_value=None, **overrides)
+    cfg = variants.get(variant, attention_mask_value=None, **overrides)
     d = hf.config_to_hf(cfg, heads=("mlm", "nsp"))
     mobile = d.pop("model_type") == "mobilebert"
     d.pop("architectures")
@@ -272,14 +272,15 @@ def measure(row: tuple[str, str, str], args) -> tuple[float, float, float]:
     if kind == "MLM+NSP":
         ours, host = ours_pretraining_step(name, *sizes, precision)
         theirs = lambda: torch_pretraining_step(name, host, precision)
-        flops = step_flops(get_config(name), *sizes)
+        flops = step_flops(variants.get(name), *sizes)
     else:
         teacher, student = name.split(":")
         ours, host = ours_distillation_step(teacher, student, *sizes, precision)
         theirs = lambda: torch_distillation_step(teacher, student, host, precision)
         # The teacher runs forward only: a third of a training step's FLOPs.
         flops = (
-            step_flops(get_config(student), *sizes) + step_flops(get_config(teacher), *sizes) / 3
+            step_flops(variants.get(student), *sizes)
+            + step_flops(variants.get(teacher), *sizes) / 3
         )
     t_ours = timeit(ours, args.repeats)  # before PyTorch's model exists, as it always was
     return t_ours, timeit(theirs(), args.repeats), flops

@@ -28,6 +28,7 @@ Expected: the KL and cosine terms fall within the first 100 steps (the
 student starts close to the teacher); paper: GLUE dev 77.0 vs BERT-base 79.5.
 """
 
+from configs import common
 from mbert_jax.distill.distilbert import BERT_BASE_LAYERS
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.losses import (
@@ -73,15 +74,15 @@ def get_config(arg=None):
     config.train.checkpoint_every = 5_000
 
     if arg.runlocal:
-        config.data.global_batch_size = 16
-        config.data.max_seq_length = 64
-        config.data.max_predictions_per_seq = 10
-        config.optimizer.learning_rate = 1e-3
-        config.train.steps = 200
-        config.train.log_every = 20
-        config.train.eval_every = 100
-        config.train.eval_steps = 5
-        config.train.checkpoint_every = 100
+        common.runlocal(
+            config,
+            steps=200,
+            learning_rate=1e-3,
+            log_every=20,
+            eval_every=100,
+            eval_steps=5,
+            checkpoint_every=100,
+        )
     return config
 
 

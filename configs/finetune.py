@@ -24,6 +24,7 @@ init_from is given). Expected: at runlocal size from a random micro BERT,
 dev accuracy about 0.3-0.4 after 300 steps; BERT-base on MNLI about 84%.
 """
 
+from configs import common
 from mbert_jax.data import config as data_config
 from mbert_jax.train.config import base_config, model_block, parse_arg
 
@@ -47,13 +48,14 @@ def get_config(arg=None):
     config.train.checkpoint_every = 1_000
 
     if arg.runlocal:
-        config.data.global_batch_size = 16
-        config.data.max_seq_length = 64
-        config.optimizer.learning_rate = 1e-3
-        config.train.steps = 300
-        config.train.log_every = 25
-        config.train.eval_every = 150
-        config.train.checkpoint_every = 150
+        common.runlocal(
+            config,
+            steps=300,
+            learning_rate=1e-3,
+            log_every=25,
+            eval_every=150,
+            checkpoint_every=150,
+        )
     return config
 
 

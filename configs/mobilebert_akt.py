@@ -23,8 +23,8 @@ together with every `fmt_layer_l` (to under 0.001) and `at_layer_l`; final
 configs/mobilebert_pkt.py.
 """
 
-from mbert_jax.distill import mobilebert_config
+from configs import common
 
 
 def get_config(arg=None):
-    return mobilebert_config.get_config("akt", arg)
+    return common.mobilebert("akt", arg)

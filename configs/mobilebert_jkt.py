@@ -24,8 +24,8 @@ student's `mlm_accuracy` with the copied head is 0.064 (teacher 0.057) and
 0.065 after PD. Options and the ablation sweep: see configs/mobilebert_pkt.py.
 """
 
-from mbert_jax.distill import mobilebert_config
+from configs import common
 
 
 def get_config(arg=None):
-    return mobilebert_config.get_config("jkt", arg)
+    return common.mobilebert("jkt", arg)

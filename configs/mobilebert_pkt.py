@@ -19,7 +19,7 @@ step costs about 0.8 GFLOP per token (teacher forward 0.63 + student training
 machine) at 40% utilization, four fifths of it PD. Expected (paper): the
 student's MLM accuracy close to the teacher's after PD, and GLUE 77.7 /
 SQuAD v1.1 dev F1 90.0 after fine-tuning.
-Options (see mbert_jax/distill/mobilebert_config.py): `student=tiny`
+Options (see `configs/common.py`): `student=tiny`
 (MobileBERT-TINY), `lower=reduced|same`, `official` (the official TF1 code's
 choices), `teacher=PATH`, `data=synthetic`, `layers=N`.
 
@@ -51,13 +51,13 @@ runs show the mechanics, not that ordering (JKT trains every block for all
 160 transfer steps, so its layer losses end lower than PKT's 40 per block).
 """
 
-from mbert_jax.distill import mobilebert_config
+from configs import common
 
 
 def get_config(arg=None):
-    return mobilebert_config.get_config("pkt", arg)
+    return common.mobilebert("pkt", arg)
 
 
 def sweep(add):
     """PKT vs JKT vs AKT (the paper's Table), and PKT's lower-layer modes."""
-    mobilebert_config.ablation(add)
+    common.mobilebert_ablation(add)

@@ -22,6 +22,7 @@ batches); NSP accuracy stays near chance (0.55-0.6): 300 micro steps are too
 few to learn it.
 """
 
+from configs import common
 from mbert_jax.train.config import base_config, model_block, parse_arg
 from mbert_jax.train.inputs import pretraining_data_config
 
@@ -45,17 +46,17 @@ def get_config(arg=None):
     config.train.checkpoint_every = 5_000
 
     if arg.runlocal:
-        config.data.global_batch_size = 16
-        config.data.max_seq_length = 64
-        config.data.max_predictions_per_seq = 10
+        common.runlocal(
+            config,
+            steps=300,
+            learning_rate=2e-3,
+            log_every=25,
+            eval_every=100,
+            eval_steps=5,
+            checkpoint_every=100,
+        )
         config.optimizer.name = "adamw"
-        config.optimizer.learning_rate = 2e-3
         config.optimizer.schedule.warmup_steps = 30
-        config.train.steps = 300
-        config.train.log_every = 25
-        config.train.eval_every = 100
-        config.train.eval_steps = 5
-        config.train.checkpoint_every = 100
     return config
 
 

@@ -29,6 +29,7 @@ Expected: the successor's dev metric close to the predecessor's (paper: the
 6-layer successor keeps more than 98% of BERT-base's GLUE score).
 """
 
+from configs import common
 from mbert_jax.data import config as data_config
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, parse_arg
@@ -67,16 +68,14 @@ def get_config(arg=None):
     config.train.checkpoint_every = 1_000
 
     if arg.runlocal:
-        config.data.global_batch_size = 16
-        config.data.max_seq_length = 64
+        # Evaluated once, at the end.
+        common.runlocal(
+            config, learning_rate=5e-4, log_every=10, eval_every=10_000, checkpoint_every=50
+        )
         config.theseus.k = 0.02  # p reaches 1 after 35 steps
         config.theseus.successor_steps = 30
         if arg.schedule == "constant":
             config.theseus.replace_steps = 35
-        config.optimizer.learning_rate = 5e-4
-        config.train.log_every = 10
-        config.train.eval_every = 10_000  # once, at the end
-        config.train.checkpoint_every = 50
     return config
 
 

@@ -30,6 +30,7 @@ TinyBERT4 after task distillation reaches GLUE test 77.0.
 Sweep (`mbert-jax sweep`): the paper's ablation without each loss.
 """
 
+from configs import common
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.train.config import base_config, model_block, parse_arg
 from mbert_jax.train.inputs import pretraining_data_config
@@ -65,14 +66,16 @@ def get_config(arg=None):
     config.train.checkpoint_every = 5_000
 
     if arg.runlocal:
-        config.data.global_batch_size = 16
-        config.data.max_seq_length = 64
-        config.optimizer.learning_rate = 1e-3
-        config.train.steps = 200
-        config.train.log_every = 20
-        config.train.eval_every = 100
-        config.train.eval_steps = 5
-        config.train.checkpoint_every = 100
+        common.runlocal(
+            config,
+            steps=200,
+            learning_rate=1e-3,
+            log_every=20,
+            eval_every=100,
+            eval_steps=5,
+            checkpoint_every=100,
+            predictions=None,  # no MLM loss: the masking stays as at full size
+        )
     return config
 
 

@@ -44,9 +44,10 @@ Options: `runlocal`, `task=NAME`, `student=tinybert4|tinybert6|...`,
 `official`, `augment=1|0`. Sweep: the paper's ablation without each loss.
 """
 
+from configs import common
 from mbert_jax.data import config as data_config
-from mbert_jax.distill.augment import augment_config
 from mbert_jax.distill.teacher import teacher_block
+from mbert_jax.distill.tinybert.augment import augment_config
 from mbert_jax.train.config import base_config, model_block, parse_arg
 
 
@@ -88,18 +89,20 @@ def get_config(arg=None):
     config.train.checkpoint_every = 2_000
 
     if arg.runlocal:
-        config.data.global_batch_size = 16
-        config.data.max_seq_length = 64
-        config.augment.max_seq_length = 64
+        # Evaluated once, at the end; each stage has its own rate (below).
+        common.runlocal(
+            config,
+            learning_rate=config.optimizer.learning_rate,
+            log_every=20,
+            eval_every=10_000,
+            checkpoint_every=60,
+        )
         config.augment.n = 2
         config.augment.max_examples = 100  # a CPU-sized sample of the 1,452 rows
         config.distill.intermediate_steps = 60
         config.distill.prediction_steps = 60
         config.distill.intermediate_learning_rate = 1e-3
         config.distill.prediction_learning_rate = 1e-3
-        config.train.log_every = 20
-        config.train.eval_every = 10_000  # once, at the end
-        config.train.checkpoint_every = 60
     return config
 
 

@@ -1,7 +1,8 @@
 """`mbert-jax`: the command-line entry point.
 
 Each sub-command lives with the code it drives; this module only parses the
-command name and hands the remaining arguments over.
+command name and hands the remaining arguments over. Flags are spelled with
+dashes (`--seq-len`, `--dry-run`); every command also accepts underscores.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import argparse
 import sys
 
 from mbert_jax import host_memory
-from mbert_jax.models import summary, variants
 
 
 def describe_main(argv: list[str]) -> int:
+    from mbert_jax.models import summary, variants
+
     parser = argparse.ArgumentParser(
         prog="mbert-jax describe",
         description="Parameters by component and FLOPs per token of model variants.",
@@ -67,36 +69,75 @@ def export_main(argv: list[str]) -> int:
 
 
 def data_main(argv: list[str]) -> int:
-    from mbert_jax.data.__main__ import main
+    from mbert_jax.data.cli import main
 
     return main(argv)
 
 
+def convert_main(argv: list[str]) -> int:
+    from mbert_jax.models.hf import main
+
+    return main(argv)
+
+
+def augment_main(argv: list[str]) -> int:
+    from mbert_jax.distill.tinybert.augment import main
+
+    return main(argv)
+
+
+# name: (function, one-line description, flags parsed by absl (which names them with `_`)).
 COMMANDS = {
-    "describe": describe_main,
-    "train": train_main,
-    "sweep": sweep_main,
-    "plan": plan_main,
-    "quickstart": quickstart_main,
-    "export": export_main,
-    "data": data_main,
+    "describe": (describe_main, "parameter counts and FLOPs of model variants", False),
+    "train": (train_main, "run one experiment config (pretraining, distillation, ...)", True),
+    "sweep": (sweep_main, "run the ablation grid a config declares", True),
+    "plan": (plan_main, "per-device memory and FLOPs of a pod job, on simulated devices", True),
+    "quickstart": (quickstart_main, "the MobileBERT recipe end to end, on this machine", False),
+    "export": (export_main, "export a model to TFLite or transformers, verified", False),
+    "data": (data_main, "prepare and inspect data (corpora, vocabularies, tasks)", False),
+    "convert": (convert_main, "convert between a model directory and transformers", False),
+    "augment": (augment_main, "TinyBERT data augmentation of a task directory", False),
 }
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: mbert-jax COMMAND [--help] ...", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text, _) in COMMANDS.items()]
+    lines += ["", "`mbert-jax COMMAND --help` lists a command's flags."]
+    return "\n".join(lines)
+
+
+def dashed(argv: list[str]) -> list[str]:
+    """`--data_dir` as `--data-dir` (argparse commands spell flags with dashes)."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return out + argv[i:]
+        if arg.startswith("--") and not arg.startswith("--config."):
+            name, eq, value = arg[2:].partition("=")
+            arg = "--" + name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: mbert-jax {" + ",".join(COMMANDS) + "} ...", file=sys.stderr)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(usage(), file=sys.stderr)
+        print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+        return 2
     try:
         host_memory.keep_freed_memory()  # if MBERT_JAX_KEEP_HOST_MEMORY=1; before JAX starts
     except ValueError as e:
         print(f"mbert-jax: {e}", file=sys.stderr)
         return 2
-    return COMMANDS[argv[0]](argv[1:])
+    run, _, absl_flags = COMMANDS[argv[0]]
+    rest = argv[1:] if absl_flags else dashed(argv[1:])  # absl commands normalize themselves
+    return run(rest)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import numpy as np
 
 from mbert_jax.models import io
 from mbert_jax.models.summary import param_counts
-from mbert_jax.train.metrics import read_metrics
+from mbert_jax.train.logs import read_metrics
 
 MODELS = ("teacher", "distilled", "scratch")
 LABELS = {

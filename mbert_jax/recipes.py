@@ -9,9 +9,9 @@ evaluation ones of `train/` and the distillation strategies of `distill/`.
 from __future__ import annotations
 
 from mbert_jax.distill.distilbert import DistilBertRecipe
-from mbert_jax.distill.mobilebert import MobileBertRecipe
+from mbert_jax.distill.mobilebert.recipe import MobileBertRecipe
 from mbert_jax.distill.theseus import TheseusRecipe
-from mbert_jax.distill.tinybert import TinyBertRecipe
+from mbert_jax.distill.tinybert.recipe import TinyBertRecipe
 from mbert_jax.train.evaluate import EvaluateRecipe
 from mbert_jax.train.finetune import FinetuneRecipe
 from mbert_jax.train.pretrain import PretrainRecipe

@@ -14,14 +14,14 @@ from flax import traverse_util
 
 from mbert_jax.distill.teacher import load_teacher, teacher_block
 from mbert_jax.export.exporter import load_for_export
-from mbert_jax.models import Model, get_config, io
+from mbert_jax.models import Model, io, variants
 from mbert_jax.models.config import ConfigError
 from mbert_jax.models.matmul import einsum
 from mbert_jax.models.model import init_params
 from mbert_jax.parallel import sharding as sharding_lib
 
-MIXED = get_config("bert_base", matmul_dtype="bfloat16")
-FULL = get_config("bert_base")
+MIXED = variants.get("bert_base", matmul_dtype="bfloat16")
+FULL = variants.get("bert_base")
 
 
 def bf16(x) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_default_is_the_plain_product_in_the_compute_dtype(spec, a_shape, b_shap
     np.testing.assert_allclose(da, np.einsum(f"{outs},{sb}->{sa}", g64, b64), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(db, np.einsum(f"{sa},{outs}->{sb}", a64, g64), rtol=1e-5, atol=1e-5)
     assert da.dtype == db.dtype == jnp.float32
-    low = get_config("bert_base", dtype="bfloat16")
+    low = variants.get("bert_base", dtype="bfloat16")
     assert einsum(spec, a, b, low).dtype == jnp.bfloat16
 
 
@@ -116,11 +116,11 @@ def test_a_spec_it_cannot_transpose_is_refused(spec, message):
 
 def test_config_names_a_bad_matmul_dtype():
     with pytest.raises(ConfigError, match=r"ModelConfig.matmul_dtype: must be None or one of"):
-        get_config("bert_base", matmul_dtype="int8")
+        variants.get("bert_base", matmul_dtype="int8")
 
 
 def test_mixed_model_is_close_to_float32_and_its_gradients_agree():
-    cfg = get_config("mobilebert_micro")
+    cfg = variants.get("mobilebert_micro")
     ids = jax.random.randint(jax.random.key(3), (2, 16), 0, cfg.vocab_size)
     full = Model(cfg, heads=("mlm", "nsp"))
     mixed = Model(cfg.replace(matmul_dtype="bfloat16"), heads=("mlm", "nsp"))
@@ -154,7 +154,7 @@ def test_teacher_block_sets_the_matmul_dtype_of_the_run():
 
 
 def test_a_model_trained_in_mixed_precision_is_exported_in_float32(tmp_path):
-    cfg = get_config("mobilebert_micro", matmul_dtype="bfloat16")
+    cfg = variants.get("mobilebert_micro", matmul_dtype="bfloat16")
     params = init_params(Model(cfg, heads=("mlm",)), jax.random.key(0))
     io.save_model(tmp_path / "model", cfg, ("mlm",), params)
     assert io.load_config(tmp_path / "model")[0].matmul_dtype == "bfloat16"  # kept on disk

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mbert_jax.models import Encoder, get_config
+from mbert_jax.models import Encoder, variants
 from mbert_jax.models.summary import encoder_flops_per_token, param_counts
 
 # REFERENCE.md: embeddings + encoder without the untied MLM output (and no pooler).
@@ -16,7 +16,7 @@ PAPER_COUNTS = {"mobilebert": 24.58e6, "mobilebert_tiny": 15.49e6, "ibbert_large
 
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
 def test_mobilebert_family_counts_match_the_reference(name):
-    counts = param_counts(get_config(name))
+    counts = param_counts(variants.get(name))
     assert counts.backbone == pytest.approx(PAPER_COUNTS[name], abs=0.006e6)
     # The MLM head adds about 12M (the V x 384 untied matrix, transform and bias).
     extra = counts.mlm_untied_output + counts.mlm_head
@@ -24,10 +24,10 @@ def test_mobilebert_family_counts_match_the_reference(name):
 
 
 def test_bert_family_counts():
-    bert = param_counts(get_config("bert_base"))
+    bert = param_counts(variants.get("bert_base"))
     # transformers' BertModel: embeddings + encoder + pooler = 109,482,240.
     assert bert.backbone + bert.pooler == 109_482_240
-    tiny = param_counts(get_config("tinybert4"))
+    tiny = param_counts(variants.get("tinybert4"))
     assert (tiny.backbone + tiny.pooler) / 1e6 == pytest.approx(14.35, abs=0.01)
 
 
@@ -35,7 +35,7 @@ def test_bert_family_counts():
     "name", ["bert_base_micro", "mobilebert_micro", "mobilebert_tiny_micro", "albert_base_micro"]
 )
 def test_analytic_flops_match_xla_cost_analysis(name):
-    cfg = get_config(name, hidden_dropout=0.0, attention_dropout=0.0)
+    cfg = variants.get(name, hidden_dropout=0.0, attention_dropout=0.0)
     seq = 64
     enc = Encoder(cfg)
     ids = jnp.zeros((1, seq), jnp.int32)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import corpus_task, glue, loader, metrics, squad, tokenized
+from mbert_jax.data import corpus_task, glue, loader, squad, task_metrics, tokenized
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tokenizer import WordPieceTokenizer, load_tokenizer
 
@@ -170,7 +170,7 @@ class Evaluator:
         examples, arrays = self.data._eval[self.split]
         preds = self.predictions()
         if self.data.squad:
-            return metrics.squad_scores(
+            return task_metrics.squad_scores(
                 squad.gold_answers(examples), preds, version=self.data.squad_version
             )
         labels = arrays["labels"]
@@ -179,7 +179,7 @@ class Evaluator:
                 raise ValueError(f"{self.split} has no labels (a test split); use predictions()")
         elif (labels < 0).any():
             raise ValueError(f"{self.split} has no labels (a test split); use predictions()")
-        return metrics.classification_metrics(self.data.metric_names, preds, labels)
+        return task_metrics.classification_metrics(self.data.metric_names, preds, labels)
 
 
 _SQUAD_KEYS = tuple(f.name for f in dataclasses.fields(squad.SquadFeatures))
@@ -358,7 +358,7 @@ def build_task_data(
         num_labels=task.num_labels,
         is_regression=task.is_regression,
         label_names=task.labels,
-        metric_names=metrics.GLUE_METRICS.get(task.name, ("accuracy",)),
+        metric_names=task_metrics.GLUE_METRICS.get(task.name, ("accuracy",)),
         squad_version="",
     )
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from mbert_jax.export import graph, tflite
 from mbert_jax.export.data import load_examples
 from mbert_jax.export.exporter import export_tflite, load_for_export
-from mbert_jax.export.hf import export_hf
 from mbert_jax.export.tflite import ExportError
+from mbert_jax.export.transformers import export_hf
 from mbert_jax.models.config import ConfigError
 
 

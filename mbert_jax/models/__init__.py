@@ -11,7 +11,6 @@ from mbert_jax.models.model import (
     logical_axes,
     param_shapes,
 )
-from mbert_jax.models.variants import get as get_config
 from mbert_jax.models.variants import names as variant_names
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "check_inputs",
-    "get_config",
     "init_params",
     "logical_axes",
     "param_shapes",

@@ -49,8 +49,8 @@ Differences that cannot be expressed, and what happens:
   gets our pooler weights in its file when we have them (transformers reports
   them as unused); loading keeps them, so the round trip is exact.
 
-The command line: `python -m mbert_jax.models.hf to-hf MODEL_DIR HF_DIR` and
-`python -m mbert_jax.models.hf from-hf HF_DIR MODEL_DIR`.
+The command line: `mbert-jax convert to-hf MODEL_DIR HF_DIR` and
+`mbert-jax convert from-hf HF_DIR MODEL_DIR`.
 """
 
 from __future__ import annotations
@@ -742,9 +742,9 @@ def hf_to_model_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mbert_jax.models.hf {to-hf,from-hf} SRC DST [--model-type T]`."""
+    """`mbert-jax convert {to-hf,from-hf} SRC DST [--model-type T]`."""
     parser = argparse.ArgumentParser(
-        prog="python -m mbert_jax.models.hf",
+        prog="mbert-jax convert",
         description="Convert between a model directory and a transformers directory.",
     )
     parser.add_argument("direction", choices=["to-hf", "from-hf"])
@@ -762,7 +762,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(out)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,7 +30,7 @@ from mbert_jax.models import io
 from mbert_jax.parallel import mesh as mesh_lib
 from mbert_jax.parallel import sharding as sharding_lib
 from mbert_jax.train import checkpoint as ckpt
-from mbert_jax.train import metrics as metrics_lib
+from mbert_jax.train import logs
 from mbert_jax.train.labels import make_labels, trained_fraction
 from mbert_jax.train.optimizers import make_optimizer
 from mbert_jax.train.recipe import Recipe, Stage
@@ -237,8 +237,8 @@ class Trainer:
         total_steps = ends[-1]
         if total_steps == 0:
             return self._evaluate_initial()
-        writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_lead)
-        progress = metrics_lib.Progress(total_steps, enabled=self.is_lead)
+        writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
+        progress = logs.Progress(total_steps, enabled=self.is_lead)
         manager = ckpt.make_manager(self.workdir / "checkpoints", cfg.keep_checkpoints)
         data = self.recipe.train_data(jax.process_index(), jax.process_count())
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -377,7 +377,7 @@ class Trainer:
     def _log(self, window, step, stage, writer, progress, lr, batch) -> dict[str, float]:
         if self.train_cfg.nan_policy == "stop":
             self._check_finite(window)
-        values = metrics_lib.reduce([m for _, m in window])
+        values = logs.reduce([m for _, m in window])
         skipped = values.pop("nonfinite", 0.0) * len(window)
         tokens = int(np.prod(batch["input_ids"].shape))
         rates = progress.update(step, stage.name, values, tokens)
@@ -417,7 +417,7 @@ class Trainer:
                 outputs = jax.device_get(predict_step(params, batch))
                 rows = multihost_utils.process_allgather(host_batch, tiled=True)
                 evaluator.add(jax.device_get(rows), **outputs)
-        values = metrics_lib.reduce(results)
+        values = logs.reduce(results)
         if evaluator is not None:
             values.update({k: float(v) for k, v in evaluator.result().items()})
         values = self.recipe.summarize(values)
@@ -441,7 +441,7 @@ class Trainer:
         Nothing is trained or checkpointed; `results.json` gets the values
         (when there is a workdir).
         """
-        writer = metrics_lib.MetricWriter(self.workdir, enabled=self.is_lead)
+        writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             _, param_shardings = self._abstract_params()
             teacher_params, teacher_shardings = self._teacher()

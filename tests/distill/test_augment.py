@@ -15,8 +15,8 @@ import pytest
 from mbert_jax.data import glue
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tokenizer import WordPieceTokenizer
-from mbert_jax.distill import augment
-from mbert_jax.models import Model, get_config, init_params, io
+from mbert_jax.distill.tinybert import augment
+from mbert_jax.models import Model, init_params, io, variants
 
 VOCAB_TEXT = "[PAD] [UNK] [CLS] [SEP] [MASK] the cat sat on mat dog red big happy sad glum un"
 VOCAB = [*VOCAB_TEXT.split(), "##happy", "##s", ".", ",", "a"]
@@ -27,7 +27,7 @@ TABLE_TOP = ["sad", "glum", "happy"]
 
 
 def teacher():
-    cfg = get_config(
+    cfg = variants.get(
         "bert_base_micro",
         vocab_size=len(VOCAB),
         hidden_size=16,
@@ -180,8 +180,8 @@ def test_command_line_writes_the_augmented_directory(parts, tmp_path):
     io.save_model(tmp_path / "bert", cfg, ("mlm",), params, vocab)
     src = tmp_path / "sst"
     write_glue(src, "train.tsv", "sentence\tlabel", ["the cat sat\t1"])
-    argv = ["--task", "sst2", "--data_dir", str(src), "--mlm_teacher", str(tmp_path / "bert")]
-    argv += ["--output_dir", str(tmp_path / "out"), "--n", "4", "--k", "2", "--p", "1.0"]
+    argv = ["--task", "sst2", "--data-dir", str(src), "--mlm-teacher", str(tmp_path / "bert")]
+    argv += ["--output-dir", str(tmp_path / "out"), "--n", "4", "--k", "2", "--p", "1.0"]
     assert augment.main(argv) == 0
     lines = (tmp_path / "out/train.tsv").read_text().splitlines()
     assert lines[0] == "sentence\tlabel" and len(lines) == 1 + 1 + 4

@@ -16,7 +16,7 @@ import pytest
 from mbert_jax.data.synthetic import SyntheticPretrainingData
 from mbert_jax.distill import distilbert
 from mbert_jax.distill.teacher import teacher_block
-from mbert_jax.models import Model, get_config, init_params, io
+from mbert_jax.models import Model, init_params, io, variants
 from mbert_jax.train.config import base_config, model_block
 from mbert_jax.train.inputs import synthetic_data_config
 
@@ -26,14 +26,14 @@ LAYERS = (0, 2, 5)
 
 @pytest.fixture(scope="module")
 def pair():
-    t_cfg = get_config("bert_base_micro")
+    t_cfg = variants.get("bert_base_micro")
     teacher = Model(t_cfg, heads=("mlm",))
     t_params = init_params(teacher, jax.random.PRNGKey(0))
     # Token-type rows that differ, so folding type 0 is visible.
     t_params["encoder"]["embeddings"]["token_type_embeddings"]["embedding"] = (
         jax.random.normal(jax.random.PRNGKey(9), (2, t_cfg.hidden_size)) * 0.3
     )
-    student = Model(get_config("distilbert6_micro"), heads=("mlm",))
+    student = Model(variants.get("distilbert6_micro"), heads=("mlm",))
     s_params = init_params(student, jax.random.PRNGKey(1))
     return teacher, jax.device_get(t_params), student, jax.device_get(s_params)
 
@@ -87,7 +87,7 @@ def test_init_rejects_wrong_layer_lists(pair):
     with pytest.raises(ValueError, match="layers 0..5"):
         distilbert.init_student_from_teacher(s, t, (0, 2, 6))
     narrow = init_params(
-        Model(get_config("distilbert6_micro", hidden_size=32), heads=("mlm",)),
+        Model(variants.get("distilbert6_micro", hidden_size=32), heads=("mlm",)),
         jax.random.PRNGKey(2),
     )
     with pytest.raises(ValueError, match="shapes differ"):

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from configs import common
 from mbert_jax import recipes
-from mbert_jax.distill import mobilebert_config
 from mbert_jax.distill.teacher import host_init
 from mbert_jax.models import io
 from mbert_jax.train.labels import make_labels
-from mbert_jax.train.metrics import read_metrics
+from mbert_jax.train.logs import read_metrics
 from mbert_jax.train.optimizers import make_optimizer
 from mbert_jax.train.step import TrainState, make_train_step
 
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_config(strategy="pkt", layers=2, arg="", **distill):
-    c = mobilebert_config.get_config(strategy, f"runlocal,data=synthetic,layers={layers}{arg}")
+    c = common.mobilebert(strategy, f"runlocal,data=synthetic,layers={layers}{arg}")
     c.data.update(global_batch_size=4, max_seq_length=16, max_predictions_per_seq=3)
     c.student.overrides.attention_dropout = 0.0  # a deterministic objective to compare
     c.optimizer.learning_rate = 3e-4  # small steps: the first ones must descend

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from configs import common
 from mbert_jax import recipes
-from mbert_jax.distill import mobilebert_config
-from mbert_jax.distill.mobilebert_stages import default_distill_config, mobilebert_stages
-from mbert_jax.models import Model, get_config, io, param_shapes
+from mbert_jax.distill.mobilebert.stages import default_distill_config, mobilebert_stages
+from mbert_jax.models import Model, io, param_shapes, variants
 from mbert_jax.train.labels import make_labels
 
 
@@ -95,7 +95,7 @@ def _leaf_sizes(params) -> dict[str, int]:
 
 
 def test_rules_train_exactly_the_block_of_the_stage_on_the_real_parameter_tree():
-    shapes = param_shapes(Model(get_config("mobilebert_micro")))
+    shapes = param_shapes(Model(variants.get("mobilebert_micro")))
     sizes = _leaf_sizes(shapes)
     stages = stages_of(distill(), layers=4, train_embedding_norm=True)
     for layer, stage in enumerate(stages[:4], start=1):
@@ -110,7 +110,7 @@ def test_rules_train_exactly_the_block_of_the_stage_on_the_real_parameter_tree()
 
 
 def test_shared_layer_students_take_jkt():
-    shapes = param_shapes(Model(get_config("albert_base_micro")))
+    shapes = param_shapes(Model(variants.get("albert_base_micro")))
     (jkt,) = stages_of(distill(strategy="jkt", pd_steps=0), layers=4)
     labels = traverse_util.flatten_dict(make_labels(shapes, jkt.rules), sep="/")
     assert {k for k, v in labels.items() if v != "frozen"} == {
@@ -120,7 +120,7 @@ def test_shared_layer_students_take_jkt():
 
 # ---------------------------------------------------------------- config errors
 def config(strategy="pkt", arg="runlocal,data=synthetic", **distill_fields):
-    c = mobilebert_config.get_config(strategy, arg)
+    c = common.mobilebert(strategy, arg)
     c.distill.update(distill_fields)
     return c
 
@@ -181,7 +181,7 @@ def test_a_deeper_student_works_with_an_explicit_map_and_pkt_runs_the_mapped_tea
 
 def _fake_teacher_dir(tmp_path, **overrides):
     """A model directory whose config differs; its (empty) parameters are never read."""
-    cfg = get_config("ibbert_large_micro", **overrides)
+    cfg = variants.get("ibbert_large_micro", **overrides)
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / io.CONFIG_FILE).write_text(
         json.dumps({"config": cfg.to_dict(), "heads": ["mlm", "nsp"]})
@@ -206,7 +206,7 @@ def test_teacher_directory_checks(tmp_path, no_compiling):
 def test_host_init_draws_like_the_models_initializers():
     from mbert_jax.distill.teacher import host_init
 
-    shapes = param_shapes(Model(get_config("ibbert_large_micro"), heads=("mlm",)))
+    shapes = param_shapes(Model(variants.get("ibbert_large_micro"), heads=("mlm",)))
     params = traverse_util.flatten_dict(host_init(shapes, 0.02, seed=3), sep="/")
     assert params.keys() == traverse_util.flatten_dict(shapes, sep="/").keys()
     np.testing.assert_array_equal(params["encoder/embeddings/norm/scale"], np.ones(64))

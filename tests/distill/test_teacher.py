@@ -10,7 +10,7 @@ from mbert_jax import tree
 from mbert_jax.data import config as data_config
 from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill import theseus
-from mbert_jax.models import Model, get_config, init_params, io, param_shapes
+from mbert_jax.models import Model, init_params, io, param_shapes, variants
 from mbert_jax.parallel import mesh as mesh_lib
 from mbert_jax.parallel import sharding as sharding_lib
 
@@ -21,7 +21,7 @@ BF16 = jnp.dtype(jnp.bfloat16)
 def stored(tmp_path_factory):
     """A micro BERT directory with MLM and NSP heads (host-drawn parameters, nothing compiles)."""
     d = tmp_path_factory.mktemp("teacher")
-    cfg = get_config("bert_base_micro")
+    cfg = variants.get("bert_base_micro")
     params = teacher_lib.host_init(param_shapes(Model(cfg, ("mlm", "nsp"))), 0.02, seed=1)
     io.save_model(d / "bert", cfg, ("mlm", "nsp"), params)
     io.save_model(d / "narrow", cfg.replace(intermediate_size=128), ("mlm",), params)
@@ -92,7 +92,7 @@ def test_a_random_teacher_is_drawn_on_the_host_even_inside_the_trainers_mesh(cap
 
 
 def test_a_bf16_predecessor_runs_in_the_mixed_forward():
-    cfg = get_config("bert_base_micro", vocab_size=64, num_labels=3)
+    cfg = variants.get("bert_base_micro", vocab_size=64, num_labels=3)
     predecessor = Model(cfg.replace(dtype="bfloat16"), heads=("classifier",))
     successor = Model(cfg.replace(num_layers=3), heads=("classifier",))
     pred_params = init_params(Model(cfg, heads=("classifier",)), jax.random.PRNGKey(1))

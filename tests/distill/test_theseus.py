@@ -14,11 +14,11 @@ import pytest
 
 from mbert_jax.distill import theseus
 from mbert_jax.losses import LossSum
-from mbert_jax.models import Model, get_config, init_params, io
+from mbert_jax.models import Model, init_params, io, variants
 from mbert_jax.train.forward import task_metrics_from_logits
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.optimizers import default_optimizer_config, make_optimizer
-from mbert_jax.train.recipe import Stage
+from mbert_jax.train.recipe import Recipe, Stage
 from mbert_jax.train.step import TrainState, make_train_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ N_MODULES = 3  # bert_base_micro: 6 layers -> 3 modules of 2
 
 
 def models():
-    cfg = get_config("bert_base_micro", vocab_size=64, num_labels=3, hidden_dropout=0.0)
+    cfg = variants.get("bert_base_micro", vocab_size=64, num_labels=3, hidden_dropout=0.0)
     cfg = cfg.replace(attention_dropout=0.0)
     predecessor = Model(cfg, heads=("classifier",))
     successor = Model(cfg.replace(num_layers=N_MODULES), heads=("classifier",))
@@ -190,7 +190,7 @@ def test_runlocal_through_the_cli_freezes_all_but_the_successor_layers(tmp_path)
 
     tok = pipeline.get_tokenizer(data_config.get_config())
     vocab = tok.save(tmp_path / "vocab")
-    cfg = get_config("bert_base_micro", vocab_size=tok.vocab_size, num_labels=6)
+    cfg = variants.get("bert_base_micro", vocab_size=tok.vocab_size, num_labels=6)
     pred_model = Model(cfg, heads=("classifier",))
     pred_params = init_params(pred_model, jax.random.PRNGKey(3))
     io.save_model(tmp_path / "teacher", cfg, ("classifier",), pred_params, vocab)
@@ -223,7 +223,7 @@ def test_runlocal_through_the_cli_freezes_all_but_the_successor_layers(tmp_path)
         assert not same(params["encoder"][f"layers_{i}"], enc[f"layers_{i}"])
 
 
-class _StepProbe:
+class _StepProbe(Recipe):
     """A recipe whose objective is (w - step)^2: its metric records the step it was given."""
 
     loss_uses_step = True
@@ -246,7 +246,7 @@ def test_the_trainer_passes_the_global_step_to_recipes_that_ask(accum):
     assert float(metrics["seen_step"].mean()) == 8.0
 
 
-class _Replacing:
+class _Replacing(Recipe):
     """The recipe's "replace" objective with a fixed draw, for the trainer's own step."""
 
     def __init__(self, replacer, choose):

@@ -15,9 +15,9 @@ import optax
 import pytest
 
 from mbert_jax.data.synthetic import SyntheticPretrainingData
-from mbert_jax.distill import tinybert
 from mbert_jax.distill.teacher import teacher_block
-from mbert_jax.models import Model, get_config, init_params, io
+from mbert_jax.distill.tinybert import recipe as tinybert
+from mbert_jax.models import Model, init_params, io, variants
 from mbert_jax.train.config import base_config, model_block
 from mbert_jax.train.inputs import synthetic_data_config
 from mbert_jax.train.labels import make_labels
@@ -215,7 +215,7 @@ def test_general_then_task_distillation_through_the_cli(tmp_path):
 
     tok = pipeline.get_tokenizer(data_config.get_config())
     vocab = tok.save(tmp_path / "vocab")
-    cfg = get_config("bert_base_micro", vocab_size=tok.vocab_size)
+    cfg = variants.get("bert_base_micro", vocab_size=tok.vocab_size)
     bert = Model(cfg, heads=("mlm",))
     io.save_model(tmp_path / "bert", cfg, ("mlm",), init_params(bert, jax.random.PRNGKey(0)), vocab)
     env = dict(os.environ, MBERT_JAX_COMPILE_CACHE="", PYTHONUNBUFFERED="1")

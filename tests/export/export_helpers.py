@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from mbert_jax.models import Model, get_config, param_shapes
+from mbert_jax.models import Model, param_shapes, variants
 from mbert_jax.models.io import save_model
 
 ALL_HEADS = ("mlm", "nsp", "classifier", "qa")
@@ -43,7 +43,7 @@ def write_vocab(path, size):
 
 
 def make_model_dir(root, variant, heads=ALL_HEADS, seed=0, **overrides):
-    config = get_config(variant, **overrides)
+    config = variants.get(variant, **overrides)
     params = perturbed_params(config, heads, seed)
     vocab = write_vocab(root / f"{variant}_vocab.txt", config.vocab_size)
     directory = save_model(root / variant / "model", config, heads, params, vocab_file=vocab)

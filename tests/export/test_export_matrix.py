@@ -143,10 +143,10 @@ def _train_synthetic_classifier(config, steps=400, seq_len=SEQ_LEN):
 def test_int8_metric_of_a_trained_model_is_within_one_point_of_float(tmp_path, capsys):
     from export_helpers import write_vocab
 
-    from mbert_jax.models import get_config
+    from mbert_jax.models import variants
     from mbert_jax.models.io import save_model
 
-    config = get_config("mobilebert_micro", hidden_dropout=0.0, attention_dropout=0.0)
+    config = variants.get("mobilebert_micro", hidden_dropout=0.0, attention_dropout=0.0)
     params, batch = _train_synthetic_classifier(config)
     vocab = write_vocab(tmp_path / "vocab.txt", config.vocab_size)
     directory = save_model(tmp_path / "model", config, ("classifier",), params, vocab_file=vocab)

@@ -136,13 +136,13 @@ def test_psum_across_a_named_axis():
 
 def _micro_outputs():
     """Student (MobileBERT, -6 fill) and teacher (IB-BERT) micro models on a padded batch."""
-    from mbert_jax.models import Model, get_config
+    from mbert_jax.models import Model, variants
 
     small = dict(num_layers=1, vocab_size=64, max_position_embeddings=8)
     ids = jnp.asarray(RNG.integers(1, 64, size=(N, L)))
     outs = []
     for i, name in enumerate(("mobilebert_micro", "ibbert_large_micro")):
-        model = Model(get_config(name, **small), heads=())
+        model = Model(variants.get(name, **small), heads=())
 
         @jax.jit
         def run(key, ids, mask, model=model):

@@ -45,7 +45,7 @@ def main(
         c.mesh.data, c.mesh.fsdp, c.mesh.tensor = d, f, t
         with tempfile.TemporaryDirectory() as workdir:
             loop.run(c, recipes.build(c), workdir, devices=jax.devices()[:n])
-            from mbert_jax.train.metrics import read_metrics
+            from mbert_jax.train.logs import read_metrics
 
             out[name] = [r["objective"] for r in read_metrics(workdir, "train")]
     print("LOSSES " + json.dumps(out))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mbert_jax.models import get_config
+from mbert_jax.models import variants
 from mbert_jax.models.summary import encoder_flops_per_token, mlm_flops_per_prediction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def plan(*mesh: str) -> dict[str, float]:
 
 
 def test_plan_reports_sharded_state_and_step_flops():
-    cfg = get_config("ibbert_large_micro", vocab_size=2048)
+    cfg = variants.get("ibbert_large_micro", vocab_size=2048)
     n_params = 655_810  # embeddings, blocks, pooler, MLM and NSP heads (describe)
     data_parallel = plan("--config.mesh.data=8")
     # Replicated: params + two Adam moments in float32 on every device (+ a small batch).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mbert_jax.train.metrics import read_metrics
+from mbert_jax.train.logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "configs/pretrain_ibbert.py:runlocal,data=synthetic"

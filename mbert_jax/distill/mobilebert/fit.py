@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbert_jax.distill import layer_map as layer_map_lib
-from mbert_jax.distill.mobilebert_stages import parse_layer_map
+from mbert_jax.distill.mobilebert.stages import parse_layer_map
 from mbert_jax.models import ModelConfig, io
 from mbert_jax.tree import flat
 

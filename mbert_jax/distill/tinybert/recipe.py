@@ -55,7 +55,7 @@ import jax.numpy as jnp
 from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.layer_map import layer_map
 from mbert_jax.distill.task_data import TaskSetup
-from mbert_jax.distill.tinybert_losses import (
+from mbert_jax.distill.tinybert.losses import (
     INTERMEDIATE_LOSSES,
     PREDICTION_LOSSES,
     Projections,
@@ -96,7 +96,7 @@ class TinyBertRecipe(Recipe):
             self.inputs = inputs.pretraining_inputs(data)
             vocab_size, num_labels, heads = self.inputs.vocab_size, None, ()
         else:
-            from mbert_jax.distill import augment
+            from mbert_jax.distill.tinybert import augment
 
             prepare = None
             if config.augment.enabled:

@@ -64,8 +64,7 @@ import numpy as np
 
 from mbert_jax import losses
 from mbert_jax.distill import teacher as teacher_lib
-from mbert_jax.distill.mobilebert_stages import mobilebert_stages, validate_distill_config
-from mbert_jax.distill.mobilebert_teacher import (
+from mbert_jax.distill.mobilebert.fit import (
     COPIED_EMBEDDINGS,
     COPIED_HEAD,
     EMBEDDING_NORM,
@@ -73,6 +72,7 @@ from mbert_jax.distill.mobilebert_teacher import (
     check_fit,
     copy_into,
 )
+from mbert_jax.distill.mobilebert.stages import mobilebert_stages, validate_distill_config
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.model import dummy_inputs

@@ -39,9 +39,9 @@ official behaviour with `official=True`:
 
 Command line (writes the augmented train.tsv and copies the other files):
 
-    python -m mbert_jax.distill.augment --task sst2 --data_dir glue/SST-2 \\
-        --mlm_teacher runs/bert_base/model --output_dir glue/SST-2-aug \\
-        [--word_vectors glove.6B.300d.txt] [--p 0.4 --n 20 --k 15 --seed 0]
+    mbert-jax augment --task sst2 --data-dir glue/SST-2 \\
+        --mlm-teacher runs/bert_base/model --output-dir glue/SST-2-aug \\
+        [--word-vectors glove.6B.300d.txt] [--p 0.4 --n 20 --k 15 --seed 0]
 
 The TinyBERT task recipe calls `augmented_task_dir` (cached under the data
 cache directory, keyed by every input and setting) when
@@ -60,7 +60,7 @@ import ml_collections
 
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 from mbert_jax.distill import teacher as teacher_lib
-from mbert_jax.distill.augment_words import (  # noqa: F401  (re-exported)
+from mbert_jax.distill.tinybert.augment_words import (  # noqa: F401  (re-exported)
     PAPER_K,
     PAPER_N,
     PAPER_P,
@@ -269,27 +269,25 @@ def main(argv: list[str] | None = None) -> int:
     from mbert_jax.data import load_tokenizer
     from mbert_jax.models import io
 
-    parser = argparse.ArgumentParser(
-        prog="python -m mbert_jax.distill.augment", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="mbert-jax augment", description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, help="GLUE task name or 'stdlib'")
-    parser.add_argument("--data_dir", required=True, help="directory of the task's TSV files")
-    parser.add_argument("--mlm_teacher", required=True, help="pretrained BERT model directory")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--word_vectors", default="", help="GloVe text file (optional)")
-    parser.add_argument("--vocab_file", default="", help="default: the teacher's vocab.txt")
+    parser.add_argument("--data-dir", required=True, help="directory of the task's TSV files")
+    parser.add_argument("--mlm-teacher", required=True, help="pretrained BERT model directory")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--word-vectors", default="", help="GloVe text file (optional)")
+    parser.add_argument("--vocab-file", default="", help="default: the teacher's vocab.txt")
     parser.add_argument("--p", type=float, default=PAPER_P)
     parser.add_argument("--n", type=int, default=PAPER_N)
     parser.add_argument("--k", type=int, default=PAPER_K)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--official", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     vocab = args.vocab_file or io.vocab_path(args.mlm_teacher)
     if not vocab:
-        parser.error(f"{args.mlm_teacher} has no vocab.txt: pass --vocab_file")
+        parser.error(f"{args.mlm_teacher} has no vocab.txt: pass --vocab-file")
     cfg = augment_config(
         enabled=True,
         mlm_teacher=teacher_lib.teacher_block(path=args.mlm_teacher),
@@ -314,7 +312,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wrote {rows} training rows to {Path(args.output_dir) / 'train.tsv'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

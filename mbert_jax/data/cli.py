@@ -1,14 +1,14 @@
-"""`python -m mbert_jax.data`: prepare and inspect data without training.
+"""`mbert-jax data`: prepare and inspect data without training.
 
-    python -m mbert_jax.data prepare [--set source=text --set text_files='corpus/*.txt' ...]
+    mbert-jax data prepare [--set source=text --set text_files='corpus/*.txt' ...]
         Read, tokenize and plan the corpus of a data config (filling the
         cache, so that every host of a later run finds it), print the input
         summary and the sizes.
-    python -m mbert_jax.data show [--set ...] [--n 2]
+    mbert-jax data show [--set ...] [--n 2]
         Print the first training examples as text.
-    python -m mbert_jax.data write-corpus OUT.txt
+    mbert-jax data write-corpus OUT.txt
         Write the embedded stdlib corpus as a plain-text corpus file.
-    python -m mbert_jax.data write-stdlib-task DIR
+    mbert-jax data write-stdlib-task DIR
         Write the stdlib task's train.tsv / dev.tsv.
 
 `--set key=value` overrides a field of `config.get_config()`; values are
@@ -18,7 +18,6 @@ parsed as the field's type (`--set nsp=false --set max_seq_length=64`).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mbert_jax.data import config as config_lib
 from mbert_jax.data import corpus_task, default_corpus, pipeline
@@ -43,7 +42,7 @@ def parse_overrides(pairs: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mbert_jax.data", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mbert-jax data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("prepare", "show"):
         p = sub.add_parser(name)
@@ -82,7 +81,3 @@ def main(argv: list[str] | None = None) -> int:
         if "next_sentence_labels" in batch:
             print(f"    next_sentence_label {int(batch['next_sentence_labels'][r])}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
