@@ -1,7 +1,7 @@
 """Unit tests of the model zoo: validation, variants, parameter counts, sharing,
 layer truncation, gradient stops, masks and dtypes.
 
-Expected values come from REFERENCE.md, from transformers' own PyTorch models
+Expected values come from docs/reference.md, from transformers' own PyTorch models
 (parameter counts on the meta device) or from numpy by hand, never from the
 code under test.
 """
@@ -175,7 +175,7 @@ def _backbone(config) -> tuple[int, int]:
 
 
 def test_parameter_counts_match_reference_and_transformers():
-    # REFERENCE.md: embeddings + blocks (no pooler, no untied MLM output).
+    # docs/reference.md#parameter-counts: embeddings + blocks (no pooler, no untied MLM output).
     for name, millions, tol in (
         ("mobilebert", 24.58, 0.005),
         ("mobilebert_tiny", 15.49, 0.005),
@@ -213,7 +213,7 @@ def test_parameter_counts_match_reference_and_transformers():
 def test_mobilebert_mlm_output_is_tied_in_the_first_e_columns():
     config = variants.get("mobilebert")
     mlm = param_shapes(Model(config, ("mlm",)))["mlm"]
-    # V x (512 - 128) untied columns: about 11.7M (REFERENCE.md: "about 12M more").
+    # V x (512 - 128) untied columns: about 11.7M (docs/reference.md: "about 12M on top").
     assert mlm["extra_output_weights"].shape == (30522, 384)
     bert_mlm = param_shapes(Model(variants.get("bert_base"), ("mlm",)))["mlm"]
     assert "extra_output_weights" not in bert_mlm  # BERT is fully tied

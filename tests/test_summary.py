@@ -1,4 +1,4 @@
-"""`mbert-jax describe`: parameter counts (REFERENCE.md) and FLOPs (XLA's own count)."""
+"""`mbert-jax describe`: parameter counts (docs/reference.md) and FLOPs (XLA's own count)."""
 
 import subprocess
 import sys
@@ -10,7 +10,8 @@ import pytest
 from mbert_jax.models import Encoder, variants
 from mbert_jax.models.summary import encoder_flops_per_token, param_counts
 
-# REFERENCE.md: embeddings + encoder without the untied MLM output (and no pooler).
+# docs/reference.md#parameter-counts: embeddings + encoder without the untied MLM output
+# (and no pooler).
 PAPER_COUNTS = {"mobilebert": 24.58e6, "mobilebert_tiny": 15.49e6, "ibbert_large": 294.2e6}
 
 

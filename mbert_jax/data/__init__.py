@@ -1,6 +1,6 @@
 """The data layer: corpora, WordPiece, pretraining examples, task readers, metrics.
 
-Entry points (see README.md in this folder):
+Entry points (see docs/data.md):
 
 - `get_config()` / `build_pretraining_data(config.data, process_index=..., process_count=...)`
   for pretraining and distillation batches;

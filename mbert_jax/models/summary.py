@@ -1,6 +1,6 @@
 """Parameter counts by component and FLOPs per token (`mbert-jax describe`).
 
-Counting conventions (REFERENCE.md): the MobileBERT paper counts the
+Counting conventions (docs/reference.md#parameter-counts): the MobileBERT paper counts the
 embeddings and the blocks, not the heads; with the untied V x (T - E) MLM
 output matrix and the other heads, a checkpoint holds about 12M more. Both
 totals are printed and labelled.

@@ -2,7 +2,7 @@
 
 `get(name)` returns a `ModelConfig`; `NAME_micro` is the same structure with
 few layers and small widths (tests, CPU runs, the quickstart). Full-size
-shapes are those of the official configs (see ../shared/REFERENCE.md).
+shapes are those of the official configs (docs/reference.md#mobilebert-architectures).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """MobileBERT knowledge transfer as data: the `config.distill` block and its stages.
 
 A MobileBERT student learns from an IB-BERT teacher in two steps (Sun et
-al., 2020; ../shared/REFERENCE.md section 1): layer-wise knowledge transfer
+al., 2020; docs/reference.md#mobilebert): layer-wise knowledge transfer
 (feature maps and attention maps of every block), then pre-training
 distillation (PD). Three strategies order the two (`distill.strategy`):
 
