@@ -249,6 +249,7 @@ TASKS: dict[str, CorpusTask] = {
 
 
 def get(task: str) -> CorpusTask:
+    """The corpus task named `task` (`stdlib`, `wordorder`)."""
     if task not in TASKS:
         raise ValueError(f"unknown corpus task {task!r}; valid: {', '.join(TASKS)}")
     return TASKS[task]
