@@ -6,7 +6,7 @@
     mbert-jax train --config configs/evaluate.py:task=stdlib --workdir runs/eval_task \
         --config.init_from=runs/bert_stdlib/model
 
-Options: `task=NAME` (a GLUE task, squad_v1/v2 or stdlib; default: pretraining
+Options: `task=NAME` (a GLUE task, squad_v1/v2, stdlib or wordorder; default: pretraining
 data, the embedded corpus with the model's vocab.txt). Writes
 WORKDIR/results.json; takes seconds at micro size.
 """

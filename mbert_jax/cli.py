@@ -86,6 +86,12 @@ def augment_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def baseline_main(argv: list[str]) -> int:
+    from mbert_jax.baseline import main
+
+    return main(argv)
+
+
 # name: (function, one-line description, flags parsed by absl (which names them with `_`)).
 COMMANDS = {
     "describe": (describe_main, "parameter counts and FLOPs of model variants", False),
@@ -97,6 +103,7 @@ COMMANDS = {
     "data": (data_main, "prepare and inspect data (corpora, vocabularies, tasks)", False),
     "convert": (convert_main, "convert between a model directory and transformers", False),
     "augment": (augment_main, "TinyBERT data augmentation of a task directory", False),
+    "baseline": (baseline_main, "a bag-of-words naive Bayes baseline on a task", False),
 }
 
 

@@ -5,7 +5,7 @@ Entry points (see docs/data.md):
 - `get_config()` / `build_pretraining_data(config.data, process_index=..., process_count=...)`
   for pretraining and distillation batches;
 - `get_task_config(task)` / `build_task_data(config.data, ...)` for GLUE,
-  SQuAD and the embedded `stdlib` task, with `TaskData.evaluator()` for the
+  SQuAD and the corpus tasks (`stdlib`, `wordorder`), with `TaskData.evaluator()` for the
   official metrics;
 - `load_tokenizer`, `train_wordpiece`, `check_same_vocab`, `check_model_vocab`.
 """

@@ -9,7 +9,8 @@
     mbert-jax data write-corpus OUT.txt
         Write the embedded stdlib corpus as a plain-text corpus file.
     mbert-jax data write-stdlib-task DIR
-        Write the stdlib task's train.tsv / dev.tsv.
+    mbert-jax data write-wordorder-task DIR
+        Write a corpus task's train.tsv / dev.tsv (see corpus_task.py).
 
 `--set key=value` overrides a field of `config.get_config()`; values are
 parsed as the field's type (`--set nsp=false --set max_seq_length=64`).
@@ -49,15 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
         p.add_argument("--n", type=int, default=2, help="examples to show")
     sub.add_parser("write-corpus").add_argument("out")
-    sub.add_parser("write-stdlib-task").add_argument("out")
+    for name in corpus_task.TASKS:
+        p = sub.add_parser(f"write-{name}-task")
+        p.add_argument("out")
+        p.set_defaults(corpus_task=name)
     args = parser.parse_args(argv)
 
     if args.command == "write-corpus":
         path = default_corpus.write_text(args.out)
         print(f"wrote {path}: {default_corpus.build_stats()}")
         return 0
-    if args.command == "write-stdlib-task":
-        print(f"wrote {corpus_task.write_task(args.out)}")
+    if getattr(args, "corpus_task", None):
+        print(f"wrote {corpus_task.write_task(args.out, args.corpus_task)}")
         return 0
     c = parse_overrides(args.set)
     c.num_threads = 0

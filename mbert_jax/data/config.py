@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from mbert_jax.data import corpus
+from mbert_jax.data import corpus, corpus_task
 
 TASK_SOURCES = ("tsv", "hf", "json", "corpus")
 
@@ -73,17 +73,20 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def get_task_config(task: str = "mrpc") -> ml_collections.ConfigDict:
-    """Defaults of a downstream-task data config (GLUE, SQuAD, the stdlib corpus task).
+    """Defaults of a downstream-task data config (GLUE, SQuAD, the corpus tasks).
 
     Args:
       task: a GLUE task (`cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli`,
-        `rte`, `wnli`), `squad_v1`, `squad_v2` or `stdlib` (see `tasks.TASKS`).
+        `rte`, `wnli`), `squad_v1`, `squad_v2`, or a corpus task: `stdlib`,
+        `wordorder` (see `tasks.TASK_NAMES`).
     """
     c = ml_collections.ConfigDict()
     c.task = task
     # "tsv": GLUE files (data_dir/train.tsv, dev.tsv, ...); "json": SQuAD files;
-    # "hf": a datasets dataset; "corpus": the stdlib task, built on first use.
-    c.source = "corpus" if task == "stdlib" else ("json" if task.startswith("squad") else "tsv")
+    # "hf": a datasets dataset; "corpus": a corpus task, built on first use.
+    c.source = (
+        "corpus" if task in corpus_task.TASKS else ("json" if task.startswith("squad") else "tsv")
+    )
     c.data_dir = ""  # the task's directory (tsv, corpus) or SQuAD json directory
     c.train_file = ""  # SQuAD: default data_dir/train-v1.1.json or train-v2.0.json
     c.eval_file = ""  # SQuAD: default data_dir/dev-v1.1.json or dev-v2.0.json

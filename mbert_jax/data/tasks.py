@@ -1,6 +1,6 @@
 """`build_task_data`: downstream-task iterators and their evaluation.
 
-One entry point for GLUE, SQuAD and the `stdlib` corpus task. Examples are
+One entry point for GLUE, SQuAD and the corpus tasks (`stdlib`, `wordorder`). Examples are
 read (`glue.py`, `squad.py`), featurized once and cached under the cache dir
 (keyed by the files, the tokenizer and the settings), then served by the
 same loader as pretraining: an endless shuffled training stream and finite
@@ -37,7 +37,7 @@ SQUAD_FILES = {
     "1.1": ("train-v1.1.json", "dev-v1.1.json"),
     "2.0": ("train-v2.0.json", "dev-v2.0.json"),
 }
-TASK_NAMES = (*sorted(glue.TASKS), "stdlib", "squad_v1", "squad_v2")
+TASK_NAMES = (*sorted(glue.TASKS), *corpus_task.TASKS, "squad_v1", "squad_v2")
 FEATURES_VERSION = 1
 
 
@@ -263,10 +263,15 @@ def _glue_reader(c, task: glue.GlueTask):
         key["fingerprints"] = {k: getattr(v, "_fingerprint", None) for k, v in ds.items()}
         return (lambda split, report: glue.read_hf(task, ds, split, report)), key
     if c.source == "corpus":
+        if task.name not in corpus_task.TASKS:
+            raise config_lib.DataConfigError(
+                f"data.source='corpus' builds the corpus tasks ({', '.join(corpus_task.TASKS)}); "
+                f"{task.name} is read with source 'tsv' or 'hf'"
+            )
         data_dir = (
             Path(c.data_dir)
             if c.data_dir
-            else corpus_task.task_dir(tokenized.resolve_cache_dir(c.cache_dir))
+            else corpus_task.task_dir(tokenized.resolve_cache_dir(c.cache_dir), task.name)
         )
     elif c.source == "tsv":
         if not c.data_dir:
@@ -283,6 +288,26 @@ def _glue_reader(c, task: glue.GlueTask):
     return (
         lambda split, report: glue.read_split(task, data_dir, split, report, c.on_bad_line)
     ), key
+
+
+def glue_task(name: str) -> glue.GlueTask:
+    """The layout of a task read as GLUE TSV: a GLUE task or a corpus task."""
+    return corpus_task.TASKS[name].task if name in corpus_task.TASKS else glue.get_task(name)
+
+
+def read_examples(c, split: str, report: InputReport | None = None) -> list[glue.Example]:
+    """The examples of one split of a GLUE-layout task (GLUE or corpus), as training reads them.
+
+    Args:
+      c: the task data config (`config.get_task_config()`); SQuAD is not served.
+      split: a split of the task (`train`, `dev`, MNLI's `dev_matched`, ...).
+      report: where skipped rows are counted (default: a fresh report).
+    """
+    config_lib.validate_task(c)
+    if is_squad(c.task):
+        raise config_lib.DataConfigError(f"data.task={c.task!r}: read SQuAD with squad.read_squad")
+    read, _ = _glue_reader(c, glue_task(c.task))
+    return read(split, report or InputReport())
 
 
 def build_task_data(
@@ -317,7 +342,7 @@ def build_task_data(
     report = InputReport(source=f"task {c.task}")
     if is_squad(c.task):
         return _build_squad(c, tokenizer, report, cache_dir, p, n, log)
-    task = corpus_task.TASK if c.task == "stdlib" else glue.get_task(c.task)
+    task = glue_task(c.task)
     read, source_key = _glue_reader(c, task)
     if eval_splits is None:
         eval_splits = ("dev_matched", "dev_mismatched") if task.name == "mnli" else ("dev",)

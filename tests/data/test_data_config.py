@@ -21,6 +21,7 @@ def test_defaults_validate():
         config_lib.validate_task(t)
     assert config_lib.get_task_config("squad_v2").source == "json"
     assert config_lib.get_task_config("stdlib").source == "corpus"
+    assert config_lib.get_task_config("wordorder").source == "corpus"
 
 
 @pytest.mark.parametrize(
@@ -64,3 +65,7 @@ def test_task_config_errors():
     t.on_bad_line = "ignore"
     with pytest.raises(config_lib.DataConfigError, match="data.on_bad_line"):
         config_lib.validate_task(t)
+    t = config_lib.get_task_config("sst2")
+    t.source = "corpus"
+    with pytest.raises(config_lib.DataConfigError, match="source 'tsv' or 'hf'"):
+        tasks.read_examples(t, "dev")

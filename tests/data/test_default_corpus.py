@@ -1,4 +1,4 @@
-"""The embedded stdlib-documentation corpus and the `stdlib` task built from it."""
+"""The embedded stdlib-documentation corpus and the tasks built from it (`stdlib`, `wordorder`)."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_stdlib_task_is_balanced_split_by_document_and_readable(tmp_path):
     assert not {t for t, _ in built["train"]} & {t for t, _ in built["dev"]}
     d = corpus_task.write_task(tmp_path / "stdlib")
     report = InputReport()
-    dev = glue.read_split(corpus_task.TASK, d, "dev", report)
+    dev = glue.read_split(corpus_task.get("stdlib").task, d, "dev", report)
     assert [(e.text_a, corpus_task.PACKAGES[e.label]) for e in dev] == built["dev"]
 
     c = config_lib.get_task_config("stdlib")
@@ -125,3 +125,61 @@ def test_stdlib_task_is_balanced_split_by_document_and_readable(tmp_path):
         c, tokenizer=tok, process_index=0, process_count=1, log=lambda s: None
     )
     assert data.num_labels == 6 and data.eval_size() == len(built["dev"])
+
+
+def test_wordorder_swaps_two_adjacent_plain_words_after_the_first():
+    sentence = "- If the value, x is None then the The list of 2 items"
+    words = sentence.split(" ")
+    # Pairs at 4 "x is", 5 "is None", 6 "None then", 7 "then the", 9 "The list",
+    # 10 "list of"; not 1 (the first word "If"), 2-3 (the comma), 8 ("the The",
+    # equal ignoring case), 11-12 (the number).
+    assert corpus_task.swap_positions(words) == [4, 5, 6, 7, 9, 10]
+    assert corpus_task.swap_positions(["Return", "it", "now."]) == []  # the period stays
+    assert corpus_task.swap_words("a b c d", 1) == "a c b d"
+
+
+@pytest.mark.slow
+def test_wordorder_task_keeps_the_bag_of_words_and_splits_by_document(tmp_path):
+    built = corpus_task.build_examples("wordorder")
+    assert built == corpus_task.build_examples("wordorder")  # deterministic
+    assert built["dev"] != corpus_task.build_examples("wordorder", seed=1)["dev"]
+    document = {}  # sentence -> the first document that has it
+    for d in default_corpus.documents():
+        for s in d.sentences:
+            document.setdefault(s, d.name)
+    sources = {}
+    for split, rows in built.items():
+        counts = collections.Counter(label for _, label in rows)
+        assert counts["original"] == counts["swapped"] == len(rows) // 2
+        sources[split] = []
+        for text, label in rows:
+            w = text.split(" ")
+            if label == "original":
+                assert text in document
+                sources[split].append(text)
+                continue
+            assert text not in document
+            # Exactly one adjacent exchange of two different plain words, not the
+            # first word, gives back a corpus sentence: the bag of words is equal.
+            back = []
+            for i in range(len(w) - 1):
+                u = w[:i] + [w[i + 1], w[i]] + w[i + 2 :]
+                if " ".join(u) in document:
+                    back.append((i, " ".join(u)))
+            assert len(back) == 1, text
+            i, source = back[0]
+            assert i >= 1 and w[i].isalpha() and w[i + 1].isalpha()
+            assert w[i].lower() != w[i + 1].lower() and w[i].isascii() and w[i + 1].isascii()
+            assert sorted(w) == sorted(source.split(" "))
+            sources[split].append(source)
+        assert len(set(sources[split])) == len(rows)  # each sentence once, in one version
+        assert all(8 <= len(s.split(" ")) <= 24 and len(s) <= 150 for s in sources[split])
+    assert len(built["dev"]) == 2000 and len(built["train"]) > 8000
+    train_docs = {document[s] for s in sources["train"]}
+    assert not train_docs & {document[s] for s in sources["dev"]}
+
+    c = config_lib.get_task_config("wordorder")
+    c.cache_dir = str(tmp_path)
+    dev = tasks.read_examples(c, "dev")
+    assert [(e.text_a, ("original", "swapped")[e.label]) for e in dev] == built["dev"]
+    assert len(list(tmp_path.glob("wordorder-task-v1-*/train.tsv"))) == 1

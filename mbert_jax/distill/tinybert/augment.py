@@ -103,9 +103,9 @@ def augment_config(**overrides) -> ml_collections.ConfigDict:
 
 # ------------------------------------------------------------------ task files
 def _task(name: str):
-    from mbert_jax.data import corpus_task, glue
+    from mbert_jax.data import tasks
 
-    return corpus_task.TASK if name == "stdlib" else glue.get_task(name)
+    return tasks.glue_task(name)
 
 
 def source_dir(data_config) -> Path:
@@ -115,12 +115,13 @@ def source_dir(data_config) -> Path:
     if data_config.source not in ("tsv", "corpus"):
         raise ValueError(
             f"augmentation reads GLUE TSV files: config.data.source={data_config.source!r} "
-            "must be 'tsv' (or 'corpus' for the stdlib task)"
+            "must be 'tsv' (or 'corpus' for the corpus tasks: stdlib, wordorder)"
         )
     if data_config.data_dir:
         return Path(data_config.data_dir).expanduser()
-    if data_config.task == "stdlib":
-        return corpus_task.task_dir(tokenized.resolve_cache_dir(data_config.cache_dir))
+    if data_config.task in corpus_task.TASKS:
+        cache_dir = tokenized.resolve_cache_dir(data_config.cache_dir)
+        return corpus_task.task_dir(cache_dir, data_config.task)
     raise ValueError(f"config.data.data_dir: the directory of the {data_config.task} TSV files")
 
 
