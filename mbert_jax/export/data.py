@@ -134,7 +134,7 @@ def _label_ids(values, where, label_names, regression: bool, column: str) -> np.
             if bad is not None:
                 raise TaskDataError(
                     f"{bad[1]}: label {custom.key_name(bad[0])!r} is a name, but the model has "
-                    "no label names (ModelConfig.label_names); give integer class ids"
+                    "no label_names to map it; labels must be integer class ids"
                 )
             return np.asarray([k[1] for k in keys], np.int32)
         ids = custom.to_ids(
