@@ -5,8 +5,9 @@ Entry points (see README.md in this folder):
 - `get_config()` / `build_pretraining_data(config.data, process_index=..., process_count=...)`
   for pretraining and distillation batches;
 - `get_task_config(task)` / `build_task_data(config.data, ...)` for GLUE,
-  SQuAD and the embedded `stdlib` task, with `TaskData.evaluator()` for the
-  official metrics;
+  SQuAD, the embedded `stdlib` task and the user's own data (`custom`:
+  classification, regression or tagging from CSV / TSV / JSON lines / CoNLL
+  files or `datasets`), with `TaskData.evaluator()` for the official metrics;
 - `load_tokenizer`, `train_wordpiece`, `check_same_vocab`, `check_model_vocab`.
 """
 

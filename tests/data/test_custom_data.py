@@ -372,6 +372,12 @@ def test_skip_bad_lines_counts_them(tmp_path, tokenizer):
     td = build(c, tokenizer)
     assert td.report.notes["malformed rows skipped"] == 2  # once per split read
     assert td.eval_size() == 2
+    conll_file = write(tmp_path / "t.conll", "EU B-ORG\nrejects\n\nPeter B-PER\nsaid O\n")
+    c = config(tmp_path, conll_file, conll_file, task_kind="tagging", on_bad_line="skip")
+    td = build(c, tokenizer)
+    assert td.report.notes["sentences with a malformed line skipped"] == 2
+    assert td.report.where["sentences with a malformed line skipped"][0] == f"{conll_file}:1"
+    assert td.eval_size() == 1 and td.label_names == ("O", "B-PER")
 
 
 def test_config_errors_name_the_field(tmp_path, tokenizer):
