@@ -1,4 +1,4 @@
-"""Fine-tune a model directory on a downstream task (GLUE, SQuAD or the embedded `stdlib` task).
+"""Fine-tune a model directory on a downstream task (GLUE, SQuAD, the `stdlib` task, your own).
 
 Makes the fine-tuned teachers of task distillation (TinyBERT task stage,
 BERT-of-Theseus predecessor) and evaluates distilled students. The encoder
@@ -18,6 +18,28 @@ of configs/pretrain_ibbert.py writes), about a minute:
 
     mbert-jax train --config configs/finetune.py:runlocal --workdir runs/bert_stdlib \
         --config.data.vocab_file=runs/ibbert_local/model/vocab.txt
+
+Your own data (`task=custom`): CSV / TSV / JSON-lines files with a header
+(or keys) naming the columns; `data.task_kind` is `classification` (any
+number of classes; string or integer labels, ids in sorted order or the
+order of `data.labels`), `regression` (float labels; Pearson / Spearman)
+or `tagging` (CoNLL files or JSON lines of word and tag lists; entity-level
+precision / recall / F1). A `datasets` dataset works too:
+`--config.data.source=hf --config.data.hf_disk_path=DIR`. The label names
+are saved with the model and go into exported files. For example, a
+3-class CSV with sentence pairs, from a BERT model directory:
+
+    mbert-jax train --config configs/finetune.py:task=custom --workdir runs/my_task \
+        --config.init_from=runs/my_bert/model \
+        --config.data.train_file=data/train.csv --config.data.eval_file=data/dev.csv \
+        --config.data.text_column=premise --config.data.text_pair_column=hypothesis \
+        --config.data.label_column=label
+
+and NER on CoNLL-2003-style files (word ... tag per line, the tag last):
+
+    mbert-jax train --config configs/finetune.py:task=custom --workdir runs/my_ner \
+        --config.init_from=runs/my_bert/model --config.data.task_kind=tagging \
+        --config.data.train_file=data/train.conll --config.data.eval_file=data/dev.conll
 
 Options: `runlocal`, `task=NAME`, `variant=NAME` (the model when no
 init_from is given). Expected: at runlocal size from a random micro BERT,

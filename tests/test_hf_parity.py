@@ -314,6 +314,47 @@ def test_classifier_and_span_heads(tmp_path):
     close(ours.end_logits, ref.end_logits, "end logits")
 
 
+@pytest.mark.parametrize("name", ["bert", "mobilebert"])
+def test_token_classification_parity_and_label_names(name, tmp_path):
+    """*ForTokenClassification -> ours (token_classifier, label_names) -> transformers again."""
+    id2label = {0: "O", 1: "B-PER", 2: "I-PER"}
+    label2id = {v: k for k, v in id2label.items()}
+    ref_model = reference(
+        name, "ForTokenClassification", num_labels=3, id2label=id2label, label2id=label2id
+    )
+    ref_model.save_pretrained(tmp_path / "hf")
+    config, heads, params = hf.load_hf(tmp_path / "hf")
+    # Its weights are named classifier.* as a sequence classifier's: architectures decides.
+    assert heads == ("token_classifier",) and config.label_names == ("O", "B-PER", "I-PER")
+    ids, mask, types = padded_batch(config.vocab_size)
+    ours = run_ours(config, heads, params, ids, mask, types)
+    check_encoder(ours, run_torch(ref_model, ids, mask, types))
+    close(ours.token_logits, run_torch(ref_model, ids, mask, types).logits, "token logits")
+
+    hf.save_hf(tmp_path / "back", config, heads, params)
+    written = json.loads((tmp_path / "back" / "config.json").read_text())
+    prefix = "Bert" if name == "bert" else "MobileBert"
+    assert written["architectures"] == [prefix + "ForTokenClassification"]
+    assert written["id2label"] == {"0": "O", "1": "B-PER", "2": "I-PER"}
+    back, info = getattr(transformers, prefix + "ForTokenClassification").from_pretrained(
+        tmp_path / "back", attn_implementation="eager", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+    assert back.config.id2label == id2label and back.config.label2id == label2id
+    close(ours.token_logits, run_torch(back.eval(), ids, mask, types).logits, "token logits")
+
+
+def test_placeholder_label_names_read_as_none(tmp_path):
+    """transformers' LABEL_0, LABEL_1 are no names; ours are written back as LABEL_i too."""
+    ref_model = reference("bert", "ForSequenceClassification", num_labels=2)
+    ref_model.save_pretrained(tmp_path)
+    config, heads, params = hf.load_hf(tmp_path)
+    assert heads == ("classifier",) and config.label_names is None
+    assert hf.config_to_hf(config, heads)["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"}
+    named = config.replace(label_names=("neg", "pos"))
+    assert hf.config_to_hf(named, heads)["label2id"] == {"neg": 0, "pos": 1}
+
+
 def test_pytorch_bin_checkpoint(tmp_path):
     """A pickled state dict (with the tied decoder tensors in it) loads like safetensors."""
     ref_model = reference("mobilebert", "ForPreTraining")

@@ -85,6 +85,9 @@ def ids_for(config, shape=(2, 12), seed=0):
         (dict(num_layers=0), "num_layers: must be a positive integer"),
         (dict(type_vocab_size=-1), "type_vocab_size: must be an integer >= 0"),
         (dict(key_query_shared_bottleneck=True), "key_query_shared_bottleneck: requires"),
+        (dict(num_labels=3, label_names=("a", "b")), "label_names: has 2 names but num_labels"),
+        (dict(label_names=("a", "a")), "label_names: repeats ['a']"),
+        (dict(label_names=("a", "")), "label_names: must be None or a tuple of non-empty"),
     ],
 )
 def test_invalid_configs_name_the_field(fields, message):
@@ -418,3 +421,28 @@ def test_every_parameter_has_logical_axis_names():
             # Only position / token-type rows and head outputs are unnamed.
             unnamed = [i for i, n in enumerate(spec) if n is None]
             assert len(unnamed) <= 1, (path, spec)
+
+
+# ------------------------------------------------------------ token classification
+def test_token_classifier_is_a_dense_layer_at_every_position(tmp_path):
+    """token_logits = last hidden state @ kernel + bias, by numpy; label names round-trip."""
+    from mbert_jax.models import io
+
+    config = variants.get("tinybert4_micro", num_labels=3, label_names=["O", "B-X", "I-X"])
+    assert config.label_names == ("O", "B-X", "I-X")  # lists (JSON) become a tuple
+    heads = ("token_classifier",)
+    params = random_params(config, heads)
+    ids = ids_for(config, (2, 9))
+    mask = np.ones_like(ids)
+    mask[1, 5:] = 0
+    out = forward(config, heads)(params, ids, mask)
+    assert out.token_logits.shape == (2, 9, 3) and out.logits is None
+    dense = params["token_classifier"]["dense"]
+    hidden = np.asarray(out.encoder.last_hidden_state, np.float64)
+    expected = hidden @ np.asarray(dense["kernel"], np.float64) + np.asarray(dense["bias"])
+    np.testing.assert_allclose(np.asarray(out.token_logits), expected, atol=1e-5)
+    io.save_model(tmp_path, config, heads, params)
+    loaded, loaded_heads = io.load_config(tmp_path)
+    assert loaded == config and loaded_heads == heads
+    # A new head size drops the names of the old one.
+    assert config.replace(num_labels=5).label_names is None

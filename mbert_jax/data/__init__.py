@@ -5,8 +5,9 @@ Entry points (see docs/data.md):
 - `get_config()` / `build_pretraining_data(config.data, process_index=..., process_count=...)`
   for pretraining and distillation batches;
 - `get_task_config(task)` / `build_task_data(config.data, ...)` for GLUE,
-  SQuAD and the corpus tasks (`stdlib`, `wordorder`), with `TaskData.evaluator()` for the
-  official metrics;
+  SQuAD, the corpus tasks (`stdlib`, `wordorder`) and the user's own data
+  (`custom`: classification, regression or tagging from CSV / TSV / JSON lines /
+  CoNLL files or `datasets`), with `TaskData.evaluator()` for the official metrics;
 - `load_tokenizer`, `train_wordpiece`, `check_same_vocab`, `check_model_vocab`.
 """
 

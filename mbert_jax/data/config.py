@@ -13,11 +13,14 @@ predictions, 15% masking, 10% short sequences, NSP on).
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from mbert_jax.data import corpus, corpus_task
 
-TASK_SOURCES = ("tsv", "hf", "json", "corpus")
+TASK_SOURCES = ("tsv", "hf", "json", "corpus", "files")
+TASK_KINDS = ("classification", "regression", "tagging")
 
 
 def _host_fields(c: ml_collections.ConfigDict) -> None:
@@ -77,25 +80,43 @@ def get_task_config(task: str = "mrpc") -> ml_collections.ConfigDict:
 
     Args:
       task: a GLUE task (`cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli`,
-        `rte`, `wnli`), `squad_v1`, `squad_v2`, or a corpus task: `stdlib`,
-        `wordorder` (see `tasks.TASK_NAMES`).
+        `rte`, `wnli`), `squad_v1`, `squad_v2`, a corpus task (`stdlib`,
+        `wordorder`; see `tasks.TASK_NAMES`), or `custom`: the user's own files
+        or dataset (`task_kind`, the columns and `labels` below; see `custom.py`
+        and `conll.py`).
     """
     c = ml_collections.ConfigDict()
     c.task = task
     # "tsv": GLUE files (data_dir/train.tsv, dev.tsv, ...); "json": SQuAD files;
-    # "hf": a datasets dataset; "corpus": a corpus task, built on first use.
-    c.source = (
-        "corpus" if task in corpus_task.TASKS else ("json" if task.startswith("squad") else "tsv")
-    )
+    # "hf": a datasets dataset; "corpus": a corpus task, built on first use;
+    # "files": the custom task's train_file / eval_file (format from the suffix).
+    if task in corpus_task.TASKS:
+        c.source = "corpus"
+    elif task == "custom":
+        c.source = "files"
+    else:
+        c.source = "json" if task.startswith("squad") else "tsv"
     c.data_dir = ""  # the task's directory (tsv, corpus) or SQuAD json directory
-    c.train_file = ""  # SQuAD: default data_dir/train-v1.1.json or train-v2.0.json
-    c.eval_file = ""  # SQuAD: default data_dir/dev-v1.1.json or dev-v2.0.json
-    c.hf_path = ""  # e.g. "nyu-mll/glue" (hub cache) or a builder
+    # SQuAD: default data_dir/train-v1.1.json (train-v2.0.json) and dev-v1.1.json (dev-v2.0.json).
+    # custom: the training and the labelled dev file (.csv, .tsv, .jsonl/.json; tagging: CoNLL).
+    c.train_file = ""
+    c.eval_file = ""
+    c.hf_path = ""  # e.g. "nyu-mll/glue" (hub cache) or a builder ("csv", "json")
     c.hf_name = ""  # empty: the task's usual config name
     c.hf_disk_path = ""  # a DatasetDict.save_to_disk directory
+    c.hf_data_files = ""  # custom + hf_path: "train=a.csv,validation=b.csv"
     c.train_split = "train"
-    c.eval_split = ""  # empty: the task's dev split (MNLI: dev_matched)
-    c.on_bad_line = "error"  # a row with the wrong column count: "error" or "skip" (counted)
+    c.eval_split = ""  # empty: the task's dev split (MNLI: dev_matched; custom hf: validation)
+    # The custom task (task="custom"): what the label column holds and where the columns are.
+    c.task_kind = "classification"  # "classification" | "regression" | "tagging"
+    c.text_column = "text"
+    c.text_pair_column = ""  # set: sentence pairs [CLS] text [SEP] pair [SEP]
+    c.label_column = "label"
+    c.labels = ""  # classes (tags) in id order, "neg,neu,pos"; empty: the sorted train labels
+    c.tokens_column = "tokens"  # tagging, JSON lines / datasets: the list of words
+    c.tags_column = "tags"  # tagging, JSON lines / datasets: the list of tags
+    c.conll_tag_column = -1  # tagging, CoNLL files: the tag's column (-1: the last)
+    c.on_bad_line = "error"  # a malformed row / line: "error" (names file:line) or "skip" (counted)
     c.vocab_file = ""  # required: normally the pretrained model directory's vocab.txt
     c.lowercase = None
     c.max_seq_length = 128
@@ -161,6 +182,8 @@ def validate_task(c) -> None:
     _check(c.source in TASK_SOURCES, "source", f"must be one of {TASK_SOURCES}, got {c.source!r}")
     _check(c.on_bad_line in ("error", "skip"), "on_bad_line", "must be 'error' or 'skip'")
     _check(c.max_seq_length >= 8, "max_seq_length", f"must be >= 8, got {c.max_seq_length}")
+    if c.task == "custom":
+        _validate_custom(c)
     if c.task.startswith("squad"):
         _check(
             c.max_query_length + 4 < c.max_seq_length,
@@ -169,3 +192,39 @@ def validate_task(c) -> None:
             f"({c.max_seq_length})",
         )
         _check(c.doc_stride >= 1, "doc_stride", "must be >= 1")
+
+
+def _validate_custom(c) -> None:
+    _check(
+        c.task_kind in TASK_KINDS, "task_kind", f"must be one of {TASK_KINDS}, got {c.task_kind!r}"
+    )
+    _check(
+        c.source in ("files", "hf"),
+        "source",
+        f"the custom task reads 'files' (train_file, eval_file) or 'hf' (a datasets dataset), "
+        f"got {c.source!r}",
+    )
+    # Which files or dataset are read is checked when the data is built (as for
+    # GLUE's data_dir), so that the defaults validate.
+    if c.source == "files" and c.task_kind != "tagging":
+        from mbert_jax.data.tables import TABLE_SUFFIXES
+
+        for field in ("train_file", "eval_file"):
+            suffix = os.path.splitext(c[field])[1].lower()
+            _check(
+                not c[field] or suffix in TABLE_SUFFIXES,
+                field,
+                f"{c[field]!r}: the format comes from the suffix, one of "
+                f"{', '.join(TABLE_SUFFIXES)} (CoNLL files need task_kind='tagging')",
+            )
+    if c.task_kind == "tagging":
+        for field in ("tokens_column", "tags_column"):
+            _check(bool(c[field]), field, "must name a column")
+        _check(
+            isinstance(c.conll_tag_column, int) and c.conll_tag_column != 0,
+            "conll_tag_column",
+            "must be a column index other than 0 (the word); -1 is the last column",
+        )
+    else:
+        for field in ("text_column", "label_column"):
+            _check(bool(c[field]), field, "must name a column")

@@ -1,9 +1,13 @@
-"""The official metrics of GLUE and SQuAD, in numpy.
+"""The official metrics of GLUE, SQuAD and tagging (NER), in numpy.
 
 GLUE metrics are fractions in [0, 1] (as sklearn and scipy return them):
-accuracy, binary F1 of the positive class, Matthews correlation (CoLA),
+accuracy, binary F1 of the positive class, macro F1 (the unweighted mean of
+each class's F1 over the classes that occur in labels or predictions, as
+sklearn's `average="macro"`), Matthews correlation (CoLA),
 Pearson and Spearman correlation (STS-B; Spearman on average ranks, as
-scipy). SQuAD metrics are percentages, as the official evaluation scripts
+scipy). Tagging metrics are fractions too: entity-level micro precision,
+recall and F1 with the semantics of CoNLL's `conlleval` (see `entities`),
+and accuracy over every word. SQuAD metrics are percentages, as the official evaluation scripts
 print them: exact match and token F1 after the official answer
 normalization (lower-case, drop punctuation and the articles a/an/the,
 collapse whitespace), maximized over the gold answers; SQuAD v2.0 also
@@ -33,6 +37,13 @@ def f1_binary(predictions, labels, positive: int = 1) -> float:
     tp = float(np.sum(p & y))
     denom = float(np.sum(p) + np.sum(y))
     return 2 * tp / denom if denom else 0.0
+
+
+def f1_macro(predictions, labels) -> float:
+    """The mean F1 of every class that occurs in `labels` or `predictions` (sklearn's macro)."""
+    p, y = np.asarray(predictions), np.asarray(labels)
+    classes = np.union1d(p, y)
+    return float(np.mean([f1_binary(p, y, c) for c in classes])) if len(classes) else 0.0
 
 
 def matthews_corrcoef(predictions, labels) -> float:
@@ -92,6 +103,7 @@ GLUE_METRICS: dict[str, tuple[str, ...]] = {
 _FNS = {
     "accuracy": accuracy,
     "f1": f1_binary,
+    "f1_macro": f1_macro,
     "matthews_corrcoef": matthews_corrcoef,
     "pearson": pearson,
     "spearman": spearman,
@@ -101,6 +113,94 @@ _FNS = {
 def classification_metrics(names: Sequence[str], predictions, labels) -> dict[str, float]:
     """The named metrics of `predictions` against `labels` (class ids or scores)."""
     return {n: _FNS[n](predictions, labels) for n in names}
+
+
+# ---------------------------------------------------------------------- tagging
+# Tags are "O" or PREFIX-TYPE with PREFIX one of B (begin), I (inside), E
+# (end), S (single): BIO (IOB1 and IOB2) and IOBES.
+ENTITY_PREFIXES = ("B", "I", "E", "S")
+
+
+def split_tag(tag: str) -> tuple[str, str]:
+    """(prefix, type): "B-PER" -> ("B", "PER"), "O" -> ("O", ""), "NN" -> ("NN", "")."""
+    prefix, _, kind = tag.partition("-")
+    return prefix, kind
+
+
+def is_entity_scheme(tags) -> bool:
+    """Whether every tag is "O" or B-/I-/E-/S-TYPE (entity metrics make sense)."""
+    return all(t == "O" or (split_tag(t)[0] in ENTITY_PREFIXES and split_tag(t)[1]) for t in tags)
+
+
+def _ends(prev: str, tag: str, prev_type: str, kind: str) -> bool:
+    # conlleval's endOfChunk, with seqeval's S (single) rules.
+    return (
+        prev in ("E", "S")
+        or (prev in ("B", "I") and tag in ("B", "S", "O"))
+        or (prev not in ("O", ".") and prev_type != kind)
+    )
+
+
+def _starts(prev: str, tag: str, prev_type: str, kind: str) -> bool:
+    # conlleval's startOfChunk, with seqeval's S (single) rules.
+    return (
+        tag in ("B", "S")
+        or (prev in ("E", "S", "O") and tag in ("E", "I"))
+        or (tag not in ("O", ".") and prev_type != kind)
+    )
+
+
+def entities(tags) -> list[tuple[str, int, int]]:
+    """The entities of one sentence's tags: (type, first word, last word), as conlleval finds them.
+
+    An entity starts at B-X or S-X, and also at an I-X (or E-X) that does
+    not continue an entity of type X: after O, after an entity of another
+    type, or after E-/S- (so a stray I-X without a B-X begins a new entity,
+    exactly as in conlleval; IOB1 files, which begin entities with I-, read
+    correctly). It ends before O, B-, S-, or a tag of another type, and
+    after E- / S-. For BIO tags this is conlleval's chunking exactly.
+    """
+    out = []
+    prev, prev_type, start = "O", "", None
+    for i, tag in enumerate([*tags, "O"]):  # the sentinel closes the last entity
+        prefix, kind = split_tag(tag)
+        if start is not None and _ends(prev, prefix, prev_type, kind):
+            out.append((prev_type, start, i - 1))
+            start = None
+        if _starts(prev, prefix, prev_type, kind):
+            start = i
+        prev, prev_type = prefix, kind
+    return out
+
+
+def tagging_scores(gold, predicted) -> dict[str, float]:
+    """Entity-level micro precision / recall / F1 and word accuracy over sentences.
+
+    Args:
+      gold, predicted: per sentence, the tag of every word (strings), the same lengths.
+
+    Returns:
+      `precision`, `recall`, `f1` (an entity counts as found only when its
+      type, first and last word all match a gold entity; 0 when undefined)
+      and `accuracy` (words whose tag is right, O included), as fractions.
+    """
+    found = correct = expected = words = right = 0
+    for g, p in zip(gold, predicted, strict=True):
+        if len(g) != len(p):
+            raise ValueError(f"a sentence has {len(g)} gold tags but {len(p)} predicted")
+        ge, pe = set(entities(g)), set(entities(p))
+        expected, found, correct = expected + len(ge), found + len(pe), correct + len(ge & pe)
+        words += len(g)
+        right += sum(a == b for a, b in zip(g, p))
+    precision = correct / found if found else 0.0
+    recall = correct / expected if expected else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "accuracy": right / words if words else 0.0,
+    }
 
 
 # ------------------------------------------------------------------------ SQuAD

@@ -1,7 +1,9 @@
 """`build_task_data`: downstream-task iterators and their evaluation.
 
-One entry point for GLUE, SQuAD and the corpus tasks (`stdlib`, `wordorder`). Examples are
-read (`glue.py`, `squad.py`), featurized once and cached under the cache dir
+One entry point for GLUE, SQuAD, the corpus tasks (`stdlib`, `wordorder`) and
+the user's own data (`task="custom"`: classification, regression or tagging
+from CSV / TSV / JSON lines / CoNLL files or `datasets`). Examples are read
+(`glue.py`, `squad.py`, `custom.py`, `conll.py`), featurized once and cached under the cache dir
 (keyed by the files, the tokenizer and the settings), then served by the
 same loader as pretraining: an endless shuffled training stream and finite
 padded eval passes, sharded over hosts, checkpointable.
@@ -9,12 +11,19 @@ padded eval passes, sharded over hosts, checkpointable.
 Batches (per host):
 
     input_ids, attention_mask, token_type_ids, position_ids   int32 [B, S]
-    labels            int32 [B] class id (-1 for test rows), float32 for STS-B
+    labels            int32 [B] class id (-1 for test rows), float32 [B] for regression,
+                      int32 [B, S] for tagging: the tag id at each word's first
+                      WordPiece, -1 at other pieces, [CLS], [SEP] and padding
     start_positions, end_positions   int32 [B] (SQuAD, instead of labels)
     example_index     int32 [B] row of the split (GLUE) / window (SQuAD: feature_index)
     valid           float32 [B] 1.0 real row, 0.0 padding (the last eval batch)
 
-`Evaluator` turns model outputs back into the official metrics; it checks
+`TaskData.kind` ("classification", "regression", "tagging", "qa") tells
+recipes which head, loss and outputs a task needs.
+
+`Evaluator` turns model outputs back into the official metrics (tagging:
+entity-level precision / recall / F1 and word accuracy over every word of
+the split, conlleval's semantics, see `task_metrics.entities`); it checks
 that every example of the split was seen exactly once, so an eval loop that
 drops or repeats rows fails instead of reporting a wrong number.
 """
@@ -29,7 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import corpus_task, glue, loader, squad, task_metrics, tokenized
+from mbert_jax.data import (
+    conll,
+    corpus_task,
+    custom_task,
+    glue,
+    loader,
+    squad,
+    task_metrics,
+    tokenized,
+)
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tokenizer import WordPieceTokenizer, load_tokenizer
 
@@ -37,7 +55,7 @@ SQUAD_FILES = {
     "1.1": ("train-v1.1.json", "dev-v1.1.json"),
     "2.0": ("train-v2.0.json", "dev-v2.0.json"),
 }
-TASK_NAMES = (*sorted(glue.TASKS), *corpus_task.TASKS, "squad_v1", "squad_v2")
+TASK_NAMES = (*sorted(glue.TASKS), *corpus_task.TASKS, "squad_v1", "squad_v2", "custom")
 FEATURES_VERSION = 1
 
 
@@ -82,7 +100,12 @@ class ArraySource:
             out["example_index"][b] = index
 
 
+def is_tagging(c) -> bool:
+    return c.task == "custom" and c.task_kind == "tagging"
+
+
 def task_batch_spec(c, regression: bool) -> dict:
+    """name -> (shape without batch, dtype) of the task's batches (see the module docstring)."""
     S = c.max_seq_length
     spec = {
         k: ((S,), np.int32)
@@ -94,6 +117,8 @@ def task_batch_spec(c, regression: bool) -> dict:
             end_positions=((), np.int32),
             feature_index=((), np.int32),
         )
+    elif is_tagging(c):
+        spec.update(labels=((S,), np.int32), example_index=((), np.int32))
     else:
         spec.update(
             labels=((), np.float32 if regression else np.int32), example_index=((), np.int32)
@@ -116,6 +141,8 @@ class Evaluator:
     _seen: dict = dataclasses.field(default_factory=dict)
 
     def add(self, batch: dict, logits=None, *, start_logits=None, end_logits=None) -> None:
+        """Record a batch's outputs: `logits` [B, num_labels] (tagging: [B, S, num_labels]),
+        or SQuAD's `start_logits` / `end_logits` [B, S]."""
         valid = np.asarray(batch["valid"]) > 0
         if self.data.squad:
             idx = np.asarray(batch["feature_index"])[valid]
@@ -124,6 +151,8 @@ class Evaluator:
                 self._put(int(i), (s, e))
         else:
             out = np.asarray(logits)[valid]
+            if self.data.kind == "tagging":
+                out = out.argmax(-1).astype(np.int32)  # [B, S]: the tag at every position
             idx = np.asarray(batch["example_index"])[valid]
             for i, o in zip(idx, out):
                 self._put(int(i), o)
@@ -142,7 +171,8 @@ class Evaluator:
             )
 
     def predictions(self):
-        """Class ids / scores per example (GLUE), or question id -> text (SQuAD)."""
+        """Class ids / scores per example (GLUE), question id -> text (SQuAD), or
+        per sentence the predicted tag name of every word (tagging)."""
         examples, arrays = self.data._eval[self.split]
         self._check_complete(len(arrays["input_ids"]))
         if self.data.squad:
@@ -163,12 +193,18 @@ class Evaluator:
                 null_score_diff_threshold=c.null_score_diff_threshold,
             )
         out = np.stack([self._seen[i] for i in range(len(self._seen))])
+        if self.data.kind == "tagging":
+            return conll.word_tags(out, arrays, self.data.label_names)[1]
         return out.reshape(-1) if self.data.is_regression else out.argmax(-1)
 
     def result(self) -> dict[str, float]:
         """The task's official metrics on this split."""
         examples, arrays = self.data._eval[self.split]
         preds = self.predictions()
+        if self.data.kind == "tagging":
+            gold, _ = conll.word_tags(None, arrays, self.data.label_names)
+            scores = task_metrics.tagging_scores(gold, preds)
+            return {k: scores[k] for k in self.data.metric_names}
         if self.data.squad:
             return task_metrics.squad_scores(
                 squad.gold_answers(examples), preds, version=self.data.squad_version
@@ -191,6 +227,8 @@ class TaskData:
 
     Attributes:
       task: the task name; num_labels / is_regression / label_names size the head.
+      kind: "classification", "regression", "tagging" (a token-classification
+        head; `labels` [B, S], -1 where no tag) or "qa" (span heads).
       train: the endless training iterator (checkpoint its `get_state()`).
       eval_splits: names accepted by `eval_iterator` / `evaluator`.
     """
@@ -205,6 +243,7 @@ class TaskData:
     label_names: tuple[str, ...] | None
     metric_names: tuple[str, ...]
     squad_version: str = ""
+    kind: str = "classification"
     _eval: dict = dataclasses.field(default_factory=dict)
     _make_eval: object = None
 
@@ -342,6 +381,8 @@ def build_task_data(
     report = InputReport(source=f"task {c.task}")
     if is_squad(c.task):
         return _build_squad(c, tokenizer, report, cache_dir, p, n, log)
+    if c.task == "custom":
+        return _build_custom(c, tokenizer, report, cache_dir, p, n, log)
     task = glue_task(c.task)
     read, source_key = _glue_reader(c, task)
     if eval_splits is None:
@@ -385,6 +426,7 @@ def build_task_data(
         label_names=task.labels,
         metric_names=task_metrics.GLUE_METRICS.get(task.name, ("accuracy",)),
         squad_version="",
+        kind="regression" if task.is_regression else "classification",
     )
 
 
@@ -437,7 +479,17 @@ def _build_squad(c, tokenizer, report, cache_dir, p, n, log) -> TaskData:
         label_names=None,
         metric_names=("exact", "f1"),
         squad_version=version,
+        kind="qa",
     )
+
+
+def _build_custom(c, tokenizer, report, cache_dir, p, n, log) -> TaskData:
+    arrays, content, facts, built = custom_task.prepare(c, tokenizer, cache_dir)
+    report.merge(built)
+    spec = task_batch_spec(c, facts["is_regression"])
+    train, evals = (arrays["train"], content["train"]), {"dev": (None, arrays["dev"])}
+    args = (c, "custom", tokenizer, report, train, evals, spec, p, n, log)
+    return _finish(*args, squad_version="", kind=c.task_kind, **facts)
 
 
 def _finish(c, name, tokenizer, report, train, evals, spec, p, n, log, **facts) -> TaskData:

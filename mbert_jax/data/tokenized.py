@@ -81,6 +81,8 @@ def cached_arrays(
       prefix: names the kind of entry.
       parts: what decides the content (hashed into the key).
       build: called on a miss; returns (name -> array, extra JSON-able meta).
+        A name "a/b" is saved as a/b.npy (one subdirectory per split); if
+        `build` raises, nothing is left in the cache.
 
     Returns:
       (entry directory, name -> read-only memory-mapped array, extra meta).
@@ -89,7 +91,8 @@ def cached_arrays(
 
     def write(tmp: Path):
         arrays, extra = build()
-        for name, a in arrays.items():
+        for name, a in arrays.items():  # "split/name": in a subdirectory (`load_arrays(dir/split)`)
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             np.save(tmp / f"{name}.npy", np.asarray(a))
         meta = {"key": parts, "extra": extra}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")

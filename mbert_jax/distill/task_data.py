@@ -34,7 +34,7 @@ class TaskSetup:
         files to read instead (e.g. the augmented training set).
 
     Raises:
-      ValueError: the teacher directory has no vocab.txt, or the task is SQuAD.
+      ValueError: the teacher directory has no vocab.txt, or the task is SQuAD or tagging.
     """
 
     def __init__(self, data_config, teacher_path: str = "", prepare=None):
@@ -70,6 +70,12 @@ class TaskSetup:
             raise ValueError(
                 f"config.data.task={c.task}: this recipe distils sequence classification and "
                 "regression (GLUE, stdlib); SQuAD is not supported"
+            )
+        if self.data.kind == "tagging":
+            raise ValueError(
+                "config.data.task_kind='tagging': this recipe distils sequence classification "
+                "and regression; token classification is not supported yet (fine-tune the "
+                "tagger with configs/finetune.py)"
             )
         self.num_labels = self.data.num_labels
         self.regression = self.data.is_regression

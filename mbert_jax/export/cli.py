@@ -4,6 +4,9 @@
         --quantize int8 --seq-len 128 --calibration-data train.tsv \\
         --eval-data dev.tsv --out sst2_int8.tflite
 
+    mbert-jax export --workdir runs/ner --task token_classification \\
+        --eval-data dev.conll --seq-len 128 --out ner.tflite
+
 `--workdir DIR` exports DIR/model (the model directory every run writes);
 `--checkpoint PATH` names a model directory directly. After every export the
 verification report (parity with the JAX model, agreement, metric, size,
@@ -39,15 +42,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", default="none", choices=tflite.QUANTIZATIONS)
     p.add_argument("--seq-len", type=int, default=128, help="static input length (default 128)")
     p.add_argument("--out", required=True, help="the .tflite file (hf: a directory)")
-    data = p.add_argument_group("data (text, GLUE-style .tsv, or pre-tokenized .npz)")
+    data = p.add_argument_group(
+        "data (text lines, .csv/.tsv/.jsonl tables, CoNLL files for token_classification, "
+        "or pre-tokenized .npz)"
+    )
     data.add_argument("--calibration-data", help="representative examples for --quantize int8")
     data.add_argument("--num-calibration", type=int, default=100, help="default 100")
     data.add_argument("--eval-data", help="held-out examples; with labels the metric is reported")
     data.add_argument("--max-eval", type=int, default=1000, help="at most this many eval examples")
     data.add_argument("--num-verify", type=int, default=32, help="unlabelled examples to verify on")
     data.add_argument("--vocab", help="vocab.txt to tokenize text with (default: the model's)")
-    data.add_argument("--text-columns", help="comma-separated .tsv text columns")
-    data.add_argument("--label-column", help=".tsv column of integer labels (default: label)")
+    data.add_argument(
+        "--text-columns",
+        help="comma-separated text columns of a table (token_classification JSON lines: the "
+        "words column, default tokens)",
+    )
+    data.add_argument(
+        "--label-column",
+        help="the label column: class names (mapped by the model's label_names) or ids "
+        "(default: label; token_classification JSON lines: the tags column, default tags)",
+    )
+    data.add_argument(
+        "--conll-tag-column",
+        type=int,
+        default=-1,
+        help="token_classification CoNLL files: the tag's column (default -1, the last)",
+    )
     opt = p.add_argument_group("options")
     opt.add_argument("--pooling", default="mean", choices=graph.POOLINGS, help="embedding task")
     opt.add_argument(
@@ -95,6 +115,10 @@ def run(args) -> list[str]:
             limit=limit,
             text_columns=columns,
             label_column=args.label_column,
+            task=args.task,
+            label_names=loaded.config.label_names,
+            regression=loaded.config.num_labels == 1 and not loaded.config.label_names,
+            conll_tag_column=args.conll_tag_column,
         )
 
     if args.num_calibration < 1:

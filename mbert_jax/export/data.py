@@ -1,27 +1,35 @@
 """Calibration and evaluation examples for export, self-contained.
 
-Three sources, chosen by file name:
+Sources, chosen by file name (and the task):
 
 - `*.npz`: already tokenized, arrays `input_ids`, `attention_mask` and
   optionally `token_type_ids` of shape [n, seq_len], and optional labels
-  (`labels` for classification, `start_positions` / `end_positions` for qa).
-  The sequence length must be the export's.
-- `*.tsv`: a GLUE-style table with a header row; the text columns (one, or
-  two for sentence pairs) and the optional integer label column are named on
-  the command line or found by their usual GLUE names.
+  (`labels` for classification, [n, seq_len] with -1 at unlabelled
+  positions for token_classification, `start_positions` / `end_positions`
+  for qa). The sequence length must be the export's.
+- `*.csv`, `*.tsv`, `*.jsonl`, `*.json`: a table read as in training
+  (`mbert_jax.data.tables`); the text columns (one, or two for sentence
+  pairs) and the optional label column are named on the command line or
+  found by their usual names. Labels are class names mapped by the model's
+  `label_names` (the order it was fine-tuned with), or integer class ids
+  for a model without names, or scores for a regression model.
+- token_classification: CoNLL-style files (a word and its tag per line),
+  or JSON lines with word and tag lists (`--text-columns` names the words
+  column, default `tokens`; `--label-column` the tags, default `tags`),
+  read as in training (`mbert_jax.data.conll`). Each word's tag (by the
+  model's `label_names`) labels its first piece; the other positions get -1.
 - anything else: plain text, one example per line (pretraining text).
 
 Text is tokenized with the model directory's `vocab.txt` by the `tokenizers`
 library's `BertWordPieceTokenizer` ([CLS] a [SEP] (b [SEP]), truncated and
 padded to the sequence length). Lower-casing follows the vocabulary: an
-uncased vocabulary has (virtually) no upper-case tokens. The project's data
-layer (`mbert_jax.data`) has a fuller tokenizer; this module does not depend
-on it so that export runs on a model directory alone.
+uncased vocabulary has (virtually) no upper-case tokens. The data layer's
+file readers are shared; its tokenizer, configs and cache are not used, so
+that export runs on a model directory alone.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 from pathlib import Path
@@ -110,12 +118,43 @@ def tokenize(texts: list[tuple[str, ...]], vocab_file: str | os.PathLike, seq_le
     return Examples(arr("ids"), arr("attention_mask"), arr("type_ids"))
 
 
-def _read_tsv(path: Path, text_columns: tuple[str, ...] | None, label_column: str | None):
-    with path.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if not rows:
-        return [], None
-    header, rows = rows[0], [r for r in rows[1:] if r]
+def _label_ids(values, where, label_names, regression: bool, column: str) -> np.ndarray:
+    """Class ids (by the model's names, else integers) or scores of a label column."""
+    from mbert_jax.data import custom
+    from mbert_jax.data.glue import TaskDataError
+
+    try:
+        if regression:
+            return np.asarray(
+                [custom.score(v, w, column) for v, w in zip(values, where)], np.float32
+            )
+        keys = [custom.label_key(v, w) for v, w in zip(values, where)]
+        if label_names is None:
+            bad = next(((k, w) for k, w in zip(keys, where) if k[0] != "number"), None)
+            if bad is not None:
+                raise TaskDataError(
+                    f"{bad[1]}: label {custom.key_name(bad[0])!r} is a name, but the model has "
+                    "no label_names to map it; labels must be integer class ids"
+                )
+            return np.asarray([k[1] for k in keys], np.int32)
+        ids = custom.to_ids(
+            keys, where, tuple(label_names), split="eval", given_by="the model's label_names"
+        )
+        return np.asarray(ids, np.int32)
+    except TaskDataError as e:
+        raise ExportError(str(e)) from None
+
+
+def _read_table(path, text_columns, label_column, label_names, regression):
+    from mbert_jax.data.glue import TaskDataError
+    from mbert_jax.data.report import InputReport
+    from mbert_jax.data.tables import read_table
+
+    try:
+        table = read_table(path, InputReport())
+    except TaskDataError as e:
+        raise ExportError(str(e)) from None
+    header = list(table.columns)
     if text_columns is None:
         text_columns = next((c for c in TEXT_COLUMNS if all(x in header for x in c)), None)
         if text_columns is None:
@@ -126,22 +165,67 @@ def _read_tsv(path: Path, text_columns: tuple[str, ...] | None, label_column: st
     missing = [c for c in text_columns if c not in header]
     if missing:
         raise ExportError(f"{path}: columns {missing} are not in the header {header}")
-    cols = [header.index(c) for c in text_columns]
-    texts = [tuple(r[i] for i in cols) for r in rows]
+    texts = [tuple(str(r.get(c, "")) for c in text_columns) for r in table.rows]
     if label_column is None and "label" in header:
         label_column = "label"
     labels = None
     if label_column is not None:
         if label_column not in header:
             raise ExportError(f"{path}: label column {label_column!r} is not in {header}")
-        j = header.index(label_column)
-        try:
-            labels = np.asarray([int(r[j]) for r in rows], np.int32)
-        except ValueError as e:
-            raise ExportError(
-                f"{path}: labels in column {label_column!r} must be integer class ids ({e})"
-            ) from None
+        values = [r.get(label_column) for r in table.rows]
+        labels = _label_ids(values, table.where, label_names, regression, label_column)
     return texts, labels
+
+
+def _read_tagged(path: Path, text_columns, label_column, tag_column: int):
+    from mbert_jax.data import conll
+    from mbert_jax.data.glue import TaskDataError
+    from mbert_jax.data.report import InputReport
+    from mbert_jax.data.tables import read_table
+
+    try:
+        if path.suffix.lower() in (".json", ".jsonl"):
+            words = text_columns[0] if text_columns else "tokens"
+            table = read_table(path, InputReport())
+            return conll.read_tagged_table(
+                table, words, label_column or "tags", InputReport(), "error"
+            )
+        return conll.read_conll(path, InputReport(), tag_column=tag_column)
+    except TaskDataError as e:
+        raise ExportError(str(e)) from None
+
+
+def tokenize_tagged(
+    sentences, label_names, vocab_file: str | os.PathLike, seq_len: int
+) -> Examples:
+    """Tokenize tagged sentences: each word's tag id at its first piece, -1 elsewhere."""
+    from mbert_jax.data import custom
+    from mbert_jax.data.glue import TaskDataError
+
+    tok = _tokenizer(vocab_file, seq_len)
+    encs = tok.encode_batch([list(s.words) for s in sentences], is_pretokenized=True)
+    labels = np.full((len(sentences), seq_len), -1, np.int32)
+    for i, (s, enc) in enumerate(zip(sentences, encs)):
+        where = [s.locate(k) for k in range(len(s.words))]
+        try:
+            keys = [custom.label_key(t, w) for t, w in zip(s.tags, where)]
+            if label_names is None:
+                raise TaskDataError(
+                    f"{s.where}: the model has no label names (ModelConfig.label_names) to map "
+                    "tags to its outputs; export a model fine-tuned on tagged data"
+                )
+            ids = custom.to_ids(
+                keys, where, tuple(label_names), split="eval", given_by="the model's label_names"
+            )
+        except TaskDataError as e:
+            raise ExportError(str(e)) from None
+        previous = None
+        for p, w in enumerate(enc.word_ids):
+            if w is not None and w != previous:
+                labels[i, p] = ids[w]
+            previous = w
+    arr = lambda f: np.asarray([getattr(e, f) for e in encs], np.int32).reshape(-1, seq_len)
+    return Examples(arr("ids"), arr("attention_mask"), arr("type_ids"), {"labels": labels})
 
 
 def load_examples(
@@ -152,11 +236,27 @@ def load_examples(
     limit: int | None = None,
     text_columns: tuple[str, ...] | None = None,
     label_column: str | None = None,
+    task: str = "classification",
+    label_names: tuple[str, ...] | None = None,
+    regression: bool = False,
+    conll_tag_column: int = -1,
 ) -> Examples:
-    """Read examples from an .npz, a .tsv or a text file (see the module docstring).
+    """Read examples from an .npz, a table, a CoNLL or a text file (see the module docstring).
+
+    Args:
+      path: the file.
+      seq_len: the export's sequence length.
+      vocab_file: the vocab.txt to tokenize text with.
+      limit: at most this many examples.
+      text_columns, label_column: the table's columns (None: the usual names).
+      task: the export task (token_classification reads tagged sentences).
+      label_names: the model's label names, which map class and tag names to ids.
+      regression: the labels are scores (a one-output regression head).
+      conll_tag_column: the tag's column in a CoNLL file.
 
     Raises:
-      ExportError: for a missing file, a text file without a vocabulary, bad columns.
+      ExportError: for a missing file, a text file without a vocabulary, bad
+        columns, a label the model does not know (naming file:line).
     """
     path = Path(path)
     if not path.is_file():
@@ -183,8 +283,13 @@ def load_examples(
             f"{path} is text and the model directory has no vocab.txt; pass --vocab FILE "
             "or give pre-tokenized .npz data"
         )
-    if path.suffix == ".tsv":
-        texts, labels = _read_tsv(path, text_columns, label_column)
+    if task == "token_classification":
+        sentences = _read_tagged(path, text_columns, label_column, conll_tag_column)[:limit]
+        if not sentences:
+            return Examples(*(np.zeros((0, seq_len), np.int32) for _ in INPUT_NAMES))
+        return tokenize_tagged(sentences, label_names, vocab_file, seq_len)
+    if path.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
+        texts, labels = _read_table(path, text_columns, label_column, label_names, regression)
     else:
         lines = path.read_text(encoding="utf-8").splitlines()
         texts, labels = [(line,) for line in lines if line.strip()], None

@@ -16,6 +16,10 @@ have no trained weights; `init_missing_head=True` exports it with a freshly
 initialized head (for latency and size measurements, or an on-device
 fine-tuning start).
 
+Metadata: every file records, in its flatbuffer `metadata` list, the task,
+what its outputs mean (`kind`), the model's label names, the input and
+output names and the sequence length (`tflite.task_metadata` reads it).
+
 Exact GELU becomes TFLite's builtin `GELU` op in every mode (see `graph`):
 the graph is traced with the tanh form as a carrier, the converter fuses it,
 and the fused ops are set exact. If the converter did not fuse every
@@ -27,6 +31,7 @@ polynomial, with a warning; `builtin_gelu=False` asks for the polynomial
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from pathlib import Path
@@ -134,7 +139,7 @@ def export_tflite(
 
     Args:
       loaded: from `load_for_export`.
-      task: classification, qa, mlm or embedding.
+      task: classification, token_classification, qa, mlm or embedding.
       out: the .tflite path (written atomically; nothing is written on error).
       quantize: none, fp16, dynamic_int8 or int8.
       seq_len: the static input length.
@@ -225,7 +230,21 @@ def export_tflite(
         custom = tflite.custom_ops(flatbuffer)
         if custom:
             raise ExportError(f"the converted graph needs non-builtin ops {custom}")
-        return flatbuffer
+        return tflite.with_metadata(flatbuffer, {tflite.METADATA_NAME: describe()})
+
+    def describe() -> bytes:
+        meta = {
+            "task": task,
+            "kind": graph.task_kind(config, task),
+            "label_names": list(config.label_names) if config.label_names else None,
+            "inputs": list(graph.INPUT_NAMES),
+            "outputs": list(graph.OUTPUT_NAMES[task]),
+            "seq_len": seq_len,
+            "quantize": quantize,
+        }
+        if task == "token_classification":
+            meta["tag_position"] = "first WordPiece of each word"
+        return json.dumps(meta).encode("utf-8")
 
     path = tflite.write_atomic(out, make)
     flatbuffer = path.read_bytes()
@@ -248,4 +267,5 @@ def export_tflite(
         threads=threads if latency_runs > 0 else (),
         latency_runs=latency_runs,
         ops=dict(tflite.builtin_ops(flatbuffer)),
+        label_names=config.label_names,
     )

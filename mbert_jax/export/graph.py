@@ -7,6 +7,8 @@ every quantization-friendly choice of the config, ReLU/relu6, NoNorm and the
 needs run. Outputs per task:
 
 - classification: `logits` [1, num_labels] (the classifier head on the pooled output).
+- token_classification: `logits` [1, seq_len, num_labels] (the token
+  classifier at every position; a word's tag is read at its first piece).
 - qa: `start_logits`, `end_logits` [1, seq_len].
 - mlm: `mlm_logits` [1, seq_len, vocab] at every position.
 - embedding: `embedding` [1, hidden], by default the mean of the last hidden
@@ -69,13 +71,22 @@ from mbert_jax.models import layers
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import Model
 
-TASKS = ("classification", "qa", "mlm", "embedding")
+TASKS = ("classification", "token_classification", "qa", "mlm", "embedding")
 POOLINGS = ("mean", "cls")
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # The model head each task needs (None: the encoder alone).
-TASK_HEAD = {"classification": "classifier", "qa": "qa", "mlm": "mlm", "embedding": None}
+TASK_HEAD = {
+    "classification": "classifier",
+    "token_classification": "token_classifier",
+    "qa": "qa",
+    "mlm": "mlm",
+    "embedding": None,
+}
+# The heads that `Model.__call__` runs by name (the MLM head is traced by hand here).
+_RUN_HEADS = ("classifier", "token_classifier", "qa")
 OUTPUT_NAMES = {
     "classification": ("logits",),
+    "token_classification": ("logits",),
     "qa": ("start_logits", "end_logits"),
     "mlm": ("mlm_logits",),
     "embedding": ("embedding",),
@@ -190,7 +201,7 @@ def export_fn(
     if head is not None and head not in heads:
         raise ValueError(f"task {task!r} needs the {head!r} head; the model has {list(heads)}")
     model = Model(config, heads=tuple(heads))
-    run_heads = (head,) if head in ("classifier", "qa") else ()
+    run_heads = (head,) if head in _RUN_HEADS else ()
 
     def fn(params, input_ids, attention_mask, token_type_ids):
         def lookup(next_fun, args, kwargs, context):
@@ -218,6 +229,8 @@ def export_fn(
             )
         if task == "classification":
             return {"logits": out.logits}
+        if task == "token_classification":
+            return {"logits": out.token_logits}
         if task == "qa":
             return {"start_logits": out.start_logits, "end_logits": out.end_logits}
         hidden = out.encoder.last_hidden_state
@@ -256,6 +269,8 @@ def reference_outputs(
         out = model.apply({"params": params}, ids, mask, types, run_heads=run_heads)
         if task == "classification":
             return {"logits": out.logits}
+        if task == "token_classification":
+            return {"logits": out.token_logits}
         if task == "qa":
             return {"start_logits": out.start_logits, "end_logits": out.end_logits}
         if task == "mlm":
@@ -266,3 +281,12 @@ def reference_outputs(
 
     out = run(*(jnp.asarray(inputs[k], jnp.int32) for k in INPUT_NAMES))
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def task_kind(config: ModelConfig, task: str) -> str:
+    """What the exported outputs mean, for the file's metadata: "classification",
+    "regression" (a one-output classifier without class names), "tagging", "qa",
+    "mlm" or "embedding"."""
+    if task == "classification":
+        return "regression" if config.num_labels == 1 and not config.label_names else task
+    return {"token_classification": "tagging"}.get(task, task)

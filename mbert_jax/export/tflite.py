@@ -50,7 +50,9 @@ Quantization modes:
   the -6 mask fill lies inside the calibrated score range.
 
 Files are written atomically (temporary sibling, then `os.replace`), so a
-failed export leaves no partial file.
+failed export leaves no partial file. Each file describes itself in its
+flatbuffer `metadata` list (`task_metadata`): the task and what its outputs
+mean, and the label names.
 """
 
 from __future__ import annotations
@@ -416,6 +418,61 @@ def constant_tensors(flatbuffer: bytes) -> list[dict]:
                 }
             )
     return out
+
+
+# ------------------------------------------------------------------ metadata
+# The file's own description, for the app that runs it: a UTF-8 JSON object in
+# the flatbuffer's `metadata` list (name + buffer, the schema's generic
+# key-value slot, which interpreters ignore) under this name.
+METADATA_NAME = "mbert_jax"
+
+
+def with_metadata(flatbuffer: bytes, entries: dict[str, bytes]) -> bytes:
+    """`flatbuffer` with `entries` (name -> bytes) in its `metadata` list (same names replaced)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = _read(flatbuffer)
+    kept = [m for m in model.metadata or [] if _name(m.name) not in entries]
+    for name, data in entries.items():
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(data, np.uint8).copy()
+        model.buffers.append(buf)
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name, len(model.buffers) - 1
+        kept.append(entry)
+    model.metadata = kept
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _name(name) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def read_metadata(flatbuffer: bytes) -> dict[str, bytes]:
+    """Every entry of the file's `metadata` list: name -> its buffer's bytes."""
+    model = _read(flatbuffer)
+    out = {}
+    for m in model.metadata or []:
+        data = model.buffers[m.buffer].data
+        out[_name(m.name)] = b"" if data is None else bytes(np.asarray(data, np.uint8))
+    return out
+
+
+def task_metadata(flatbuffer: bytes) -> dict | None:
+    """What the exporter wrote about the file (task, kind, label names, inputs, outputs,
+    sequence length, quantization), or None for a file from elsewhere.
+
+    Args:
+      flatbuffer: the bytes of a .tflite file.
+
+    Returns:
+      The JSON object stored under `METADATA_NAME`.
+    """
+    import json
+
+    data = read_metadata(flatbuffer).get(METADATA_NAME)
+    return None if data is None else json.loads(data.decode("utf-8"))
 
 
 def write_atomic(path: str | os.PathLike, make: Callable[[], bytes]) -> Path:

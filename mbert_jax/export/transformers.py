@@ -2,9 +2,9 @@
 
 The conversion itself is `mbert_jax.models.hf.save_hf` (one converter in the
 project); this module picks the heads for the task, writes the directory
-(atomically, by `save_hf`) with the model's vocab.txt, loads it back with the
-transformers class named in its config.json and compares its outputs with
-the JAX model's.
+(atomically, by `save_hf`; the label names become config.json's `id2label`)
+with the model's vocab.txt, loads it back with the transformers class named
+in its config.json and compares its outputs with the JAX model's.
 
 transformers always gives masked keys a large negative logit, while the
 official MobileBERT fills them with -6 (`attention_mask_value`); with padding
@@ -39,7 +39,7 @@ def _torch_outputs(directory, task: str, examples: Examples, pooling: str) -> di
                 for k in graph.INPUT_NAMES
             }
             o = model(**kw)
-            if task == "classification":
+            if task in ("classification", "token_classification"):
                 res = {"logits": o.logits}
             elif task == "qa":
                 res = {"start_logits": o.start_logits, "end_logits": o.end_logits}

@@ -6,11 +6,14 @@ through plain `Model.apply` (`graph.reference_outputs`), not the export
 function, so a rewrite in the export graph is checked too. Reported:
 
 - float32 / fp16: max |TFLite - JAX| over all outputs (float target <= 1e-4).
-- every mode: agreement of predictions: argmax for classification and mlm
-  (real tokens only), start and end argmax both equal for qa, cosine
-  similarity for embeddings.
-- with labels: the task metric of JAX and of the file (accuracy; qa: exact
-  span match of the argmax start/end) and the drop in points.
+- every mode: agreement of predictions: argmax for classification, and for
+  token_classification and mlm over the real tokens, start and end argmax
+  both equal for qa, cosine similarity for embeddings.
+- with labels: the task metric of JAX and of the file (accuracy; regression:
+  Pearson correlation; token_classification: entity-level F1 over the
+  labelled words when the label names are BIO / IOBES tags, else their
+  accuracy; qa: exact span match of the argmax start/end) and the drop in
+  points.
 - file size, median latency at batch 1 on 1 and 4 threads.
 """
 
@@ -67,10 +70,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def agreement(task: str, ref: dict, got: dict, mask: np.ndarray) -> tuple[str, float]:
     """(what, value): how often the file's prediction equals the JAX model's."""
+    if task == "classification" and ref["logits"].shape[-1] == 1:
+        return "max |score difference|", float(np.max(np.abs(ref["logits"] - got["logits"])))
     if task == "classification":
         return "argmax agreement", float(
             np.mean(ref["logits"].argmax(-1) == got["logits"].argmax(-1))
         )
+    if task == "token_classification":
+        same = ref["logits"].argmax(-1) == got["logits"].argmax(-1)
+        return "argmax agreement (real tokens)", float(same[mask > 0].mean())
     if task == "qa":
         same = (ref["start_logits"].argmax(-1) == got["start_logits"].argmax(-1)) & (
             ref["end_logits"].argmax(-1) == got["end_logits"].argmax(-1)
@@ -82,10 +90,34 @@ def agreement(task: str, ref: dict, got: dict, mask: np.ndarray) -> tuple[str, f
     return "mean cosine similarity", float(np.mean(_cosine(ref["embedding"], got["embedding"])))
 
 
-def metric(task: str, outputs: dict, labels: dict) -> tuple[str, float] | None:
+def tagging_metric(logits: np.ndarray, labels: np.ndarray, label_names) -> tuple[str, float]:
+    """Entity F1 (BIO / IOBES tags) or accuracy over the labelled positions, in points.
+
+    `labels` [n, seq_len] holds each word's tag id at its first piece and -1
+    elsewhere, so a sentence's words are its labelled positions in order.
+    """
+    from mbert_jax.data import task_metrics as data_metrics
+
+    pred = logits.argmax(-1)
+    if label_names and data_metrics.is_entity_scheme(label_names):
+        at = [np.flatnonzero(row >= 0) for row in labels]
+        gold = [[label_names[t] for t in labels[i, a]] for i, a in enumerate(at)]
+        guess = [[label_names[t] for t in pred[i, a]] for i, a in enumerate(at)]
+        return "entity F1", 100.0 * data_metrics.tagging_scores(gold, guess)["f1"]
+    keep = labels >= 0
+    return "tag accuracy", 100.0 * float(np.mean(pred[keep] == labels[keep]))
+
+
+def metric(task: str, outputs: dict, labels: dict, label_names=None) -> tuple[str, float] | None:
     """The task metric (in points, 0-100) when the examples have labels, else None."""
+    if task == "classification" and "labels" in labels and outputs["logits"].shape[-1] == 1:
+        from mbert_jax.data.task_metrics import pearson
+
+        return "Pearson r", 100.0 * pearson(outputs["logits"][:, 0], labels["labels"])
     if task == "classification" and "labels" in labels:
         return "accuracy", 100.0 * float(np.mean(outputs["logits"].argmax(-1) == labels["labels"]))
+    if task == "token_classification" and "labels" in labels:
+        return tagging_metric(outputs["logits"], labels["labels"], label_names)
     if task == "qa" and "start_positions" in labels and "end_positions" in labels:
         hit = (outputs["start_logits"].argmax(-1) == labels["start_positions"]) & (
             outputs["end_logits"].argmax(-1) == labels["end_positions"]
@@ -152,8 +184,12 @@ def verify(
     threads: tuple[int, ...] = (1, 4),
     latency_runs: int = 20,
     ops: dict[str, int] | None = None,
+    label_names: tuple[str, ...] | None = None,
 ) -> Report:
-    """Compare the file with the JAX outputs `reference` on `examples`; time it."""
+    """Compare the file with the JAX outputs `reference` on `examples`; time it.
+
+    `label_names` (the model's) turn token_classification labels into tags for entity F1.
+    """
     got = run_tflite(flatbuffer, examples)
     diff = max(float(np.max(np.abs(got[k] - reference[k]))) for k in reference)
     name, value = agreement(task, reference, got, examples.attention_mask)
@@ -169,7 +205,8 @@ def verify(
         agreement=value,
         ops=dict(ops or {}),
     )
-    m_ref, m_got = metric(task, reference, examples.labels), metric(task, got, examples.labels)
+    m_ref = metric(task, reference, examples.labels, label_names)
+    m_got = metric(task, got, examples.labels, label_names)
     if m_ref is not None:
         report.metric_name, report.metric_jax = m_ref
         report.metric_tflite = m_got[1]

@@ -34,6 +34,7 @@ TUNABLE_FIELDS = (
     "matmul_dtype",
     "remat",
     "num_labels",
+    "label_names",
 )
 
 
@@ -87,6 +88,10 @@ class ModelConfig:
     attention_dropout: float = 0.1
     use_pooler: bool = True
     num_labels: int = 2
+    # The class (or tag) name of each output of the classifier / token-classifier
+    # head, in id order, when the task has names (None: unnamed, and regression).
+    # Written into exported files' metadata and transformers' id2label.
+    label_names: tuple[str, ...] | None = None
     initializer_range: float = 0.02
     # Numerics and memory.
     dtype: str = "float32"  # compute dtype; parameters are always float32.
@@ -97,6 +102,8 @@ class ModelConfig:
     remat: bool = False  # rematerialize each block in the backward pass.
 
     def __post_init__(self):
+        if isinstance(self.label_names, list):  # JSON gives lists; the config must hash
+            object.__setattr__(self, "label_names", tuple(self.label_names))
         self.validate()
 
     # ------------------------------------------------------------------ derived
@@ -133,13 +140,24 @@ class ModelConfig:
         return jnp.dtype(self.dtype if self.matmul_dtype is None else self.matmul_dtype)
 
     def replace(self, **changes) -> ModelConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again).
+
+        Changing `num_labels` without giving `label_names` drops names that no
+        longer fit (they described the old head).
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ConfigError(
                 f"unknown ModelConfig field(s) {sorted(unknown)}; valid fields: "
                 f"{sorted(f.name for f in dataclasses.fields(self))}"
             )
+        if (
+            "num_labels" in changes
+            and "label_names" not in changes
+            and self.label_names is not None
+            and len(self.label_names) != changes["num_labels"]
+        ):
+            changes["label_names"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +261,19 @@ class ModelConfig:
                 f"({self.mlm_transform_size}); the output matrix ties the first E columns "
                 "to the word embedding, so E must not exceed it",
             )
+        if self.label_names is not None:
+            names = self.label_names
+            if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
+                fail("label_names", f"must be None or a tuple of non-empty strings, got {names!r}")
+            if len(names) != self.num_labels:
+                fail(
+                    "label_names",
+                    f"has {len(names)} names but num_labels is {self.num_labels}; give one "
+                    "name per output of the head (or None)",
+                )
+            if len(set(names)) != len(names):
+                repeated = sorted({n for n in names if names.count(n) > 1})
+                fail("label_names", f"repeats {repeated}; each label needs its own name")
         if self.attention_mask_value is not None and self.attention_mask_value > 0:
             fail(
                 "attention_mask_value",

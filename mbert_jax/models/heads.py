@@ -1,4 +1,5 @@
-"""Task heads: masked LM, next-sentence prediction, classification/regression, span QA."""
+"""Task heads: masked LM, next-sentence prediction, classification/regression, span QA,
+token classification (tagging)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,20 @@ class SpanHead(nn.Module):
         logits = layers.dense(self.config, 2, (EMBED, None), name="dense")(hidden)
         logits = logits.astype(jnp.float32)
         return logits[..., 0], logits[..., 1]
+
+
+class TokenClassifierHead(nn.Module):
+    """Token classification (tagging, e.g. NER): dropout, then a dense layer at every position.
+
+    As transformers' `BertForTokenClassification`: the last hidden state, not
+    the pooled output, so the head needs no pooler.
+    """
+
+    config: ModelConfig
+    num_outputs: int
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, deterministic: bool = True) -> jax.Array:
+        x = nn.Dropout(rate=self.config.hidden_dropout)(hidden, deterministic=deterministic)
+        logits = layers.dense(self.config, self.num_outputs, (EMBED, None), name="dense")(x)
+        return logits.astype(jnp.float32)

@@ -4,14 +4,21 @@ A transformers checkpoint directory (the `save_pretrained` layout:
 `config.json` plus `model.safetensors`, a sharded `model.safetensors.index.json`,
 or `pytorch_model.bin`) of `BertModel`, `BertForPreTraining`,
 `BertForMaskedLM`, `BertForNextSentencePrediction`,
-`BertForSequenceClassification`, `BertForQuestionAnswering` or their
-`MobileBert*` counterparts loads into our `(ModelConfig, heads, params)`;
+`BertForSequenceClassification`, `BertForQuestionAnswering`,
+`BertForTokenClassification` or their `MobileBert*` counterparts loads into
+our `(ModelConfig, heads, params)`;
 `save_hf` writes our params back as a directory that transformers'
 `from_pretrained` loads. Weights are read with safetensors into numpy (torch
 is imported only for a `.bin` checkpoint) and transformed with numpy: a torch
 `Linear` weight is `[out, in]`, our `DenseGeneral` kernels are `[in, out]`,
 `[in, heads, head_dim]` (query/key/value) or `[heads, head_dim, out]`
 (attention output).
+
+Heads. Sequence and token classification both name their weights
+`classifier.*` (of the same shape); config.json's `architectures`
+(`*ForTokenClassification`) tells our `token_classifier` head from the
+`classifier`. `id2label` / `label2id` carry our `label_names` (transformers'
+placeholder names `LABEL_0`, `LABEL_1`, ... read back as None).
 
 Field mapping. transformers' `hidden_act` "gelu" is the exact erf GELU (ours
 "gelu"); "gelu_new" / "gelu_pytorch_tanh" are the tanh approximation (ours
@@ -45,7 +52,8 @@ Differences that cannot be expressed, and what happens:
   an ALBERT-style MLM head in the MobileBERT class, an NSP or classifier head
   without the tanh pooler in the BERT class) raises `ConversionError` naming
   the field.
-- A class without a pooler (`*ForMaskedLM`, `*ForQuestionAnswering`) still
+- A class without a pooler (`*ForMaskedLM`, `*ForQuestionAnswering`,
+  `*ForTokenClassification`) still
   gets our pooler weights in its file when we have them (transformers reports
   them as unused); loading keeps them, so the round trip is exact.
 
@@ -90,6 +98,7 @@ _ARCHITECTURES: dict[tuple[str, ...], tuple[str, bool]] = {
     ("nsp",): ("ForNextSentencePrediction", True),
     ("classifier",): ("ForSequenceClassification", True),
     ("qa",): ("ForQuestionAnswering", False),
+    ("token_classifier",): ("ForTokenClassification", False),
 }
 ACT_FROM_HF = {
     "gelu": "gelu",
@@ -172,6 +181,7 @@ def config_from_hf(hf_config: Mapping, has_pooler: bool | None = None) -> ModelC
         if not ok:
             raise ConversionError(f"config.json {field}={c[field]!r} is not supported")
     num_labels = len(c["id2label"]) if c.get("id2label") else c.get("num_labels", 2)
+    label_names = label_names_from_hf(c.get("id2label"), num_labels)
     fields = dict(
         vocab_size=c.get("vocab_size", 30522),
         hidden_size=c.get("hidden_size", 768 if model_type == "bert" else 512),
@@ -186,6 +196,7 @@ def config_from_hf(hf_config: Mapping, has_pooler: bool | None = None) -> ModelC
         attention_dropout=c.get("attention_probs_dropout_prob", 0.1),
         initializer_range=c.get("initializer_range", 0.02),
         num_labels=num_labels,
+        label_names=label_names,
         attention_mask_value=c.get("attention_mask_value"),
     )
     if model_type == "bert":
@@ -226,6 +237,25 @@ def config_from_hf(hf_config: Mapping, has_pooler: bool | None = None) -> ModelC
         use_pooler=pooler if has_pooler is None else has_pooler,
     )
     return ModelConfig(**fields)
+
+
+def label_names_from_hf(id2label: Mapping | None, num_labels: int) -> tuple[str, ...] | None:
+    """Our `label_names` of a config.json `id2label` (None for transformers' `LABEL_i` names).
+
+    Raises:
+      ConversionError: `id2label` does not name the ids 0 .. num_labels - 1.
+    """
+    if not id2label:
+        return None
+    names = {int(k): str(v) for k, v in id2label.items()}
+    if sorted(names) != list(range(num_labels)):
+        raise ConversionError(
+            f"config.json id2label has ids {sorted(names)}; expected 0 .. {num_labels - 1}"
+        )
+    ordered = tuple(names[i] for i in range(num_labels))
+    if ordered == tuple(f"LABEL_{i}" for i in range(num_labels)):
+        return None
+    return ordered
 
 
 def check_expressible(
@@ -333,9 +363,10 @@ def config_to_hf(
         "tie_word_embeddings": True,
         "dtype": "float32",
     }
-    if "classifier" in heads:
-        out["id2label"] = {str(i): f"LABEL_{i}" for i in range(c.num_labels)}
-        out["label2id"] = {f"LABEL_{i}": i for i in range(c.num_labels)}
+    if c.label_names is not None or {"classifier", "token_classifier"} & set(heads):
+        names = c.label_names or tuple(f"LABEL_{i}" for i in range(c.num_labels))
+        out["id2label"] = {str(i): name for i, name in enumerate(names)}
+        out["label2id"] = {name: i for i, name in enumerate(names)}
     if model_type == "mobilebert":
         out.update(
             embedding_size=c.embed_size,
@@ -448,6 +479,8 @@ def _weight_map(
         entries += _linear("classifier", "classifier/dense")
     if "qa" in heads:
         entries += _linear("qa_outputs", "qa/dense")
+    if "token_classifier" in heads:  # transformers names it like the sequence classifier
+        entries += _linear("classifier", "token_classifier/dense")
     return entries
 
 
@@ -473,16 +506,28 @@ def _to_hf(entry: _Entry, x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _detect(state: Mapping[str, np.ndarray], model_type: str) -> tuple[str, tuple[str, ...]]:
-    """The key prefix of the encoder ('bert.', 'mobilebert.' or '') and the heads present."""
+def _is_token_classification(architectures: Sequence[str] | None) -> bool:
+    return any(str(a).endswith("ForTokenClassification") for a in architectures or ())
+
+
+def _detect(
+    state: Mapping[str, np.ndarray], model_type: str, architectures: Sequence[str] | None = ()
+) -> tuple[str, tuple[str, ...]]:
+    """The key prefix of the encoder ('bert.', 'mobilebert.' or '') and the heads present.
+
+    `classifier.*` is the token classifier when config.json's `architectures`
+    name a `*ForTokenClassification` class, else the sequence classifier.
+    """
     prefix = _PREFIX[model_type]
     if not any(k.startswith(prefix) for k in state):
         prefix = ""
+    tagging = _is_token_classification(architectures)
     present = {
         "mlm": "cls.predictions.bias" in state,
         "nsp": "cls.seq_relationship.weight" in state,
-        "classifier": "classifier.weight" in state,
+        "classifier": "classifier.weight" in state and not tagging,
         "qa": "qa_outputs.weight" in state,
+        "token_classifier": "classifier.weight" in state and tagging,
     }
     return prefix, tuple(h for h in HEADS if present[h])
 
@@ -500,7 +545,10 @@ def _normalize_keys(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def params_from_hf(
-    config: ModelConfig, state: Mapping[str, np.ndarray], model_type: str
+    config: ModelConfig,
+    state: Mapping[str, np.ndarray],
+    model_type: str,
+    architectures: Sequence[str] | None = (),
 ) -> tuple[tuple[str, ...], dict]:
     """Our `(heads, params)` from a transformers state dict of numpy arrays.
 
@@ -508,13 +556,15 @@ def params_from_hf(
       config: our config (from `config_from_hf`).
       state: tensor name -> array, as in the checkpoint file.
       model_type: "bert" or "mobilebert".
+      architectures: config.json's `architectures` (they tell a token
+        classifier's `classifier.*` from a sequence classifier's).
 
     Raises:
       ConversionError: for a shape mismatch, a missing tensor, an untied
         output embedding, or tensors our model has no place for.
     """
     state = _normalize_keys(state)
-    prefix, heads = _detect(state, model_type)
+    prefix, heads = _detect(state, model_type, architectures)
     check_expressible(config, heads, model_type)  # e.g. our 'dense' embedding + MobileBERT MLM
     shapes = tree.flat(param_shapes(Model(config, heads)))
     entries = _weight_map(config, heads, model_type, prefix)
@@ -641,7 +691,8 @@ def load_hf(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...],
     """Load a transformers BERT / MobileBERT directory: `(config, heads, params)`.
 
     The heads follow the tensors present (`cls.predictions.*` -> "mlm",
-    `cls.seq_relationship.*` -> "nsp", `classifier.*`, `qa_outputs.*`), and
+    `cls.seq_relationship.*` -> "nsp", `classifier.*` -> "classifier", or
+    "token_classifier" for a `*ForTokenClassification` class, `qa_outputs.*`), and
     `use_pooler` whether pooler weights are present. Params are numpy float32.
     """
     d = Path(directory)
@@ -656,7 +707,7 @@ def load_hf(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...],
         )
     prefix, _ = _detect(state, model_type)
     config = config_from_hf(hf_config, has_pooler=f"{prefix}pooler.dense.weight" in state)
-    heads, params = params_from_hf(config, state, model_type)
+    heads, params = params_from_hf(config, state, model_type, hf_config.get("architectures"))
     return config, heads, params
 
 

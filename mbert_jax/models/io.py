@@ -1,6 +1,6 @@
 """A model directory: the portable form of a trained model.
 
-    DIR/model_config.json   {"config": ModelConfig fields, "heads": [...]}
+    DIR/model_config.json   {"config": ModelConfig fields (label_names as a list), "heads": [...]}
     DIR/params.safetensors  every parameter, keyed by its '/'-joined path
     DIR/vocab.txt           the WordPiece vocabulary (when known)
 

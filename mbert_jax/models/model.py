@@ -1,7 +1,7 @@
 """`Model`: the encoder plus a chosen set of heads, and its output record.
 
 Parameters are `{"encoder": ..., "mlm": ..., "nsp": ..., "classifier": ...,
-"qa": ...}` (only the heads asked for), so a fine-tuning model takes the
+"qa": ..., "token_classifier": ...}` (only the heads asked for), so a fine-tuning model takes the
 `encoder` subtree of a pretraining or distillation checkpoint unchanged.
 """
 
@@ -16,9 +16,15 @@ import jax.numpy as jnp
 
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.encoder import Encoder, EncoderOutput
-from mbert_jax.models.heads import ClassifierHead, MLMHead, SpanHead, gather_positions
+from mbert_jax.models.heads import (
+    ClassifierHead,
+    MLMHead,
+    SpanHead,
+    TokenClassifierHead,
+    gather_positions,
+)
 
-HEADS = ("mlm", "nsp", "classifier", "qa")
+HEADS = ("mlm", "nsp", "classifier", "qa", "token_classifier")
 PRETRAINING_HEADS = ("mlm", "nsp")
 
 
@@ -32,6 +38,7 @@ class ModelOutput:
       nsp_logits: [batch, 2].
       logits: [batch, num_labels] sequence classification / regression.
       start_logits, end_logits: [batch, length] span QA.
+      token_logits: [batch, length, num_labels] token classification (tagging).
     """
 
     encoder: EncoderOutput
@@ -40,6 +47,7 @@ class ModelOutput:
     logits: jax.Array | None = None
     start_logits: jax.Array | None = None
     end_logits: jax.Array | None = None
+    token_logits: jax.Array | None = None
 
 
 def validate_heads(heads: Sequence[str]) -> tuple[str, ...]:
@@ -55,7 +63,8 @@ class Model(nn.Module):
 
     Attributes:
       config: the `ModelConfig`.
-      heads: which heads exist, from `HEADS` ("mlm", "nsp", "classifier", "qa").
+      heads: which heads exist, from `HEADS` ("mlm", "nsp", "classifier", "qa",
+        "token_classifier").
     """
 
     config: ModelConfig
@@ -73,6 +82,8 @@ class Model(nn.Module):
             self.classifier = ClassifierHead(cfg, cfg.num_labels)
         if "qa" in heads:
             self.qa = SpanHead(cfg)
+        if "token_classifier" in heads:
+            self.token_classifier = TokenClassifierHead(cfg, cfg.num_labels)
 
     def __call__(
         self,
@@ -129,6 +140,8 @@ class Model(nn.Module):
             result["logits"] = self.classifier(out.pooled_output, deterministic)
         if "qa" in run:
             result["start_logits"], result["end_logits"] = self.qa(hidden)
+        if "token_classifier" in run:
+            result["token_logits"] = self.token_classifier(hidden, deterministic)
         return ModelOutput(encoder=out, **result)
 
 

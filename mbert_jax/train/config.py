@@ -52,16 +52,18 @@ def model_block(variant: str, **overrides) -> ml_collections.ConfigDict:
 
     `overrides` holds every `ModelConfig` field, unset (None) unless given, so
     any of them can be changed from the command line, typed:
-    `--config.model.overrides.remat=True`.
+    `--config.model.overrides.remat=True`. `label_names` is not among them:
+    the task data decides it.
     """
     from mbert_jax.models.config import ModelConfig
 
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
+    names = [f for f in dataclasses.fields(ModelConfig) if f.name != "label_names"]
+    unknown = set(overrides) - {f.name for f in names}
     if unknown:
         raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)}")
     fields = {
         f.name: ml_collections.FieldReference(overrides.get(f.name), field_type=_field_type(f))
-        for f in dataclasses.fields(ModelConfig)
+        for f in names
     }
     return ml_collections.ConfigDict({"variant": variant, "overrides": fields})
 

@@ -1,11 +1,17 @@
-"""Recipe: fine-tuning on a downstream task (GLUE, SQuAD, the embedded `stdlib` task).
+"""Recipe: fine-tuning on a downstream task (GLUE, SQuAD, the embedded `stdlib` task,
+or the user's own data: `data.task="custom"`).
 
 The encoder comes from a model directory (`config.init_from`, e.g.
 WORKDIR/model of a pretraining or distillation run); the task head
-(classifier, regressor or span QA) starts fresh. Held-out evaluation reports
+(classifier, regressor, span QA or token classifier) starts fresh. The
+head follows `TaskData.kind`: "classification" / "regression" the
+classifier on the pooled output, "qa" the span head, "tagging" the token
+classifier at every position (loss: the mean cross-entropy over the
+labelled positions, each word's first piece). Held-out evaluation reports
 the loss and accuracy in the jitted step and the task's official metrics
-(accuracy, F1, Matthews, Pearson/Spearman, SQuAD EM/F1) on the host, over
-the whole dev split.
+(accuracy, F1, Matthews, Pearson/Spearman, SQuAD EM/F1, entity-level
+precision / recall / F1) on the host, over the whole dev split. The saved
+model's config carries the task's `label_names`.
 """
 
 from __future__ import annotations
@@ -19,9 +25,17 @@ import jax.numpy as jnp
 from mbert_jax.models import Model, io
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.variants import block_overrides, from_block
-from mbert_jax.train.forward import task_forward, task_metrics
+from mbert_jax.train.forward import tagging_metrics, task_forward, task_metrics
 from mbert_jax.train.recipe import Recipe, Stage
 from mbert_jax.tree import shape_mismatch
+
+# The head of each `TaskData.kind`.
+KIND_HEADS = {
+    "classification": "classifier",
+    "regression": "classifier",
+    "qa": "qa",
+    "tagging": "token_classifier",
+}
 
 
 class FinetuneRecipe(Recipe):
@@ -53,8 +67,10 @@ class FinetuneRecipe(Recipe):
         )
         self.squad = self.data.squad
         self.regression = self.data.is_regression
+        self.kind = self.data.kind
         overrides = block_overrides(config.model)
         overrides["num_labels"] = self.data.num_labels
+        overrides["label_names"] = self.data.label_names
         if pretrained_config is not None:
             bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
             if bad:
@@ -70,7 +86,7 @@ class FinetuneRecipe(Recipe):
                 f"the model's vocab_size ({self.model_config.vocab_size}) differs from the "
                 f"task vocabulary's ({tokenizer.vocab_size}, {vocab})"
             )
-        self.heads = ("qa",) if self.squad else ("classifier",)
+        self.heads = (KIND_HEADS[self.kind],)
         self.model = Model(self.model_config, heads=self.heads)
 
     def stages(self) -> list[Stage]:
@@ -93,20 +109,26 @@ class FinetuneRecipe(Recipe):
             )
         return {**params, "encoder": jax.tree.map(jnp.asarray, pretrained["encoder"])}
 
+    def _metrics(self, out, batch):
+        if self.kind == "tagging":
+            return tagging_metrics(out, batch)
+        return task_metrics(out, batch, squad=self.squad, regression=self.regression)
+
     def loss(self, stage, params, teacher_params, batch, rng):
         out = task_forward(self.model, params, batch, train=True, rng=rng)
-        metrics = task_metrics(out, batch, squad=self.squad, regression=self.regression)
+        metrics = self._metrics(out, batch)
         return metrics["loss"].mean(), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
-        out = task_forward(self.model, params, batch, train=False)
-        return task_metrics(out, batch, squad=self.squad, regression=self.regression)
+        return self._metrics(task_forward(self.model, params, batch, train=False), batch)
 
     # Host-side official metrics over the whole dev split (see Trainer._evaluate).
     def predict(self, params, batch) -> dict[str, jax.Array]:
         out = task_forward(self.model, params, batch, train=False)
         if self.squad:
             return {"start_logits": out.start_logits, "end_logits": out.end_logits}
+        if self.kind == "tagging":
+            return {"logits": out.token_logits.astype(jnp.float32)}
         return {"logits": out.logits.astype(jnp.float32)}
 
     def evaluator(self):

@@ -106,3 +106,29 @@ def task_metrics_from_logits(logits, batch, *, regression: bool) -> dict[str, Lo
         "loss": losses.cross_entropy(logits, batch["labels"], valid),
         "accuracy": masked_accuracy(logits, batch["labels"], valid),
     }
+
+
+def tagging_metrics(out, batch) -> dict[str, LossSum]:
+    """`tagging_metrics_from_logits` of a model output's `token_logits`."""
+    return tagging_metrics_from_logits(out.token_logits, batch)
+
+
+def tagging_metrics_from_logits(logits, batch) -> dict[str, LossSum]:
+    """Token classification: cross-entropy and accuracy over the labelled positions.
+
+    Args:
+      logits: [batch, length, num_labels].
+      batch: with `labels` int [batch, length] (-1: no tag, e.g. a word's
+        later pieces, [CLS], [SEP], padding) and `valid` [batch].
+
+    Returns:
+      `loss` and `accuracy` as (sum, count) over the positions whose label
+      is >= 0 in valid rows, so the mean is per labelled word, whatever the
+      padding.
+    """
+    labels = batch["labels"]
+    weights = (labels >= 0).astype(jnp.float32) * batch["valid"].astype(jnp.float32)[:, None]
+    return {
+        "loss": losses.cross_entropy(logits, labels, weights),
+        "accuracy": masked_accuracy(logits, labels, weights),
+    }
