@@ -14,7 +14,7 @@ import numpy as np
 from mbert_jax.models import Model, param_shapes, variants
 from mbert_jax.models.io import save_model
 
-ALL_HEADS = ("mlm", "nsp", "classifier", "qa")
+ALL_HEADS = ("mlm", "nsp", "classifier", "qa", "token_classifier")
 VARIANTS = ("mobilebert_micro", "mobilebert_tiny_micro", "tinybert4_micro", "bert_base_micro")
 SEQ_LEN = 24
 
@@ -76,7 +76,7 @@ def run_file(flatbuffer, inputs):
 def jax_outputs(config, params, inputs, **config_changes):
     """`Model.apply` with every head (jitted), optionally with changed config fields."""
     config = config.replace(**config_changes) if config_changes else config
-    model = Model(config, heads=("mlm", "nsp", "classifier", "qa"))
+    model = Model(config, heads=ALL_HEADS)
     return jax.jit(model.apply)(
         {"params": params}, inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
     )
@@ -92,6 +92,8 @@ def expected(config, params, inputs, task):
     out = jax_outputs(config, params, inputs)
     if task == "classification":
         return {"logits": np.asarray(out.logits)}
+    if task == "token_classification":
+        return {"logits": np.asarray(out.token_logits)}
     if task == "qa":
         return {
             "start_logits": np.asarray(out.start_logits),

@@ -58,6 +58,7 @@ INT8_CASES = [(v, t) for v in VARIANTS for t in ("classification", "mlm")] + [
     ("mobilebert_micro", "qa"),
     ("mobilebert_micro", "embedding"),
     ("tinybert4_micro", "qa"),
+    ("mobilebert_micro", "token_classification"),
 ]
 # fp16 and dynamic int8: every variant and every task once each.
 OTHER_CASES = {
@@ -66,6 +67,7 @@ OTHER_CASES = {
         ("mobilebert_tiny_micro", "mlm"),
         ("tinybert4_micro", "qa"),
         ("bert_base_micro", "classification"),
+        ("bert_base_micro", "token_classification"),
     ],
     "dynamic_int8": [
         ("mobilebert_micro", "qa"),
@@ -73,6 +75,7 @@ OTHER_CASES = {
         ("tinybert4_micro", "mlm"),
         ("bert_base_micro", "mlm"),
         ("mobilebert_micro", "embedding"),
+        ("tinybert4_micro", "token_classification"),
     ],
 }
 QUANTIZED_CASES = [(v, t, "int8") for v, t in INT8_CASES] + [
