@@ -20,8 +20,11 @@ from mbert_jax.train.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, tiny=False)
+    arg = parse_arg(arg, tiny=False, real=False)
+    if arg.real:
+        return real_config(arg.tiny)
     c = ml_collections.ConfigDict()
+    c.preset = "micro"
     c.seed = 0
     # Pretraining data shared by every phase (the embedded corpus, its learned vocabulary).
     c.global_batch_size = 32
@@ -50,4 +53,47 @@ def get_config(arg=None):
         c.finetune_batch_size = 16
         c.num_calibration = 8
         c.log_every = 10
+    return c
+
+
+def real_config(tiny: bool = False):
+    """The real preset (mbert_jax/quickstart/real.py): a real teacher, two tasks, two students."""
+    c = ml_collections.ConfigDict()
+    c.preset = "real"
+    c.seed = 0
+    c.teacher = ""  # a transformers or model directory; empty: all-MiniLM-L6-v2 (PyPI package)
+    c.tasks = ("stdlib", "wordorder")
+    c.task_seq_len = ml_collections.ConfigDict({"stdlib": 64, "wordorder": 48})
+    c.batch_size = 32
+    c.matmul_dtype = "bfloat16"  # bf16 matmul operands, f32 everything else (docs/models.md)
+    # 1. the teacher fine-tuned on each task
+    c.teacher_steps = ml_collections.ConfigDict({"stdlib": 180, "wordorder": 240})
+    c.teacher_learning_rate = 1e-4
+    # 2. students: general distillation on the embedded corpus
+    c.general_seq_len = 64
+    c.general_learning_rate = 1e-3
+    c.mobilebert_stage_steps = 30  # per layer stage of progressive transfer
+    c.tinybert_layers = 4
+    c.tinybert_width = 0.75  # of the teacher's hidden size
+    c.embedding_size = 128  # factorized embeddings, initialized from the teacher's table
+    c.tinybert_general_steps = 180
+    # then task distillation from the fine-tuned teacher
+    c.intermediate_steps = 60
+    c.prediction_steps = 180
+    c.task_learning_rate = 1e-3
+    # 3. scratch students: as many steps as their distilled twins, all on the task
+    c.scratch_learning_rate = 1e-3
+    # 5. export
+    c.export_quantize = ("none", "int8")
+    c.num_calibration = 100
+    c.log_every = 30
+    if tiny:
+        c.tasks = ("wordorder",)
+        c.teacher_steps.wordorder = 20
+        c.mobilebert_stage_steps = 3
+        c.tinybert_general_steps = 10
+        c.intermediate_steps = 5
+        c.prediction_steps = 10
+        c.num_calibration = 8
+        c.log_every = 5
     return c

@@ -98,7 +98,7 @@ COMMANDS = {
     "train": (train_main, "run one experiment config (pretraining, distillation, ...)", True),
     "sweep": (sweep_main, "run the ablation grid a config declares", True),
     "plan": (plan_main, "per-device memory and FLOPs of a pod job, on simulated devices", True),
-    "quickstart": (quickstart_main, "the MobileBERT recipe end to end, on this machine", False),
+    "quickstart": (quickstart_main, "a compression recipe end to end on this machine (micro or real teacher)", False),
     "export": (export_main, "export a model to TFLite or transformers, verified", False),
     "data": (data_main, "prepare and inspect data (corpora, vocabularies, tasks)", False),
     "convert": (convert_main, "convert between a model directory and transformers", False),

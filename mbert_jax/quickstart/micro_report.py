@@ -1,4 +1,4 @@
-"""The quickstart's last phases: TFLite export of the fine-tuned models, report.md and plots."""
+"""The micro preset's last phases: TFLite export of the fine-tuned models, report.md and plots."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
-
 from mbert_jax.models import io
 from mbert_jax.models.summary import param_counts
+from mbert_jax.quickstart import exports
 from mbert_jax.train.logs import read_metrics
 
 MODELS = ("teacher", "distilled", "scratch")
@@ -20,63 +19,10 @@ LABELS = {
 }
 
 
-def _task_examples(model_dir: Path, seq_len: int, split: str, limit: int | None = None):
-    """The stdlib task's examples of `split`, tokenized with the model's vocabulary."""
-    from mbert_jax.data import corpus_task
-    from mbert_jax.export.data import tokenize
-
-    rows = corpus_task.build_examples()[split][:limit]
-    ex = tokenize([(text,) for text, _ in rows], model_dir / io.VOCAB_FILE, seq_len)
-    ex.labels["labels"] = np.array(
-        [corpus_task.PACKAGES.index(label) for _, label in rows], np.int32
-    )
-    return ex
-
-
 def export_all(workdir: Path, q) -> dict[str, dict[str, dict]]:
     """Export every fine-tuned model in each of `q.export_quantize`; returns their reports."""
-    from mbert_jax.export.exporter import export_tflite, load_for_export
-
-    out_dir = workdir / "export"
-    out_dir.mkdir(exist_ok=True)
-    summary_path = out_dir / "exports.json"
-    done = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    for name in MODELS:
-        model_dir = workdir / f"finetune_{name}" / "model"
-        for quantize in q.export_quantize:
-            key = f"{name}/{quantize}"
-            path = out_dir / f"{name}_{quantize}.tflite"
-            if key in done and path.is_file():
-                continue
-            print(f"== export {name} ({quantize}) -> {path}", flush=True)
-            calibration = (
-                _task_examples(model_dir, q.export_seq_len, "train", q.num_calibration)
-                if quantize == "int8"
-                else None
-            )
-            report = export_tflite(
-                load_for_export(model_dir),
-                "classification",
-                path,
-                quantize=quantize,
-                seq_len=q.export_seq_len,
-                calibration=calibration,
-                verify_examples=_task_examples(model_dir, q.export_seq_len, "dev"),
-                verify_source="stdlib dev split",
-                threads=(1,),
-            )
-            print("\n".join(report.lines()), flush=True)
-            done[key] = {
-                "path": str(path),
-                "size_bytes": report.size_bytes,
-                "max_abs_diff": report.max_abs_diff,
-                "agreement": report.agreement,
-                "accuracy_jax": report.metric_jax,
-                "accuracy_tflite": report.metric_tflite,
-                "latency_ms": report.latency_ms.get(1),
-            }
-            summary_path.write_text(json.dumps(done, indent=2) + "\n")
-    return done
+    entries = [(name, workdir / f"finetune_{name}" / "model", "stdlib") for name in MODELS]
+    return exports.export_all(workdir, q, entries)
 
 
 def _results(run_dir: Path) -> dict:

@@ -1,4 +1,4 @@
-"""`mbert-jax quickstart`: the MobileBERT recipe end to end, at micro size, on this CPU.
+"""The micro preset: the MobileBERT recipe end to end, at micro size, on this CPU.
 
 Phases (each in its own sub-directory of the workdir, each resumable):
 
@@ -17,37 +17,14 @@ phases themselves run the same configs a user would (`configs/pretrain_ibbert.py
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import ml_collections
-
 from mbert_jax.models import io
-from mbert_jax.train.cli import load_config_module, setup_compilation_cache, setup_logging
+from mbert_jax.quickstart.phases import load_config, train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = ("teacher", "distilled", "scratch")
-
-
-def _configs_dir() -> Path:
-    if not (CONFIGS / "quickstart.py").is_file():
-        raise SystemExit(
-            f"the experiment configs are not at {CONFIGS}; run the quickstart from a clone "
-            "of the repository installed with `pip install -e .`"
-        )
-    return CONFIGS
-
-
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    module, _ = load_config_module(str(_configs_dir() / f"{name}.py"))
-    return ml_collections.ConfigDict(module.get_config(arg).to_dict())
-
-
-def finished(run_dir: Path) -> bool:
-    return io.is_model_dir(run_dir / "model") and (run_dir / "results.json").is_file()
 
 
 def _pretraining_data(config, q, vocab_file: str = "") -> None:
@@ -58,21 +35,6 @@ def _pretraining_data(config, q, vocab_file: str = "") -> None:
     d.seed = q.seed
     if vocab_file:
         d.vocab_file = vocab_file
-
-
-def _train(name: str, config, run_dir: Path) -> None:
-    from mbert_jax.train.cli import run_config
-
-    if finished(run_dir):
-        print(f"== {name}: done ({run_dir}), skipped", flush=True)
-        return
-    print(f"== {name}: training in {run_dir}", flush=True)
-    start = time.monotonic()
-    config.lock()
-    result = run_config(config, str(run_dir))
-    if result.preempted:
-        raise SystemExit("preempted; run the same command again to resume")
-    print(f"== {name}: finished in {time.monotonic() - start:.0f}s", flush=True)
 
 
 def teacher_config(q):
@@ -151,54 +113,24 @@ def run(workdir: Path, q) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     teacher_dir = workdir / "teacher"
-    _train("teacher pretraining (micro IB-BERT)", teacher_config(q), teacher_dir)
+    train("teacher pretraining (micro IB-BERT)", teacher_config(q), teacher_dir)
     distill = distill_config(q, teacher_dir)
-    _train("progressive transfer + PD (micro MobileBERT)", distill, workdir / "distilled")
+    train("progressive transfer + PD (micro MobileBERT)", distill, workdir / "distilled")
     layers = io.load_model(workdir / "distilled" / "model")[0].num_layers
     steps = student_steps(q, layers)
     scratch = scratch_config(q, teacher_dir, steps)
-    _train(f"student from scratch ({steps} steps)", scratch, workdir / "scratch")
+    train(f"student from scratch ({steps} steps)", scratch, workdir / "scratch")
     for name in MODELS:
-        _train(
+        train(
             f"fine-tuning {name} on stdlib",
             finetune_config(q, workdir / name / "model"),
             workdir / f"finetune_{name}",
         )
     mlm = held_out_mlm(q, workdir, teacher_dir)
-    from mbert_jax import quickstart_report as report_lib
+    from mbert_jax.quickstart import micro_report as report_lib
 
     exports = report_lib.export_all(workdir, q)
     path = report_lib.write_report(workdir, q, mlm, exports)
     print(path.read_text())
     print(f"quickstart finished in {time.monotonic() - start:.0f}s; report: {path}")
     return path
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="mbert-jax quickstart", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, help="where every phase writes (resumable)")
-    p.add_argument(
-        "--config", default="", help="quickstart options after configs/quickstart.py, e.g. 'tiny'"
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a quickstart setting, e.g. --set teacher_steps=600",
-    )
-    args = p.parse_args(argv)
-    setup_logging()
-    setup_compilation_cache()
-    q = load_config("quickstart", args.config or None)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in q:
-            raise SystemExit(f"unknown quickstart setting {key!r}; settings: {sorted(q)}")
-        q[key] = type(q[key])(value) if not isinstance(q[key], tuple) else tuple(value.split(","))
-    run(Path(args.workdir), q)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

