@@ -69,7 +69,14 @@ MOBILEBERT_OPTIONS = """\
                      mobilebert_micro), batch 16 x 64 tokens, 40 steps per
                      layer stage and 200 PD steps: a CPU smoke run
     student=NAME     mobilebert (default), tiny (= mobilebert_tiny), or any variant
-    teacher=PATH     the IB-BERT model directory (config.teacher.path); empty: a
+    student=fit      a MobileBERT shaped after the teacher, for a teacher that is
+                     not an IB-BERT (a stock BERT such as all-MiniLM-L6-v2):
+                     config.student.fit=True, resolved when the recipe starts
+                     (distill/mobilebert/fit.py `fit_student`; `mbert-jax describe
+                     --config FILE:student=fit,teacher=PATH` prints it); the
+                     random teacher of an empty path is then a bert_base
+    teacher=PATH     the teacher's model directory (config.teacher.path): an
+                     IB-BERT, or with student=fit any BERT; empty: a
                      random teacher (tests and smoke runs only; logs a warning).
                      `--config.teacher.dtype=bfloat16` holds and runs it in bf16
     data=default|synthetic   the embedded corpus (or --config.data.* for real
@@ -101,11 +108,15 @@ def mobilebert(strategy: str, arg: str | None = None) -> ml_collections.ConfigDi
         layers=0,
     )
     suffix = "_micro" if arg.runlocal else ""
-    student = "mobilebert_tiny" if arg.student == "tiny" else arg.student
+    fit = arg.student == "fit"
+    student = {"tiny": "mobilebert_tiny", "fit": "mobilebert"}.get(arg.student, arg.student)
     depth = {"num_layers": arg.layers} if arg.layers else {}
     config = base_config("distill_mobilebert")
     config.student = model_block(student + suffix, **depth)
-    config.teacher = teacher_block("ibbert_large" + suffix, arg.teacher, **depth)
+    # True: the student takes the teacher's shape (fit.fit_student) when the recipe starts.
+    config.student.fit = fit
+    teacher = "bert_base" if fit else "ibbert_large"
+    config.teacher = teacher_block(teacher + suffix, arg.teacher, **depth)
 
     d = config.distill = default_distill_config()
     d.strategy = strategy

@@ -20,8 +20,10 @@ machine) at 40% utilization, four fifths of it PD. Expected (paper): the
 student's MLM accuracy close to the teacher's after PD, and GLUE 77.7 /
 SQuAD v1.1 dev F1 90.0 after fine-tuning.
 Options (see `configs/common.py`): `student=tiny`
-(MobileBERT-TINY), `lower=reduced|same`, `official` (the official TF1 code's
-choices), `teacher=PATH`, `data=synthetic`, `layers=N`.
+(MobileBERT-TINY), `student=fit` (a MobileBERT shaped after a teacher that is
+not an IB-BERT, e.g. all-MiniLM-L6-v2; docs/configs.md), `lower=reduced|same`,
+`official` (the official TF1 code's choices), `teacher=PATH`, `data=synthetic`,
+`layers=N`.
 
 CPU smoke run (micro models, 4 stages x 40 steps + 200 PD steps, batch 16 x
 64): about 3 minutes on 2 shared cores (1.5 CPU-minutes, half of it compiling
@@ -45,6 +47,17 @@ lower blocks; `--dry_run` prints the five train commands):
 
     mbert-jax sweep --config configs/mobilebert_pkt.py:runlocal,teacher=runs/ibbert_local/model \
         --workdir runs/mobilebert_ablation
+
+From a stock BERT (`student=fit`; a teacher without an MLM head needs
+`--config.distill.pd_steps=0`), e.g. all-MiniLM-L6-v2 converted with
+`mbert-jax convert from-hf`: 6 stages x 40 steps, about 8 minutes on 2 shared
+cores; stage 1 takes `fmt_layer_1` from 0.89 to 0.46 with the factorized
+embeddings training beside block 1, each later stage its layer from about 0.5
+to 0.40-0.46 (measured):
+
+    mbert-jax train \
+        --config configs/mobilebert_pkt.py:runlocal,student=fit,teacher=runs/minilm/model \
+        --workdir runs/mobilebert_fit_local --config.distill.pd_steps=0
 
 Paper: PKT > JKT > AKT after fine-tuning at full size. At runlocal size the
 runs show the mechanics, not that ordering (JKT trains every block for all

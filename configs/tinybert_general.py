@@ -50,6 +50,8 @@ def get_config(arg=None):
         official_losses=arg.official,
         shared_projection=arg.official,
         projection_bias=arg.official,
+        # "factorized": a fresh student's embeddings from the teacher's table (low rank).
+        init_embeddings="random",
     )
 
     # NSP pairs are not used by the layer-wise losses.

@@ -67,6 +67,8 @@ def get_config(arg=None):
         official_losses=arg.official,
         shared_projection=arg.official,
         projection_bias=arg.official,
+        # "factorized": a fresh student's embeddings from the teacher's table (low rank).
+        init_embeddings="random",
         intermediate_steps=20_000,
         prediction_steps=6_000,
         intermediate_learning_rate=5e-5,

@@ -18,24 +18,64 @@ def describe_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="mbert-jax describe",
-        description="Parameters by component and FLOPs per token of model variants.",
+        description="Parameters by component and FLOPs per token of model variants, or of "
+        "the teacher and student of a distillation config (as the recipe resolves them, "
+        "e.g. a student fitted to its teacher).",
     )
     parser.add_argument(
         "variants", nargs="*", help=f"one or more of: {', '.join(variants.names())}"
     )
     parser.add_argument("--all", action="store_true", help="describe every full-size variant")
+    parser.add_argument(
+        "--config",
+        help="a distillation config, configs/X.py[:options] (e.g. "
+        "configs/mobilebert_pkt.py:student=fit,teacher=PATH); reads no parameters",
+    )
     args = parser.parse_args(argv)
     names = list(variants.VARIANTS) if args.all else args.variants
-    if not names:
-        parser.error("name at least one variant, or pass --all")
+    if not names and not args.config:
+        parser.error("name at least one variant, pass --all, or --config")
+    models = []
     for name in names:
         try:
-            config = variants.get(name)
+            models.append((name, variants.get(name)))
         except ValueError as e:
             parser.error(str(e))
+    if args.config:
+        try:
+            models += config_models(args.config)
+        except ValueError as e:
+            parser.error(str(e))
+    for name, config in models:
         print(summary.describe(name, config))
         print()
     return 0
+
+
+def config_models(spec: str):
+    """`[(name, ModelConfig)]` of the teacher and student of a distillation config file.
+
+    The teacher's config is read without its parameters; the student is
+    resolved as the recipe resolves it (`mobilebert.fit.student_block`: a
+    student fitted to its teacher takes the teacher's vocabulary).
+    """
+    from mbert_jax.distill import teacher as teacher_lib
+    from mbert_jax.distill.mobilebert.fit import student_block
+    from mbert_jax.models.variants import from_block
+    from mbert_jax.train.cli import load_config_module
+
+    module, arg = load_config_module(spec)
+    config = module.get_config(arg)
+    if "student" not in config or "teacher" not in config:
+        raise ValueError(f"--config {spec}: not a distillation config (no student and teacher)")
+    teacher = teacher_lib.read_config(config.teacher)
+    fitted = bool(config.student.get("fit", False))
+    forced = {"vocab_size": teacher.vocab_size} if fitted else {}
+    student = from_block(student_block(config, teacher), **forced)
+    return [
+        (f"teacher ({teacher_lib.describe(config.teacher)})", teacher),
+        ("student" + (" (fitted to the teacher)" if fitted else ""), student),
+    ]
 
 
 def train_main(argv: list[str]) -> int:

@@ -153,6 +153,15 @@ def read_config(block, *, heads: tuple[str, ...] = (), what: str = "teacher") ->
     return config
 
 
+def stored_heads(block, what: str = "teacher") -> tuple[str, ...] | None:
+    """The heads a teacher block's model directory holds; None for a random teacher
+    (drawn with whatever heads a recipe asks for). For recipes whose need of a head
+    depends on their settings (MobileBERT: the MLM head only for PD)."""
+    if not block.get("path"):
+        return None
+    return io.load_config(_model_dir(block.path, what))[1]
+
+
 def load_teacher(
     block,
     *,

@@ -40,12 +40,15 @@ def _flops(n: float) -> str:
 
 def plan_config(config) -> ml_collections.ConfigDict:
     """The config with its data replaced by synthetic batches of the same shapes."""
+    from mbert_jax.distill.teacher import read_config
     from mbert_jax.models.variants import from_block
     from mbert_jax.train.inputs import synthetic_data_config
 
     c = ml_collections.ConfigDict(config.to_dict())
     model_block = c.get("student") or c.get("model")
     vocab = from_block(model_block).vocab_size
+    if c.get("teacher") and c.teacher.get("path"):  # the data must use the teacher's vocabulary
+        vocab = read_config(c.teacher).vocab_size
     d = c.data
     c.data = synthetic_data_config(
         vocab_size=vocab,

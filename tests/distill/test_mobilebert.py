@@ -244,6 +244,178 @@ def test_evaluate_reports_the_layers_trained_so_far_and_mlm_when_the_stack_is_fu
     assert float(first["fmt_layer_1"].mean()) == pytest.approx(float(pd["fmt_layer_1"].mean()))
 
 
+# ------------------------------------------------- a student fitted to a stock BERT
+WIDE = dict(hidden_size=384, num_layers=2, num_heads=12, intermediate_size=1536)
+
+
+@pytest.fixture(scope="module")
+def stock_bert(tmp_path_factory):
+    """A random transformers `BertModel` (no MLM head) 384 wide, as a model directory.
+
+    `initializer_range=0.1` peaks its attention maps (at 0.02 they are nearly
+    uniform, leaving attention transfer nothing to learn in a few steps).
+    """
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from mbert_jax.models import hf
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=500,
+        hidden_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=64,
+        initializer_range=0.1,
+    )
+    model = transformers.BertModel(cfg).eval()
+    d = tmp_path_factory.mktemp("stock_bert")
+    model.save_pretrained(d / "hf")
+    hf.hf_to_model_dir(d / "hf", d / "model")
+    word = model.embeddings.word_embeddings.weight.detach().numpy().astype(np.float64)
+    return d / "model", word
+
+
+def fit_config(arg="runlocal,data=synthetic,student=fit", teacher_path="", **distill):
+    c = common.mobilebert("pkt", arg)
+    c.teacher.path = teacher_path
+    c.teacher.overrides.update(WIDE)
+    c.data.update(global_batch_size=4, max_seq_length=16, max_predictions_per_seq=3)
+    c.data.vocab_size = 500
+    c.student.overrides.attention_dropout = 0.0
+    c.optimizer.learning_rate = 1e-3
+    c.distill.update(**distill)
+    return c
+
+
+def rank_k(table, k):
+    """The best rank-k approximation of a table, from the eigenvectors of its Gram matrix."""
+    _, vectors = np.linalg.eigh(table.T @ table)  # ascending eigenvalues
+    top = vectors[:, ::-1][:, :k]
+    return table @ top @ top.T
+
+
+def test_the_fit_student_follows_a_384_wide_12_head_teacher():
+    # Full-size variant (E = 128), a random 384-wide teacher; nothing is drawn or compiled.
+    recipe = recipes.build(fit_config("data=synthetic,student=fit"))
+    s = recipe.student_config
+    assert (s.num_layers, s.hidden_size, s.num_heads) == (2, 384, 12)
+    # 384 / 4 = 96 = 8 x 12 heads; each of the 4 stacked FFNs 4 x 96 wide.
+    assert (s.intra_bottleneck_size, s.intermediate_size, s.num_feedforward_networks) == (
+        96,
+        384,
+        4,
+    )
+    assert (s.embed_size, s.embedding_transform, s.normalization, s.hidden_act) == (
+        128, "trigram", "no_norm", "relu"
+    )  # fmt: skip
+    assert (s.vocab_size, s.max_position_embeddings, s.type_vocab_size) == (500, 512, 2)
+    assert s.key_query_shared_bottleneck
+    assert recipe.fit.embeddings == "factorized" and not recipe.fit.copy_head
+    # Overrides win over the fitted values.
+    c = fit_config("data=synthetic,student=fit")
+    c.student.overrides.intra_bottleneck_size = 48
+    c.student.overrides.num_feedforward_networks = 2
+    s = recipes.build(c).student_config
+    assert (s.intra_bottleneck_size, s.intermediate_size, s.num_feedforward_networks) == (
+        48,
+        192,
+        2,
+    )
+
+
+@pytest.mark.parametrize(
+    "hidden, heads, size",
+    [(384, 12, 96), (512, 4, 128), (768, 12, 192), (64, 4, 16), (100, 12, 24)],
+)
+def test_bottleneck_is_the_multiple_of_the_heads_nearest_a_quarter(hidden, heads, size):
+    from mbert_jax.distill.mobilebert.fit import bottleneck_size
+
+    assert bottleneck_size(hidden, heads) == size
+
+
+@pytest.mark.parametrize("rank", [32, 384])
+def test_factorized_embeddings_start_as_the_rank_k_approximation_of_the_teachers(stock_bert, rank):
+    path, word = stock_bert
+    c = fit_config(teacher_path=str(path), pd_steps=0)
+    c.student.overrides.embedding_size = rank
+    s = Setup(c)
+    teacher, student = flat(s.teacher), flat(s.params)
+    assert student["encoder/embeddings/word_embeddings/embedding"].shape == (500, rank)
+    # The student's embedding output (its NoNorm at init is the identity) against numpy.
+    from mbert_jax.models.embeddings import Embeddings
+
+    ids, types = np.asarray(s.batch["input_ids"]), np.asarray(s.batch["token_type_ids"])
+    emb = {k.split("/", 2)[2]: v for k, v in student.items() if k.startswith("encoder/embeddings/")}
+    out = Embeddings(s.recipe.student_config).apply(
+        {"params": io.unflatten(emb)}, jnp.asarray(ids), jnp.asarray(types)
+    )
+    e = "encoder/embeddings/"
+    expected = (
+        rank_k(word, rank)[ids]
+        + teacher[e + "position_embeddings/embedding"][None, : ids.shape[1]]
+        + teacher[e + "token_type_embeddings/embedding"][types]
+    )
+    np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=1e-5)
+    if rank == 384:  # full rank: the teacher's own table, exactly
+        np.testing.assert_allclose(rank_k(word, 384), word, atol=1e-5)
+    # The MLM head keeps its initialization (its output matrix is tied to a narrower table).
+    assert np.array_equal(student["mlm/transform/kernel"], flat(s.fresh)["mlm/transform/kernel"])
+
+
+def test_pkt_from_a_stock_bert_transfers_layer_by_layer(stock_bert):
+    steps = 15
+    c = fit_config(teacher_path=str(stock_bert[0]), layer_steps=steps, pd_steps=0)
+    s = Setup(c)
+    assert s.recipe.teacher_heads == ()  # no MLM head in a BertModel: none is loaded
+    assert [st.name for st in s.recipe.stages()] == ["pkt_layer_1", "pkt_layer_2"]
+    params = s.params
+    embeddings = {k for k in flat(params) if k.startswith("encoder/embeddings/")}
+    for layer in (1, 2):
+        state, hist = s.train(s.stage(f"pkt_layer_{layer}"), params, steps)
+        # This stage's transfer losses drop (each step reports them before its
+        # update, on the same batch, dropout off); only its own layer's are trained.
+        mean = [{k: float(v.total) / float(v.count) for k, v in h.items()} for h in hist]
+        assert mean[-1][f"fmt_layer_{layer}"] < 0.5 * mean[0][f"fmt_layer_{layer}"]
+        assert mean[-1][f"at_layer_{layer}"] < 0.99 * mean[0][f"at_layer_{layer}"]
+        assert not any(k.endswith(f"_layer_{3 - layer}") for k in mean[0])
+        a, b = flat(params), flat(state.params)
+        changed = {k for k in a if not np.array_equal(a[k], b[k])}
+        block = {k for k in a if k.startswith(f"encoder/layers_{layer - 1}/")}
+        # Lower layers are frozen; the factorized embeddings train with block 1 only.
+        trained = block | (embeddings if layer == 1 else set())
+        assert changed <= trained
+        assert {k for k in trained if a[k].ndim > 1} <= changed
+        params = state.params
+
+
+def test_describe_prints_the_resolved_student_of_a_config(stock_bert, capsys):
+    from mbert_jax import cli
+
+    spec = f"{ROOT / 'configs/mobilebert_pkt.py'}:student=fit,teacher={stock_bert[0]}"
+    assert cli.describe_main(["--config", spec]) == 0
+    out = capsys.readouterr().out
+    assert f"teacher (config.teacher.path={stock_bert[0]}): 2 layers, hidden 384" in out
+    assert (
+        "student (fitted to the teacher): 2 layers, hidden 384, intra-block 96, 12 heads, "
+        "FFN 384 x4, E 128 (trigram), no_norm, relu, sharing none, vocab 500"
+    ) in out
+
+
+def test_pd_needs_the_teachers_mlm_head(stock_bert, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("jax.jit called while checking the config")
+
+    monkeypatch.setattr(jax, "jit", refuse)
+    for strategy, pd_steps in (("pkt", 5), ("akt", 0)):
+        c = fit_config(teacher_path=str(stock_bert[0]), strategy=strategy, pd_steps=pd_steps)
+        with pytest.raises(ValueError, match=r"config\.teacher\.path=.*no MLM head.*pd_steps"):
+            recipes.build(c)
+    recipe = recipes.build(fit_config(teacher_path=str(stock_bert[0]), pd_steps=0))
+    assert recipe.fit.teacher_heads == () and recipe.stages()[-1].name == "pkt_layer_2"
+
+
 # ------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
@@ -283,6 +455,24 @@ def test_runlocal_pkt_through_the_cli(tmp_path, env):
     config, heads, params = io.load_model(tmp_path / "model")
     assert heads == ("mlm", "nsp") and config.num_layers == 2 and "nsp" in params
     assert json.loads((tmp_path / "results.json").read_text())["step"] == 6
+
+
+@pytest.mark.slow
+def test_runlocal_pkt_of_a_fit_student_through_the_cli(tmp_path, env, stock_bert):
+    p = train(
+        "mobilebert_pkt.py",
+        tmp_path,
+        env,
+        "--config.student.fit=True",
+        f"--config.teacher.path={stock_bert[0]}",
+        "--config.data.vocab_size=500",
+        "--config.distill.pd_steps=0",
+    )
+    assert "student fitted to the teacher" in p.stderr and "factorized" in p.stderr
+    rows = read_metrics(tmp_path, "train")
+    assert [r["stage"] for r in rows] == ["pkt_layer_1"] * 2 + ["pkt_layer_2"] * 2
+    config, _, _ = io.load_model(tmp_path / "model")
+    assert (config.hidden_size, config.intra_bottleneck_size, config.num_heads) == (384, 96, 12)
 
 
 @pytest.mark.slow

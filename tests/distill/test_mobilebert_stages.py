@@ -109,6 +109,25 @@ def test_rules_train_exactly_the_block_of_the_stage_on_the_real_parameter_tree()
     assert set(pd_labels) == {"x1"}
 
 
+def test_factorized_embeddings_train_with_block_1_in_pkt_and_throughout_jkt():
+    shapes = param_shapes(Model(variants.get("mobilebert_micro")))
+    embeddings = {k for k in _leaf_sizes(shapes) if k.startswith("encoder/embeddings/")}
+
+    def trained(stage):
+        labels = traverse_util.flatten_dict(make_labels(shapes, stage.rules), sep="/")
+        return {k for k, v in labels.items() if v != "frozen"}
+
+    pkt = stages_of(distill(), layers=4, train_embeddings=True)
+    assert embeddings <= trained(pkt[0]) and pkt[0].options.stop_gradient_below is None
+    for stage in pkt[1:4]:  # then frozen with the lower blocks, and cut off by stop_gradient
+        assert not embeddings & trained(stage)
+        assert stage.options.stop_gradient_below == stage.options.student_layers - 1
+    reduced = stages_of(distill(lower_layers="reduced"), layers=4, train_embeddings=True)
+    assert reduced[2].rules[2] == ("encoder/embeddings/.*", pytest.approx(0.1))
+    (jkt,) = stages_of(distill(strategy="jkt", pd_steps=0), layers=4, train_embeddings=True)
+    assert embeddings <= trained(jkt) and jkt.options.stop_gradient_below is None
+
+
 def test_shared_layer_students_take_jkt():
     shapes = param_shapes(Model(variants.get("albert_base_micro")))
     (jkt,) = stages_of(distill(strategy="jkt", pd_steps=0), layers=4)
@@ -158,6 +177,10 @@ def no_compiling(monkeypatch):
         ({"distill.ground_truth_ratio": 1.5}, r"config\.distill\.ground_truth_ratio"),
         ({"data.max_seq_length": 256}, r"config\.data\.max_seq_length"),
         ({"teacher.dtype": "int8"}, r"config\.teacher\.dtype"),
+        (
+            {"student.fit": True, "student.variant": "bert_base_micro"},
+            r"config\.student\.variant='bert_base_micro' has no bottleneck",
+        ),
     ],
 )
 def test_impossible_configs_fail_naming_the_field(no_compiling, change, message):

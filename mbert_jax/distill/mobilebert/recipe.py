@@ -1,41 +1,50 @@
-"""Recipe: MobileBERT task-agnostic distillation from an IB-BERT teacher.
+"""Recipe: MobileBERT task-agnostic distillation from an IB-BERT (or a stock BERT) teacher.
 
 `MobileBertRecipe(config)` ("distill_mobilebert") trains `config.student`
 (a MobileBERT of the zoo with MLM and NSP heads) from the teacher in the
 model directory `config.teacher.path` (e.g. WORKDIR/model of
 configs/pretrain_ibbert.py), following `config.distill` (PKT / JKT / AKT and
 PD; the strategies, rules, schedules and the paper-vs-official options are
-described in `mobilebert_stages.py`, which builds the stages).
+described in `stages.py`, which builds the stages).
 
 Config blocks it reads:
 
-    student   model block: {variant, overrides}; vocab_size comes from the data
+    student   model block: {variant, overrides, fit}; vocab_size comes from the
+              data; `fit=True` shapes the student after the teacher when the
+              recipe starts (`fit.fit_student`: the teacher's depth, width and
+              heads, a bottleneck of about a quarter of the width; the option
+              student=fit of configs/mobilebert_*.py)
     teacher   `teacher.teacher_block`: {path, variant, overrides, seed, dtype}: a
               model directory, or (empty path: tests and smoke runs only, with a
               warning) a randomly initialized `variant` (`host_init`, seeded by
               `seed`); dtype "bfloat16" holds and runs it in bf16 (the copies into
               the student stay float32)
-    distill   `mobilebert_stages.default_distill_config()`
+    distill   `stages.default_distill_config()`
     data      as pretraining (`train.inputs`); with a teacher directory that has
               a vocab.txt, the data uses it (and checks it) unless vocab_file is set
 
-Fit. Before anything is built, `check_fit` (`mobilebert_teacher.py`)
-requires what the transfer needs: the same block width B (feature maps; the
-copied MLM head and embedding transformation are B wide), the same number of
-heads (attention maps, unless `attention_factor=0`), the same embedding width
-E, embedding transform, token-type and position tables (copied), a possible
-layer map, and the same vocabulary as the data. Each error names the config
-field to change.
+Fit. Before anything is built, `check_fit` (`fit.py`) requires what the
+transfer needs: the same block width B (feature maps), the same number of
+heads (attention maps, unless `attention_factor=0`), embeddings it can copy
+(the same width E, embedding transform, token-type and position tables) or,
+from a teacher with a plain per-token table (a stock BERT), factorize; an
+MLM head when PD runs; a possible layer map, and the same vocabulary as the
+data. Each error names the config field to change.
 
-Initial overrides (fresh runs only): the student's word, position and
-token-type tables, embedding transformation and the whole MLM head (transform,
-its LayerNorm, `extra_output_weights`, output bias) are copied from the
-teacher; the embedding norm too when both use the same normalization type.
-Otherwise (IB-BERT LayerNorm, MobileBERT NoNorm) copying the parameters would
-give different functions, so the student keeps its own embedding norm and
-trains it (see `mobilebert_stages.py`). The frozen copied MLM head runs with the
-student's activation (relu where the teacher used gelu); that only matters for
-the MLM accuracy monitored before PD, which then trains the head.
+Initial overrides (fresh runs only). Same layout (an IB-BERT teacher): the
+student's word, position and token-type tables, embedding transformation and
+the whole MLM head (transform, its LayerNorm, `extra_output_weights`, output
+bias) are copied from the teacher and frozen during transfer. Other layout (a
+stock BERT): the embeddings are factorized from the teacher's word table
+(`distill/embedding_init.py`: the rank-E approximation through the trigram's
+middle slot; position and type tables copied) and train with block 1; the
+MLM head keeps its initialization until PD trains it. Either way the embedding
+norm is copied when both use the same normalization type; otherwise (LayerNorm
+vs MobileBERT's NoNorm) copying the parameters would give different
+functions, so the student keeps its own embedding norm and trains it (see
+`stages.py`). A frozen copied MLM head runs with the student's activation
+(relu where the teacher used gelu); that only matters for the MLM accuracy
+monitored before PD, which then trains the head.
 
 Metrics (training and `evaluate`; stable names, `LossSum` means, unweighted):
 
@@ -46,7 +55,8 @@ Metrics (training and `evaluate`; stable names, `LossSum` means, unweighted):
     nsp           next-sentence CE (PD, AKT; evaluation whenever the stack is full)
     mlm           the student's plain MLM CE (evaluation)
     mlm_accuracy, nsp_accuracy   the student's (when its full stack runs)
-    teacher_mlm_accuracy         the teacher's MLM accuracy (evaluation, full stack)
+    teacher_mlm_accuracy         the teacher's MLM accuracy (evaluation, full stack,
+                                 when the teacher has an MLM head)
 
 `evaluate` reports the transfer losses of every layer trained so far (PKT
 stage l: layers 1..l, so it only runs l blocks of each model), and all of
@@ -63,14 +73,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbert_jax import losses
+from mbert_jax.distill import embedding_init
 from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.mobilebert.fit import (
     COPIED_EMBEDDINGS,
     COPIED_HEAD,
     EMBEDDING_NORM,
-    TEACHER_HEADS,
     check_fit,
     copy_into,
+    describe_student,
+    student_block,
 )
 from mbert_jax.distill.mobilebert.stages import mobilebert_stages, validate_distill_config
 from mbert_jax.losses import LossSum
@@ -92,19 +104,30 @@ class MobileBertRecipe(Recipe):
         d = self.distill = config.distill
         validate_distill_config(d)
         t = config.teacher
-        # 1. Structure, before any data is built.
-        self.layer_map = check_fit(
-            from_block(config.student),
-            teacher_lib.read_config(t, heads=TEACHER_HEADS),
+        # 1. Structure, before any data is built: the student (fitted to the
+        #    teacher when config.student.fit), and how it learns from the teacher.
+        teacher_config = teacher_lib.read_config(t)
+        self.student_block = student_block(config, teacher_config)
+        if config.student.get("fit", False):
+            log.info(
+                "student fitted to the teacher (config.student.fit): %s",
+                describe_student(from_block(self.student_block)),
+            )
+        self.fit = check_fit(
+            from_block(self.student_block),
+            teacher_config,
             d,
             teacher_name=teacher_lib.describe(t),
             max_seq_length=int(config.data.max_seq_length),
+            teacher_heads=teacher_lib.stored_heads(t),
         )
+        self.layer_map = self.fit.layer_map
+        self.teacher_heads = self.fit.teacher_heads
         # 2. The data, then the vocabularies.
         self.data = inputs.pretraining_inputs(teacher_lib.teacher_data_config(config.data, t.path))
         vocab = self.data.vocab_size
-        self.teacher_spec = teacher_lib.load_teacher(t, heads=TEACHER_HEADS, vocab_size=vocab)
-        self.student_config = from_block(config.student, vocab_size=vocab)
+        self.teacher_spec = teacher_lib.load_teacher(t, heads=self.teacher_heads, vocab_size=vocab)
+        self.student_config = from_block(self.student_block, vocab_size=vocab)
         self.teacher_config = self.teacher_spec.run_config
         self.use_nsp = bool(config.data.get("nsp", True))
         self.student_heads = ("mlm", "nsp") if self.use_nsp else ("mlm",)
@@ -112,6 +135,14 @@ class MobileBertRecipe(Recipe):
         self.teacher_model = self.teacher_spec.model
         self.num_layers = self.student_config.num_layers
         self.copy_norm = self.student_config.normalization == self.teacher_config.normalization
+        if self.fit.embeddings == "factorized":
+            log.info(
+                "embeddings: factorized from the teacher's table (E %d of %d); they train with "
+                "block 1%s",
+                self.student_config.embed_size,
+                self.teacher_config.embed_size,
+                "" if self.fit.copy_head else "; the MLM head is not copied (other layout)",
+            )
         if not self.copy_norm:
             log.info(
                 "embedding norm: the student's %s differs from the teacher's %s, so it is not "
@@ -119,7 +150,7 @@ class MobileBertRecipe(Recipe):
                 self.student_config.normalization,
                 self.teacher_config.normalization,
             )
-        if self.student_config.hidden_act != self.teacher_config.hidden_act:
+        if self.fit.copy_head and self.student_config.hidden_act != self.teacher_config.hidden_act:
             log.info(
                 "the copied MLM head runs with the student's %s (the teacher's is %s)",
                 self.student_config.hidden_act,
@@ -131,6 +162,7 @@ class MobileBertRecipe(Recipe):
             teacher_map=self.layer_map,
             use_nsp=self.use_nsp,
             train_embedding_norm=not self.copy_norm,
+            train_embeddings=self.fit.embeddings == "factorized",
         )
 
     # ------------------------------------------------------------ parameters
@@ -151,7 +183,17 @@ class MobileBertRecipe(Recipe):
         return self.teacher_spec.host_params()
 
     def initial_overrides(self, params):
-        prefixes = COPIED_EMBEDDINGS + COPIED_HEAD + ((EMBEDDING_NORM,) if self.copy_norm else ())
+        norm = (EMBEDDING_NORM,) if self.copy_norm else ()
+        if self.fit.embeddings == "factorized":  # the norm too when self.copy_norm
+            params, _ = embedding_init.init_embeddings(
+                params,
+                self._teacher_flat((embedding_init.PREFIX,)),
+                self.teacher_spec.config,
+                self.student_config,
+            )
+            log.info("embeddings factorized from the teacher's word table")
+            return params
+        prefixes = COPIED_EMBEDDINGS + (COPIED_HEAD if self.fit.copy_head else ()) + norm
         params, copied = copy_into(params, self._teacher_flat(prefixes), prefixes)
         log.info("copied %d embedding and MLM-head parameters from the teacher", copied)
         return params
@@ -221,7 +263,7 @@ class MobileBertRecipe(Recipe):
             num_layers=teacher_layers,
             output_hidden_states=feats,
             output_attentions=feats,
-            run_heads=TEACHER_HEADS if teacher_full and (pd or report) else (),
+            run_heads=self.teacher_heads if teacher_full and (pd or report) else (),
         )
         mask = batch["attention_mask"]
         valid = batch.get("valid")

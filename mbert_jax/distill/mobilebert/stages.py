@@ -13,7 +13,7 @@ distillation (PD). Three strategies order the two (`distill.strategy`):
 This module turns the config into a list of `train.recipe.Stage`s: each stage
 names its active loss terms and weights, its training rules (regex over the
 student's parameter paths -> learning-rate multiplier, or None = frozen) and
-the static forward options the recipe reads (`mobilebert.py`), a
+the static forward options the recipe reads (`recipe.py`), a
 `TransferOptions`: the active layers, whether PD is on, how many blocks each
 model runs, where the gradient stops, dropout, and the evaluated layers.
 
@@ -49,6 +49,10 @@ Progressive stage l (paper default first, the official codes as options):
   and frozen too when both models use the same normalization; otherwise
   (IB-BERT LayerNorm vs MobileBERT NoNorm) the student keeps its own, which
   trains with block 1 and afterwards follows `lower_layers`, as a layer 0.
+  A student whose embeddings were factorized from a stock BERT's table
+  (`fit.py`: another layout, nothing to copy) trains all of them so, as a
+  layer 0: with block 1 in PKT (then as `lower_layers` says), throughout
+  JKT, and AKT and PD train everything anyway.
   (The TF2 port keeps the embeddings trainable unless its freeze flag is set.)
 - `stage_loss_division` divides the stage's loss by l (the TF2 port's
   `total_loss /= stage_id + 1`); off by default (TF1 and the paper do not).
@@ -86,6 +90,7 @@ LOWER_LAYER_MODES = ("frozen", "reduced", "same")
 ATTENTION_FORMS = ("kl", "cross_entropy")
 
 EMBEDDING_NORM = "encoder/embeddings/norm/.*"
+EMBEDDINGS = "encoder/embeddings/.*"
 ALL_BLOCKS = r"encoder/(layers_\d+|shared_attention|shared_ffn)/.*"
 
 
@@ -234,6 +239,7 @@ def mobilebert_stages(
     teacher_map: tuple[int, ...],
     use_nsp: bool = True,
     train_embedding_norm: bool = False,
+    train_embeddings: bool = False,
 ) -> list[Stage]:
     """The stages of a `config.distill` block (see the module docstring).
 
@@ -244,6 +250,9 @@ def mobilebert_stages(
       use_nsp: the data has next-sentence labels (PD adds the NSP loss).
       train_embedding_norm: the student's embedding norm was not copied from
         the teacher (different normalization type), so it trains with block 1.
+      train_embeddings: the student's embeddings were not copied but
+        factorized from the teacher's table (`fit.py`), so all of them (the
+        norm included) train with block 1.
 
     Returns:
       The list of `Stage`s, transfer first, PD last.
@@ -251,9 +260,11 @@ def mobilebert_stages(
     L = student_layers
     every = tuple(range(1, L + 1))
     teacher_top = max(teacher_map[1:])
-    # Nothing below the lowest trained parameter needs a gradient: the
-    # embeddings are frozen, so even "all blocks" stops at block 0's input.
-    bottom = None if train_embedding_norm else 0
+    # The student's own embedding parameters (not copied): a "layer 0".
+    own = EMBEDDINGS if train_embeddings else EMBEDDING_NORM if train_embedding_norm else None
+    # Nothing below the lowest trained parameter needs a gradient: with the
+    # embeddings frozen, even "all blocks" stops at block 0's input.
+    bottom = None if own else 0
     transfer_steps = int(d.transfer_steps) or L * int(d.layer_steps)
     stages = []
     if d.strategy == "pkt":
@@ -267,11 +278,11 @@ def mobilebert_stages(
             rules = [(layers_pattern([layer - 1]), current)]
             if layer > 1:
                 rules.append((layers_pattern(range(layer - 1)), lower_rule))
-            if train_embedding_norm:
-                rules.append((EMBEDDING_NORM, current if layer == 1 else lower_rule))
+            if own:
+                rules.append((own, current if layer == 1 else lower_rule))
             rules.append((".*", None))
             if d.lower_layers == "frozen":
-                stop = None if (layer == 1 and train_embedding_norm) else layer - 1
+                stop = None if (layer == 1 and own) else layer - 1
             else:
                 stop = bottom
             scale = 1.0 / layer if d.stage_loss_division else 1.0
@@ -298,8 +309,8 @@ def mobilebert_stages(
         for layer in every:
             weights.update(layer_terms(d, layer, L))
         rules = [(ALL_BLOCKS, 1.0)]
-        if train_embedding_norm:
-            rules.append((EMBEDDING_NORM, 1.0))
+        if own:
+            rules.append((own, 1.0))
         rules.append((".*", None))
         stages.append(
             Stage(

@@ -38,6 +38,13 @@ Paper vs official code (paper default, official as an option):
 - Official attention index i*k + k - 1 and hidden index i*k (0-based) are the
   uniform map (`layer_map.py`).
 
+Embeddings (`distill.init_embeddings`): "random" (default) leaves a fresh
+student's as initialized; "factorized" starts them from the teacher's
+word table (`embedding_init.py`: ALBERT-style U_k S_k and V_k^T P for a
+student with embedding width k and a projection, position and type tables
+projected by P, the teacher's PCA basis or the identity at equal width),
+with W_e = P^T; not with `config.init_from`, which brings trained ones.
+
 Layer-wise losses need the same number of heads in student and teacher
 (checked at construction); widths may differ (the projections).
 ALBERT-style students (shared layers) work unchanged: each application of
@@ -52,6 +59,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mbert_jax.distill import embedding_init
 from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.layer_map import layer_map
 from mbert_jax.distill.task_data import TaskSetup
@@ -90,6 +98,18 @@ class TinyBertRecipe(Recipe):
         self.mode = d.mode
         self.official = bool(d.official_losses)
         self.temperature = float(d.get("temperature", 1.0))
+        self.init_embeddings = d.get("init_embeddings", "random")
+        if self.init_embeddings not in embedding_init.INIT_EMBEDDINGS:
+            raise ValueError(
+                f"config.distill.init_embeddings={self.init_embeddings!r}: one of "
+                f"{embedding_init.INIT_EMBEDDINGS}"
+            )
+        if self.init_embeddings == "factorized" and config.get("init_from"):
+            raise ValueError(
+                "config.distill.init_embeddings='factorized' initializes a fresh student from "
+                f"the teacher, but config.init_from={config.init_from} brings trained "
+                "embeddings; set one of them"
+            )
         self.task = None
         if self.mode == "general":
             data = teacher_lib.teacher_data_config(config.data, config.teacher.path)
@@ -130,6 +150,8 @@ class TinyBertRecipe(Recipe):
             use_bias=bool(d.projection_bias),
             init_range=s.initializer_range,
         )
+        if self.init_embeddings == "factorized":
+            embedding_init.check(s, t, teacher_name=teacher_lib.describe(config.teacher))
 
     def _student_config(self, vocab_size, num_labels):
         cfg = self.config
@@ -217,6 +239,8 @@ class TinyBertRecipe(Recipe):
         }
 
     def initial_overrides(self, params):
+        if self.init_embeddings == "factorized":
+            return self._factorized_embeddings(params)
         path = self.config.get("init_from")
         if not path:
             return params
@@ -229,6 +253,23 @@ class TinyBertRecipe(Recipe):
         student["encoder"] = jax.tree.map(jnp.asarray, stored["encoder"])
         log.info("student encoder initialized from %s", path)
         return {**params, "student": student}
+
+    def _factorized_embeddings(self, params):
+        """The student's embeddings from the teacher's table (`embedding_init.py`), and W_e = P^T.
+
+        W_e (or the shared projection) maps the student's width back to the
+        teacher's: P^T undoes the projection P of the initialized embeddings.
+        """
+        student, basis = embedding_init.init_embeddings(
+            params["student"],
+            self.teacher_spec.read((embedding_init.PREFIX,)),
+            self.teacher_spec.config,
+            self.student_config,
+        )
+        proj = dict(params["proj"])
+        proj["shared_kernel" if "shared_kernel" in proj else "embedding_kernel"] = basis.T
+        log.info("student embeddings factorized from the teacher's word table")
+        return {**params, "student": student, "proj": proj}
 
     def teacher(self):
         return self.teacher_spec.abstract()
