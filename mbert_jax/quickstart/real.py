@@ -94,6 +94,7 @@ def _task_data(c, q, task: str) -> None:
 def _corpus_data(c, q) -> None:
     c.data.global_batch_size = q.batch_size
     c.data.max_seq_length = q.general_seq_len
+    c.data.max_predictions_per_seq = min(c.data.max_predictions_per_seq, q.general_seq_len // 6)
     c.data.seed = q.seed
 
 
@@ -136,6 +137,7 @@ def tinybert_student(q) -> dict:
         num_heads=heads,
         intermediate_size=4 * hidden,
         embedding_size=min(q.embedding_size, hidden),
+        embedding_transform="dense",  # ALBERT-style: E -> hidden
         vocab_size=t.vocab_size,
         max_position_embeddings=t.max_position_embeddings,
         type_vocab_size=t.type_vocab_size,
