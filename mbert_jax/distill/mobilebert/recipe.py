@@ -83,6 +83,12 @@ from mbert_jax.train.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
 
+# Who needs the teacher's MLM head, for the missing-head message.
+NEEDED_BY = (
+    "MobileBERT (the student copies the teacher's MLM head, and pre-training distillation, "
+    "config.distill.pd_steps>0, distills its MLM logits)"
+)
+
 
 class MobileBertRecipe(Recipe):
     """MobileBERT layer-wise transfer (PKT / JKT / AKT) and pre-training distillation."""
@@ -95,7 +101,7 @@ class MobileBertRecipe(Recipe):
         # 1. Structure, before any data is built.
         self.layer_map = check_fit(
             from_block(config.student),
-            teacher_lib.read_config(t, heads=TEACHER_HEADS),
+            teacher_lib.read_config(t, heads=TEACHER_HEADS, needed_by=NEEDED_BY),
             d,
             teacher_name=teacher_lib.describe(t),
             max_seq_length=int(config.data.max_seq_length),
