@@ -71,3 +71,25 @@ def shared_compilation_cache(tmp_path_factory):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     os.environ["MBERT_JAX_COMPILE_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """The converted-model cache (`models/resolve.py`) in a temporary directory, never in ~.
+
+    `MBERT_JAX_CACHE` also moves the data cache's default (`data/tokenized.py`)
+    there, for this process and the CLI subprocesses tests start. A test that
+    needs an empty cache sets the variable to its own `tmp_path`.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers, like the compilation cache
+    root = root / "mbert_jax_cache"
+    root.mkdir(exist_ok=True)
+    previous = os.environ.get("MBERT_JAX_CACHE")
+    os.environ["MBERT_JAX_CACHE"] = str(root)
+    yield root
+    if previous is None:
+        os.environ.pop("MBERT_JAX_CACHE", None)
+    else:
+        os.environ["MBERT_JAX_CACHE"] = previous

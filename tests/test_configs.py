@@ -30,6 +30,7 @@ EXAMPLE_VALUES = {
     "tinybert_general.py:student": "albert_base",
     "tinybert_task.py:student": "tinybert6",
     "teacher": "/tmp/some/teacher/model",
+    "model": "/tmp/some/model",
     "lower": "reduced",
     "layers": "2",
     "task": "stsb",

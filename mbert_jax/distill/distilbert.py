@@ -56,6 +56,11 @@ from mbert_jax.tree import shape_mismatch
 log = logging.getLogger(__name__)
 
 KL_POSITIONS = ("all", "masked")
+# Who needs the teacher's MLM head, for the missing-head message.
+NEEDED_BY = (
+    "DistilBERT (its soft targets, config.distill.loss_weights.kl, and the student's MLM "
+    "head, config.distill.init_layers)"
+)
 BERT_BASE_LAYERS = (0, 2, 4, 7, 9, 11)
 
 
@@ -145,12 +150,14 @@ class DistilBertRecipe(Recipe):
             raise ValueError(
                 f"config.distill.loss_weights {dict(d.loss_weights)}: terms are kl, mlm, cosine"
             )
+        # The teacher's MLM head, before the data is built.
+        teacher_lib.read_config(config.teacher, heads=("mlm",), needed_by=NEEDED_BY)
         self.inputs = inputs.pretraining_inputs(
             teacher_lib.teacher_data_config(config.data, config.teacher.path)
         )
         vocab_size = self.inputs.vocab_size
         self.teacher_spec = teacher_lib.load_teacher(
-            config.teacher, heads=("mlm",), vocab_size=vocab_size
+            config.teacher, heads=("mlm",), vocab_size=vocab_size, needed_by=NEEDED_BY
         )
         self.teacher_model = self.teacher_spec.model
         self.student_config = from_block(config.student, vocab_size=vocab_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from mbert_jax.models import io
+from mbert_jax.models import io, resolve
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,9 @@ class TaskSetup:
         from mbert_jax.data import config as data_config_lib
 
         vocab = data_config.vocab_file or (
-            str(io.vocab_path(teacher_path) or "") if teacher_path else ""
+            str(io.vocab_path(resolve.model_dir(teacher_path, "config.teacher.path")) or "")
+            if teacher_path
+            else ""
         )
         if vocab:
             tokenizer = load_tokenizer(vocab, data_config.lowercase)

@@ -6,8 +6,9 @@ the same way:
 
 - `teacher_block(variant, path, seed=, dtype=, matmul_dtype=, **overrides)` is
   the config block `{path, variant, overrides, seed, dtype, matmul_dtype}`. `path` is a model
-  directory (`models/io.py`; every run writes one as WORKDIR/model) and
-  brings its own config. An empty path builds a randomly initialized
+  directory (`models/io.py`; every run writes one as WORKDIR/model) or a
+  transformers directory (converted on the fly and cached, `models/resolve.py`)
+  and brings its own config. An empty path builds a randomly initialized
   `variant` with the block's `overrides` (a `model_block`'s: every
   `ModelConfig` field, settable from the command line) and `seed`, drawn on
   the host by `host_init` (no compile). A random teacher only makes sense for
@@ -23,7 +24,9 @@ the same way:
   dtype (`matmul.frozen_dtype`): the same outputs, without a per-step cast.
 - `read_config` gives the config (no parameters) before the data is known;
   `load_teacher` returns a `Teacher` whose heads, vocabulary and label count
-  are checked against the recipe, with messages naming the config field.
+  are checked against the recipe, with messages naming the config field. A
+  missing MLM head points to configs/fit_mlm_head.py, which fits one on the
+  frozen encoder.
   `Teacher.read` reads only the subtrees asked for (the encoder and the
   recipe's heads by default) from params.safetensors and checks them against
   the model's shapes; `Teacher.abstract` gives the boxed abstract parameters
@@ -44,7 +47,7 @@ import ml_collections
 import numpy as np
 from safetensors import safe_open
 
-from mbert_jax.models import Model, ModelConfig, io, matmul
+from mbert_jax.models import Model, ModelConfig, io, matmul, resolve
 from mbert_jax.models.config import DTYPES
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
@@ -119,38 +122,65 @@ def _check_dtype(block, what: str) -> str:
 
 
 def _model_dir(path: str | Path, what: str) -> Path:
-    d = Path(path)
-    if not io.is_model_dir(d):
-        raise ValueError(
-            f"config.{what}.path={str(d)!r} is not a model directory (needs {io.CONFIG_FILE} "
-            f"and {io.PARAMS_FILE}); pass the WORKDIR/model of a training run"
+    """The model directory of `config.<what>.path` (a transformers one converted, `resolve`)."""
+    return resolve.model_dir(path, f"config.{what}.path")
+
+
+def missing_heads_message(
+    path: str, stored: tuple[str, ...], missing: list[str], what: str, needed_by: str = ""
+) -> str:
+    """`config.<what>.path=P has heads [...] but R needs [...]: give ...` and the way out.
+
+    A missing MLM head can be fitted on the frozen encoder (configs/fit_mlm_head.py).
+    """
+    msg = (
+        f"config.{what}.path={path} has heads {list(stored)} but {needed_by or 'this recipe'} "
+        f"needs {missing}: give " + " or ".join(_HEAD_HINTS.get(h, h) for h in missing)
+    )
+    if "mlm" in missing:
+        msg += (
+            f", or fit an MLM head on its frozen encoder (mbert-jax train --config "
+            f"configs/fit_mlm_head.py:model={path} --workdir DIR, then "
+            f"--config.{what}.path=DIR/model)"
         )
-    return d
+    return msg
 
 
-def read_config(block, *, heads: tuple[str, ...] = (), what: str = "teacher") -> ModelConfig:
+def read_config(
+    block, *, heads: tuple[str, ...] = (), what: str = "teacher", needed_by: str = ""
+) -> ModelConfig:
     """The model config of a teacher block, without reading any parameters.
 
     A model directory's stored config (which must have `heads`), or the random
     variant's with the block's overrides (its vocabulary and labels as
-    declared: `load_teacher` fits them to the data).
+    declared: `load_teacher` fits them to the data). A transformers directory
+    is converted first (`models/resolve.py`, cached).
+
+    Args:
+      block: the teacher block.
+      heads: the heads the recipe needs.
+      what: the config field, for messages.
+      needed_by: what needs the heads, for the message (e.g. "DistilBERT's
+        soft targets (config.distill.loss_weights.kl)"); default "this recipe".
 
     Raises:
-      ValueError: a bad dtype, a path that is not a model directory, or a
-        missing head, naming the config field.
+      ValueError: a bad dtype, a path that is neither a model nor a
+        transformers directory, or a missing head, naming the config field.
     """
     _check_dtype(block, what)
     if not block.get("path"):
         return from_block(block)
+    return _stored(block, heads, what, needed_by)[1]
+
+
+def _stored(block, heads, what, needed_by) -> tuple[Path, ModelConfig]:
+    """The model directory of a block's path and its config, checked for `heads`."""
     d = _model_dir(block.path, what)
     config, stored_heads = io.load_config(d)
     missing = [h for h in heads if h not in stored_heads]
     if missing:
-        raise ValueError(
-            f"config.{what}.path={block.path} has heads {list(stored_heads)} but this recipe "
-            f"needs {missing}: give " + " or ".join(_HEAD_HINTS.get(h, h) for h in missing)
-        )
-    return config
+        raise ValueError(missing_heads_message(block.path, stored_heads, missing, what, needed_by))
+    return d, config
 
 
 def stored_heads(block, what: str = "teacher") -> tuple[str, ...] | None:
@@ -169,6 +199,7 @@ def load_teacher(
     what: str = "teacher",
     vocab_size: int | None = None,
     num_labels: int | None = None,
+    needed_by: str = "",
 ) -> Teacher:
     """Resolve a teacher block into a `Teacher`, checked against the recipe's data.
 
@@ -179,6 +210,7 @@ def load_teacher(
       vocab_size: the data's vocabulary size; a stored teacher must have it,
         a random one is built with it.
       num_labels: the task's label count; likewise for a classifier.
+      needed_by: what needs `heads`, for the missing-head message (`read_config`).
 
     Raises:
       ValueError: see `read_config`; a vocabulary or label count that differs.
@@ -199,7 +231,8 @@ def load_teacher(
         forced = {"vocab_size": vocab_size, "num_labels": num_labels}
         config = from_block(block, **{k: v for k, v in forced.items() if v is not None})
         return Teacher(config, tuple(heads), None, dtype, seed, what, block.get("matmul_dtype"))
-    config = read_config(block, heads=heads, what=what)
+    _check_dtype(block, what)
+    path, config = _stored(block, heads, what, needed_by)
     if vocab_size is not None and config.vocab_size != vocab_size:
         raise ValueError(
             f"config.data: the data's vocabulary has {vocab_size} tokens but "
@@ -212,9 +245,7 @@ def load_teacher(
             f"config.{what}.path={block.path} classifies into {config.num_labels} labels but the "
             f"task has {num_labels}; fine-tune the {what} on this task first"
         )
-    return Teacher(
-        config, tuple(heads), Path(block.path), block.dtype, seed, what, block.get("matmul_dtype")
-    )
+    return Teacher(config, tuple(heads), path, block.dtype, seed, what, block.get("matmul_dtype"))
 
 
 @dataclasses.dataclass
@@ -362,14 +393,17 @@ def read_params(directory: str | Path, prefixes: tuple[str, ...]) -> dict[str, n
 def teacher_data_config(data_config, teacher_path: str, what: str = "teacher"):
     """A pretraining data block that reads the teacher directory's vocab.txt.
 
+    `teacher_path` may be a transformers directory (`_model_dir` converts it,
+    with the vocabulary of its vocab.txt or tokenizer.json).
+
     Both models read the same `input_ids`, so the data must use the teacher's
     vocabulary: an empty `vocab_file` (learn one) becomes the teacher's, and
     `teacher_vocab_file` makes the data layer check that they are equal.
     Synthetic data and random teachers are left alone.
 
     Raises:
-      ValueError: `teacher_path` is not a model directory, or has no vocab.txt
-        and `data_config.vocab_file` is empty.
+      ValueError: `teacher_path` is neither a model nor a transformers
+        directory, or has no vocabulary and `data_config.vocab_file` is empty.
     """
     if data_config.get("source") == "synthetic" or not teacher_path:
         return data_config

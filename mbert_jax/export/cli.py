@@ -8,7 +8,8 @@
         --eval-data dev.conll --seq-len 128 --out ner.tflite
 
 `--workdir DIR` exports DIR/model (the model directory every run writes);
-`--checkpoint PATH` names a model directory directly. After every export the
+`--checkpoint PATH` names a model directory or a transformers directory
+(converted on the fly and cached, `mbert_jax/models/resolve.py`) directly. After every export the
 verification report (parity with the JAX model, agreement, metric, size,
 latency) is printed. Errors print one line `error: ...` and return 1; nothing
 is left at `--out`.
@@ -36,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workdir", help="a training run's directory (exports WORKDIR/model)")
-    src.add_argument("--checkpoint", help="a model directory (model_config.json + params)")
+    src.add_argument(
+        "--checkpoint",
+        help="a model directory (model_config.json + params) or a transformers directory",
+    )
     p.add_argument("--task", required=True, choices=graph.TASKS)
     p.add_argument("--format", default="tflite", choices=("tflite", "hf"))
     p.add_argument("--quantize", default="none", choices=tflite.QUANTIZATIONS)
@@ -103,7 +107,7 @@ def _source(args) -> Path:
 
 def run(args) -> list[str]:
     """Do the export `args` describe; returns the report lines."""
-    loaded = load_for_export(_source(args))
+    loaded = load_for_export(_source(args), "--workdir" if args.workdir else "--checkpoint")
     vocab = Path(args.vocab) if args.vocab else loaded.vocab_file
     columns = tuple(args.text_columns.split(",")) if args.text_columns else None
 
@@ -180,7 +184,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         lines = run(args)
-    except (ExportError, ConfigError, ConversionError, FileNotFoundError) as e:
+    except (ExportError, ConfigError, ConversionError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print("\n".join(lines))

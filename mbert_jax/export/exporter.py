@@ -6,7 +6,8 @@
     print("\n".join(report.lines()))
 
 Loading goes through `load_for_export` alone: it reads a model directory
-(`mbert_jax.models.io`, which every training run writes to WORKDIR/model).
+(`mbert_jax.models.io`, which every training run writes to WORKDIR/model) or
+a transformers directory (converted and cached, `mbert_jax.models.resolve`).
 The trainer's orbax checkpoints become loadable by adding a branch there.
 
 Heads: the file holds the encoder and the task's head only (the MLM head only
@@ -42,7 +43,7 @@ import numpy as np
 from mbert_jax.export import graph, tflite, verify
 from mbert_jax.export.data import Examples, check_examples, synthetic_examples
 from mbert_jax.export.tflite import ExportError
-from mbert_jax.models import io
+from mbert_jax.models import io, resolve
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import Model, init_params
 
@@ -56,22 +57,29 @@ class LoadedModel:
     source: str = ""
 
 
-def load_for_export(path: str | os.PathLike) -> LoadedModel:
+def load_for_export(path: str | os.PathLike, what: str = "--checkpoint") -> LoadedModel:
     """Read the model to export from `path`.
 
-    Today `path` is a model directory (model_config.json + params.safetensors
-    (+ vocab.txt)). This is the one place that knows checkpoint formats: an
-    orbax training checkpoint will be read here through the trainer's loader.
+    `path` is a model directory (model_config.json + params.safetensors
+    (+ vocab.txt)) or a transformers directory, converted on the fly and
+    cached (`models/resolve.py`). This is the one place that knows checkpoint
+    formats: an orbax training checkpoint will be read here through the
+    trainer's loader.
 
     The training numerics (`dtype`, `matmul_dtype`) are reset to float32: the
     file's precision is the exporter's `quantize` choice, not the training run's.
 
+    Args:
+      path: the model.
+      what: the flag or field that named it, for messages.
+
     Raises:
-      FileNotFoundError: when `path` is not a model directory.
+      ValueError: when `path` is neither a model nor a transformers directory.
     """
-    config, heads, params = io.load_model(path)
+    directory = resolve.model_dir(path, what)
+    config, heads, params = io.load_model(directory)
     config = config.replace(dtype="float32", matmul_dtype=None)
-    return LoadedModel(config, tuple(heads), params, io.vocab_path(path), str(path))
+    return LoadedModel(config, tuple(heads), params, io.vocab_path(directory), str(path))
 
 
 def params_for_task(

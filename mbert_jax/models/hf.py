@@ -58,7 +58,10 @@ Differences that cannot be expressed, and what happens:
   them as unused); loading keeps them, so the round trip is exact.
 
 The command line: `mbert-jax convert to-hf MODEL_DIR HF_DIR` and
-`mbert-jax convert from-hf HF_DIR MODEL_DIR`.
+`mbert-jax convert from-hf HF_DIR MODEL_DIR` (the vocabulary: HF_DIR's
+vocab.txt, else its tokenizer.json's WordPiece vocabulary). Config fields
+that read a model also take a transformers directory as it is: `resolve.py`
+converts it with `hf_to_model_dir` and caches the result.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_JSON = "tokenizer.json"
 
 
 def _fail(field: str, msg: str):
@@ -668,23 +672,36 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
+def weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The weight files `read_state_dict` reads (an index with its shards), or [] when none."""
+    d = Path(directory)
+    for index in (SAFETENSORS_INDEX, BIN_INDEX):
+        if (d / index).is_file():
+            shards = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
+            return [d / index, *(d / f for f in shards)]
+    for name in (SAFETENSORS_FILE, BIN_FILE):
+        if (d / name).is_file():
+            return [d / name]
+    return []
+
+
+def is_hf_dir(directory: str | os.PathLike) -> bool:
+    """A `save_pretrained` directory: config.json and weights."""
+    return (Path(directory) / HF_CONFIG_FILE).is_file() and bool(weight_files(directory))
+
+
 def read_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every tensor of a `save_pretrained` directory (safetensors preferred over .bin)."""
     d = Path(directory)
-    for index, reader in ((SAFETENSORS_INDEX, _read_safetensors), (BIN_INDEX, _read_bin)):
-        if (d / index).is_file():
-            files = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
-            state = {}
-            for f in files:
-                state.update(reader(d / f))
-            return state
-    if (d / SAFETENSORS_FILE).is_file():
-        return _read_safetensors(d / SAFETENSORS_FILE)
-    if (d / BIN_FILE).is_file():
-        return _read_bin(d / BIN_FILE)
-    raise FileNotFoundError(
-        f"{d} holds no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {BIN_FILE} or {BIN_INDEX}"
-    )
+    files = [f for f in weight_files(d) if not f.name.endswith(".json")]
+    if not files:
+        raise FileNotFoundError(
+            f"{d} holds no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {BIN_FILE} or {BIN_INDEX}"
+        )
+    state = {}
+    for f in files:
+        state.update(_read_bin(f) if f.suffix == ".bin" else _read_safetensors(f))
+    return state
 
 
 def load_hf(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...], dict]:
@@ -786,10 +803,43 @@ def model_dir_to_hf(
     return save_hf(dst, config, heads, params, model_type=model_type, vocab_file=io.vocab_path(src))
 
 
+def wordpiece_vocab(directory: str | os.PathLike) -> list[str] | None:
+    """The WordPiece vocabulary (tokens in id order) of a directory's tokenizer.json.
+
+    None when there is no tokenizer.json or its model is not WordPiece.
+
+    Raises:
+      ConversionError: the vocabulary's ids are not 0 .. n - 1.
+    """
+    path = Path(directory) / TOKENIZER_JSON
+    if not path.is_file():
+        return None
+    model = json.loads(path.read_text(encoding="utf-8")).get("model") or {}
+    if model.get("type") != "WordPiece":
+        return None
+    by_id = {int(i): tok for tok, i in model["vocab"].items()}
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ConversionError(f"{path}: the WordPiece vocab's ids are not 0 .. {len(by_id) - 1}")
+    return [by_id[i] for i in range(len(by_id))]
+
+
 def hf_to_model_dir(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Convert a transformers directory into a model directory (`mbert_jax.models.io`)."""
+    """Convert a transformers directory into a model directory (`mbert_jax.models.io`).
+
+    The vocabulary is the directory's vocab.txt, else tokenizer.json's
+    WordPiece vocabulary (`wordpiece_vocab`), else none.
+    """
     config, heads, params = load_hf(src)
-    return io.save_model(dst, config, heads, params, vocab_file=io.vocab_path(src))
+    vocab = io.vocab_path(src)
+    if vocab is not None:
+        return io.save_model(dst, config, heads, params, vocab_file=vocab)
+    tokens = wordpiece_vocab(src)
+    if tokens is None:
+        return io.save_model(dst, config, heads, params)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab = Path(tmp) / io.VOCAB_FILE
+        vocab.write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        return io.save_model(dst, config, heads, params, vocab_file=vocab)
 
 
 def main(argv: list[str] | None = None) -> int:

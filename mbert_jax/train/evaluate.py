@@ -1,7 +1,8 @@
 """Recipe: evaluate a model directory without training (`config.recipe = "evaluate"`).
 
 A run of zero steps: the trainer evaluates the initial model, which is the
-model directory `config.init_from` (every head it has), over the whole
+model directory `config.init_from` (every head it has; a transformers
+directory is converted, `models/resolve.py`), over the whole
 held-out split, and writes WORKDIR/results.json like a training run's.
 
 - Pretraining data (`config.data` a pretraining block): held-out masked-LM
@@ -22,7 +23,7 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from mbert_jax.models import Model, io
+from mbert_jax.models import Model, io, resolve
 from mbert_jax.train import inputs
 from mbert_jax.train.finetune import FinetuneRecipe
 from mbert_jax.train.forward import forward, pretraining_metrics
@@ -35,7 +36,7 @@ class EvaluateRecipe(Recipe):
     def __init__(self, config):
         if not config.get("init_from"):
             raise ValueError("config.init_from: the model directory to evaluate")
-        self.init_from = Path(config.init_from)
+        self.init_from = resolve.model_dir(config.init_from, "config.init_from")
         self.model_config, self.heads = io.load_config(self.init_from)
         self.task = None
         if "task" in config.data:
@@ -43,13 +44,13 @@ class EvaluateRecipe(Recipe):
             missing = set(self.task.heads) - set(self.heads)
             if missing:
                 raise ValueError(
-                    f"config.init_from={self.init_from} has no {sorted(missing)[0]} head for "
+                    f"config.init_from={config.init_from} has no {sorted(missing)[0]} head for "
                     f"task {config.data.task} (heads: {list(self.heads)}); fine-tune it first"
                 )
             return
         if "mlm" not in self.heads:
             raise ValueError(
-                f"config.init_from={self.init_from} has no MLM head (heads: {list(self.heads)}); "
+                f"config.init_from={config.init_from} has no MLM head (heads: {list(self.heads)}); "
                 "it cannot be scored on pretraining data"
             )
         data_cfg = ml_collections.ConfigDict(config.data.to_dict())
@@ -61,8 +62,9 @@ class EvaluateRecipe(Recipe):
         self.data = inputs.pretraining_inputs(data_cfg)
         if self.data.vocab_size != self.model_config.vocab_size:
             raise ValueError(
-                f"config.init_from={self.init_from} has vocab_size {self.model_config.vocab_size} "
-                f"but the data's vocabulary has {self.data.vocab_size}; evaluate with the "
+                f"config.init_from={config.init_from} has vocab_size "
+                f"{self.model_config.vocab_size} but the data's vocabulary has "
+                f"{self.data.vocab_size}; evaluate with the "
                 "vocabulary the model was trained on (config.data.vocab_file)"
             )
         self.model = Model(self.model_config, heads=("mlm", "nsp") if self.use_nsp else ("mlm",))

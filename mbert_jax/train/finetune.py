@@ -2,7 +2,8 @@
 or the user's own data: `data.task="custom"`).
 
 The encoder comes from a model directory (`config.init_from`, e.g.
-WORKDIR/model of a pretraining or distillation run); the task head
+WORKDIR/model of a pretraining or distillation run, or a transformers
+directory, converted and cached by `models/resolve.py`); the task head
 (classifier, regressor, span QA or token classifier) starts fresh. The
 head follows `TaskData.kind`: "classification" / "regression" the
 classifier on the pooled output, "qa" the span head, "tagging" the token
@@ -22,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mbert_jax.models import Model, io
+from mbert_jax.models import Model, io, resolve
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.train.forward import tagging_metrics, task_forward, task_metrics
@@ -45,7 +46,9 @@ class FinetuneRecipe(Recipe):
         from mbert_jax.data import build_task_data, load_tokenizer
 
         self.config = config
-        self.init_from = Path(config.init_from) if config.get("init_from") else None
+        self.init_from = None  # the model directory (a transformers one converted, cached)
+        if config.get("init_from"):
+            self.init_from = resolve.model_dir(config.init_from, "config.init_from")
         pretrained_config = None
         if self.init_from is not None:
             pretrained_config, _ = io.load_config(self.init_from)
@@ -76,7 +79,8 @@ class FinetuneRecipe(Recipe):
             if bad:
                 raise ValueError(
                     f"config.model.overrides {bad} would change the pretrained architecture of "
-                    f"{self.init_from}; only {TUNABLE_FIELDS} may be set when fine-tuning"
+                    f"config.init_from={config.init_from}; only {TUNABLE_FIELDS} may be set when "
+                    "fine-tuning"
                 )
             self.model_config = pretrained_config.replace(**overrides)
         else:
@@ -105,7 +109,8 @@ class FinetuneRecipe(Recipe):
         )
         if problems:
             raise ValueError(
-                f"{self.init_from} does not fit this model:\n  " + "\n  ".join(problems[:20])
+                f"config.init_from={self.config.init_from} does not fit this model:\n  "
+                + "\n  ".join(problems[:20])
             )
         return {**params, "encoder": jax.tree.map(jnp.asarray, pretrained["encoder"])}
 

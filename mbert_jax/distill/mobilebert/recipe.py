@@ -95,6 +95,12 @@ from mbert_jax.train.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
 
+# Who needs the teacher's MLM head, for the missing-head message.
+NEEDED_BY = (
+    "MobileBERT (the student copies the teacher's MLM head, and pre-training distillation, "
+    "config.distill.pd_steps>0, distills its MLM logits)"
+)
+
 
 class MobileBertRecipe(Recipe):
     """MobileBERT layer-wise transfer (PKT / JKT / AKT) and pre-training distillation."""
@@ -126,7 +132,9 @@ class MobileBertRecipe(Recipe):
         # 2. The data, then the vocabularies.
         self.data = inputs.pretraining_inputs(teacher_lib.teacher_data_config(config.data, t.path))
         vocab = self.data.vocab_size
-        self.teacher_spec = teacher_lib.load_teacher(t, heads=self.teacher_heads, vocab_size=vocab)
+        self.teacher_spec = teacher_lib.load_teacher(
+            t, heads=self.teacher_heads, vocab_size=vocab, needed_by=NEEDED_BY
+        )
         self.student_config = from_block(self.student_block, vocab_size=vocab)
         self.teacher_config = self.teacher_spec.run_config
         self.use_nsp = bool(config.data.get("nsp", True))

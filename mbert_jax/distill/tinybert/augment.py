@@ -43,6 +43,9 @@ Command line (writes the augmented train.tsv and copies the other files):
         --mlm-teacher runs/bert_base/model --output-dir glue/SST-2-aug \\
         [--word-vectors glove.6B.300d.txt] [--p 0.4 --n 20 --k 15 --seed 0]
 
+`--mlm-teacher` (and `config.augment.mlm_teacher.path`) is a model
+directory or a transformers directory with an MLM head (`models/resolve.py`).
+
 The TinyBERT task recipe calls `augmented_task_dir` (cached under the data
 cache directory, keyed by every input and setting) when
 `config.augment.enabled` is set.
@@ -69,6 +72,7 @@ from mbert_jax.distill.tinybert.augment_words import (  # noqa: F401  (re-export
     WordVectors,
     is_whole_word_token,
 )
+from mbert_jax.models import io, resolve
 from mbert_jax.models.variants import block_overrides
 
 log = logging.getLogger(__name__)
@@ -182,6 +186,7 @@ def build_augmenter(augment_cfg, tokenizer: WordPieceTokenizer) -> Augmenter:
         heads=("mlm",),
         what="augment.mlm_teacher",
         vocab_size=tokenizer.vocab_size,
+        needed_by="the augmentation (its MLM proposes the replacement words)",
     )
     if spec.vocab_file is not None:
         from mbert_jax.data import check_same_vocab
@@ -217,7 +222,8 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
         raise ValueError(f"{train} does not exist: cannot augment the {data_config.task} task")
     teacher = augment_cfg.mlm_teacher
     if teacher.path:
-        teacher_key = _file_key(Path(teacher.path) / "params.safetensors")
+        stored = resolve.model_dir(teacher.path, "config.augment.mlm_teacher.path")
+        teacher_key = _file_key(stored / io.PARAMS_FILE)
     else:  # drawn by teacher.host_init
         teacher_key = [teacher.variant, block_overrides(teacher), teacher.seed, "host_init"]
     if teacher.dtype != "float32":  # float32 teacher directories keep their earlier keys
@@ -268,12 +274,15 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
 
 def main(argv: list[str] | None = None) -> int:
     from mbert_jax.data import load_tokenizer
-    from mbert_jax.models import io
 
     parser = argparse.ArgumentParser(prog="mbert-jax augment", description=__doc__.split("\n")[0])
     parser.add_argument("--task", required=True, help="GLUE task name or 'stdlib'")
     parser.add_argument("--data-dir", required=True, help="directory of the task's TSV files")
-    parser.add_argument("--mlm-teacher", required=True, help="pretrained BERT model directory")
+    parser.add_argument(
+        "--mlm-teacher",
+        required=True,
+        help="pretrained BERT with an MLM head: a model or transformers directory",
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--word-vectors", default="", help="GloVe text file (optional)")
     parser.add_argument("--vocab-file", default="", help="default: the teacher's vocab.txt")
@@ -286,7 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--official", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    vocab = args.vocab_file or io.vocab_path(args.mlm_teacher)
+    try:
+        teacher = resolve.model_dir(args.mlm_teacher, "--mlm-teacher")
+    except ValueError as e:
+        parser.error(str(e))
+    vocab = args.vocab_file or io.vocab_path(teacher)
     if not vocab:
         parser.error(f"{args.mlm_teacher} has no vocab.txt: pass --vocab-file")
     cfg = augment_config(

@@ -25,7 +25,8 @@ Modes (`config.distill.mode`):
   "prediction": the soft cross-entropy at temperature t (projections frozen;
   `hard_label` adds the ground-truth loss, used by the "w/o prediction"
   ablation). The student starts from a general-distilled student
-  (`config.init_from`) or fresh. Evaluation reports the task's official metrics.
+  (`config.init_from`, a model or transformers directory) or fresh. Evaluation
+  reports the task's official metrics.
 
 Paper vs official code (paper default, official as an option):
 - Projections: the paper has W_e for the embeddings and one W_h for every
@@ -70,7 +71,7 @@ from mbert_jax.distill.tinybert.losses import (
     intermediate_losses,
     prediction_losses,
 )
-from mbert_jax.models import Model, io
+from mbert_jax.models import Model, io, resolve
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
@@ -159,7 +160,7 @@ class TinyBertRecipe(Recipe):
         if num_labels is not None:
             overrides["num_labels"] = num_labels
         if cfg.get("init_from"):
-            stored, _ = io.load_config(cfg.init_from)
+            stored, _ = io.load_config(resolve.model_dir(cfg.init_from, "config.init_from"))
             bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
             if bad:
                 raise ValueError(
@@ -244,7 +245,8 @@ class TinyBertRecipe(Recipe):
         path = self.config.get("init_from")
         if not path:
             return params
-        stored = io.unflatten(teacher_lib.read_params(path, ("encoder/",)))
+        stored = resolve.model_dir(path, "config.init_from")
+        stored = io.unflatten(teacher_lib.read_params(stored, ("encoder/",)))
         student = dict(params["student"])
         want = jax.tree.map(jnp.shape, student["encoder"])
         have = jax.tree.map(jnp.shape, stored["encoder"])
