@@ -102,7 +102,7 @@ COMMANDS = {
     "export": (export_main, "export a model to TFLite or transformers, verified", False),
     "data": (data_main, "prepare and inspect data (corpora, vocabularies, tasks)", False),
     "convert": (convert_main, "convert between a model directory and transformers", False),
-    "augment": (augment_main, "TinyBERT data augmentation of a task directory", False),
+    "augment": (augment_main, "TinyBERT augmentation of a task's training data", False),
     "baseline": (baseline_main, "a bag-of-words naive Bayes baseline on a task", False),
 }
 
