@@ -22,6 +22,10 @@ about two minutes:
 
     mbert-jax train --config configs/theseus.py:runlocal --workdir runs/theseus_local
 
+Any task kind fine-tuning has (`task=squad_v1`, or `task=custom` with
+`config.data.task_kind` classification, regression or tagging): the
+predecessor is the model fine-tuned on it, whose head the successor shares.
+
 `--config.teacher.dtype=bfloat16` holds and runs the frozen teacher in bf16
 (mbert_jax/distill/teacher.py).
 Options: `runlocal`, `task=NAME`, `schedule=linear|constant`.

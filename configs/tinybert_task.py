@@ -38,6 +38,12 @@ a pretrained micro BERT with an MLM head). About three minutes. Expected:
 the intermediate losses fall, then the student's dev accuracy approaches
 the teacher's; paper: TinyBERT4 GLUE test 77.0 (BERT-base 79.5).
 
+Every task kind fine-tuning has: `task=squad_v1` (with
+`--config.augment.enabled=False`: augmentation would move the answers), or
+`task=custom` with `config.data.task_kind` classification, regression or
+tagging and the teacher fine-tuned on the same files (docs/configs.md, "Task
+distillation on every task kind").
+
 `--config.teacher.dtype=bfloat16` holds and runs the frozen teacher in bf16
 (mbert_jax/distill/teacher.py).
 Options: `runlocal`, `task=NAME`, `student=tinybert4|tinybert6|...`,

@@ -138,11 +138,11 @@ COMMANDS = {
     "train": (train_main, "run one experiment config (pretraining, distillation, ...)", True),
     "sweep": (sweep_main, "run the ablation grid a config declares", True),
     "plan": (plan_main, "per-device memory and FLOPs of a pod job, on simulated devices", True),
-    "quickstart": (quickstart_main, "a compression recipe end to end on this machine (micro or real teacher)", False),
+    "quickstart": (quickstart_main, "a compression recipe end to end, on this machine", False),
     "export": (export_main, "export a model to TFLite or transformers, verified", False),
     "data": (data_main, "prepare and inspect data (corpora, vocabularies, tasks)", False),
     "convert": (convert_main, "convert between a model directory and transformers", False),
-    "augment": (augment_main, "TinyBERT data augmentation of a task directory", False),
+    "augment": (augment_main, "TinyBERT augmentation of a task's training data", False),
     "baseline": (baseline_main, "a bag-of-words naive Bayes baseline on a task", False),
 }
 

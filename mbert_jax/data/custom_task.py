@@ -51,7 +51,7 @@ def parse_data_files(text: str) -> dict[str, list[str]]:
     return out
 
 
-def _read_file(c, path: Path, report: InputReport):
+def read_file(c, path: Path, report: InputReport):
     """Rows (a Table) or, for tagging, sentences of one file."""
     if c.task_kind != "tagging":
         return tables.read_table(path, report, on_bad_line=c.on_bad_line)
@@ -79,7 +79,7 @@ def sources(c) -> tuple[dict, dict]:
         for split, path in paths.items():
             if not path.is_file():
                 raise TaskDataError(f"data.{fields[split]}: {path} does not exist")
-        read = {s: (lambda report, p=p: _read_file(c, p, report)) for s, p in paths.items()}
+        read = {s: (lambda report, p=p: read_file(c, p, report)) for s, p in paths.items()}
         return read, {"files": _files_key(list(paths.values()))}
     import datasets
 

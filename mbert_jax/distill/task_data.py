@@ -1,10 +1,15 @@
-"""The downstream-task data of the task-distillation recipes (TinyBERT task, BERT-of-Theseus).
+"""The downstream-task data and teacher of the task-distillation recipes (TinyBERT task,
+BERT-of-Theseus), for every task kind the fine-tuning supports.
 
 `TaskSetup` builds the task's batches with the teacher's vocabulary (the
 teacher is fine-tuned, so its model directory holds the vocab.txt the task
-must be tokenized with) and keeps what the trainer needs for the task's
-official metrics: `data.evaluator`, `num_labels`, `regression`. The teacher
-itself is loaded by `teacher.py`.
+must be tokenized with) and keeps what the recipes need to stay
+kind-agnostic: `kind` (the `TaskData.kind`: classification, regression,
+tagging, qa), `head` (the model head of that kind, `train.forward.TASK_KINDS`),
+`data.evaluator` (the task's official metrics, the same as fine-tuning's),
+`num_labels`, `label_names`. `TaskSetup.load_teacher` loads the teacher
+(`teacher.py`) with that head and checks that it was fine-tuned on this
+task: the same head, label count and label order.
 """
 
 from __future__ import annotations
@@ -13,28 +18,30 @@ import logging
 from pathlib import Path
 
 import jax
-import ml_collections
 
+from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.models import io, resolve
+from mbert_jax.train.forward import task_kind
 
 log = logging.getLogger(__name__)
 
 
 class TaskSetup:
-    """Task batches, vocabulary and official evaluation for a task-distillation recipe.
+    """Task batches, vocabulary, kind and official evaluation for a task-distillation recipe.
 
     The vocabulary is `config.data.vocab_file`, else the teacher directory's
     vocab.txt, else (random teachers only) the vocabulary learned from the
     embedded corpus, so that smoke runs need no files.
 
     Args:
-      data_config: `config.data` (a task block: GLUE TSV files or the stdlib task).
+      data_config: `config.data` (a task block: GLUE, a corpus task, SQuAD, or
+        `task="custom"` of any `task_kind`).
       teacher_path: `config.teacher.path` (empty: a random teacher).
-      prepare: optional `prepare(tokenizer) -> directory` giving the task's
-        files to read instead (e.g. the augmented training set).
+      prepare: optional `prepare(data_config, tokenizer) -> data config` giving
+        the task data to read instead (e.g. with the augmented training set).
 
     Raises:
-      ValueError: the teacher directory has no vocab.txt, or the task is SQuAD or tagging.
+      ValueError: the teacher directory has no vocab.txt.
     """
 
     def __init__(self, data_config, teacher_path: str = "", prepare=None):
@@ -58,26 +65,54 @@ class TaskSetup:
         self.tokenizer = tokenizer
         src = Path(tokenizer.source)
         self.vocab = src / "vocab.txt" if src.is_dir() else src
-        c = data_config
-        if prepare is not None:  # e.g. augmentation: a directory with the task's files
-            c = ml_collections.ConfigDict(data_config.to_dict())
-            c.data_dir = str(prepare(tokenizer))
+        c = data_config if prepare is None else prepare(data_config, tokenizer)
         self.data = build_task_data(
             c,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             tokenizer=tokenizer,
         )
-        if self.data.squad:
-            raise ValueError(
-                f"config.data.task={c.task}: this recipe distils sequence classification and "
-                "regression (GLUE, stdlib); SQuAD is not supported"
-            )
-        if self.data.kind == "tagging":
-            raise ValueError(
-                "config.data.task_kind='tagging': this recipe distils sequence classification "
-                "and regression; token classification is not supported yet (fine-tune the "
-                "tagger with configs/finetune.py)"
-            )
+        self.kind = self.data.kind
+        self.head = task_kind(self.kind).head
         self.num_labels = self.data.num_labels
         self.regression = self.data.is_regression
+        self.label_names = self.data.label_names
+
+    def load_teacher(self, block, what: str = "teacher") -> teacher_lib.Teacher:
+        """The fine-tuned teacher of `block` with this task's head, checked against the task.
+
+        Raises:
+          ValueError: (naming `config.<what>.path`) the directory lacks the
+            kind's head, or was fine-tuned with another label count or order.
+        """
+        where = f"config.{what}.path={block.get('path')}"
+        heads = teacher_lib.stored_heads(block, what)
+        if heads is not None and self.head not in heads:
+            raise ValueError(
+                f"{where} has heads {list(heads)}, but task kind {self.kind!r} "
+                f"(config.data.task={self.data.task}) distils the {self.head!r} head: give "
+                "a teacher fine-tuned on this task (WORKDIR/model of configs/finetune.py "
+                "with the same config.data)"
+            )
+        spec = teacher_lib.load_teacher(
+            block,
+            heads=(self.head,),
+            what=what,
+            vocab_size=self.tokenizer.vocab_size,
+            num_labels=self.num_labels,
+        )
+        cfg = spec.config
+        if self.kind != "qa" and cfg.num_labels != self.num_labels:
+            raise ValueError(
+                f"{where} has {cfg.num_labels} outputs but the task has {self.num_labels} "
+                f"labels; fine-tune the {what} on this task first"
+            )
+        names = tuple(cfg.label_names) if cfg.label_names is not None else None
+        want = tuple(self.label_names) if self.label_names is not None else None
+        if names is not None and want is not None and names != want:
+            raise ValueError(
+                f"{where} was fine-tuned with the labels {list(names)} but config.data gives "
+                f"{list(want)}: its outputs would mean other classes. Use the data it was "
+                "fine-tuned on, or fix the order with config.data.labels"
+            )
+        return spec

@@ -1,29 +1,35 @@
 """BERT-of-Theseus (Xu et al., 2020): progressive module replacing.
 
-The predecessor (a fine-tuned model directory with a classifier) is cut into
-`n` modules of `c = L / n` consecutive layers (12 -> 6 modules of 2). The
-successor has one layer per module, each initialized from a predecessor
-layer, and shares the predecessor's embeddings, pooler and classifier
+The predecessor (a model directory fine-tuned on the task, with the head of
+its kind: the classifier for classification, regression and pairs, the
+token classifier for tagging, the span head for SQuAD; `TaskSetup`) is cut
+into `n` modules of `c = L / n` consecutive layers (12 -> 6 modules of 2).
+The successor has one layer per module, each initialized from a predecessor
+layer, and shares the predecessor's embeddings, pooler and task head
 (copied, frozen). For every batch and module i a draw r_i ~ Bernoulli(p)
 picks the successor's layer (r_i = 1) or the predecessor's c layers:
 
     y_i = r_i * scc_i(y_{i-1}) + (1 - r_i) * prd_i(y_{i-1})
 
 written as one `jax.lax.cond` per module, so only the chosen branch runs
-(a select would run both). The objective is the task loss alone
-(cross-entropy, or MSE for regression). Gradients reach only the successor
-layers: the predecessor is the trainer's teacher argument, passed through
-`stop_gradient`, and the shared embeddings, pooler and classifier are frozen
-by the stage rules (they get no update and carry no optimizer state).
+(a select would run both); the task head runs on the last module's output
+(`Model.apply_heads`). The objective is the task loss alone, the kind's
+fine-tuning loss (`train.forward.TASK_KINDS`: cross-entropy, MSE for
+regression, per-word cross-entropy for tagging, start/end cross-entropy for
+SQuAD). Gradients reach only the successor layers: the predecessor is the
+trainer's teacher argument, passed through `stop_gradient`, and the shared
+embeddings, pooler and head are frozen by the stage rules (they get no
+update and carry no optimizer state).
 
 Replacement rate, with t the global step:
 - "linear" (the paper's curriculum): p(t) = min(1, k t + b), k = 6e-4, b = 0.3;
 - "constant": p(t) = p0 while t < `replace_steps`, then 1.
 Stage "replace" runs `replace_steps` steps (for "linear", 0 means until p
 reaches 1: ceil((1 - b) / k)); stage "successor" fine-tunes the successor
-alone (p = 1: no predecessor runs at all). Evaluation, prediction and the
-saved model are the successor alone: a plain `Model` with `n` layers and the
-shared embeddings and classifier.
+alone (p = 1: no predecessor runs at all). Evaluation (the task's official
+metrics, as in fine-tuning), prediction and the saved model are the
+successor alone: a plain `Model` with `n` layers and the shared embeddings
+and head.
 
 The predecessor is `config.teacher` (`teacher.teacher_block`, a fine-tuned
 model directory); `dtype="bfloat16"` holds it and runs its modules in bf16
@@ -46,20 +52,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.attention import make_attention_mask
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
-from mbert_jax.train.forward import task_forward, task_metrics_from_logits
+from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metrics, task_outputs
 from mbert_jax.train.recipe import Recipe, Stage
 
 SCHEDULES = ("linear", "constant")
 INIT_KINDS = ("first", "module_first", "module_last")
 SUCCESSOR_LAYERS = r"encoder/layers_\d+/.*"
-# Only the successor layers train; the shared embeddings, pooler and classifier are frozen.
+# Only the successor layers train; the shared embeddings, pooler and task head are frozen.
 SUCCESSOR_RULES = ((SUCCESSOR_LAYERS, 1.0), (".*", None))
 
 
@@ -102,19 +107,28 @@ class ModuleReplacer:
     """The mixed forward: successor modules where drawn, predecessor modules elsewhere.
 
     Args:
-      successor: a `Model` with the "classifier" head and one layer per module.
+      successor: a `Model` with the task head and one layer per module.
       predecessor: the predecessor `Model` (same config, `num_modules * c` layers).
+      head: the task head (default: the successor's only head).
     """
 
-    def __init__(self, successor: Model, predecessor: Model):
+    def __init__(self, successor: Model, predecessor: Model, head: str | None = None):
         n, total = successor.config.num_layers, predecessor.config.num_layers
         if total % n:
             raise ValueError(f"{total} predecessor layers do not split into {n} modules")
         self.successor, self.predecessor = successor, predecessor
         self.num_modules, self.per_module = n, total // n
+        self.head = head or successor.heads[0]
 
     def logits(self, params, predecessor_params, batch, choose, *, train, rng=None):
-        """Logits with module i from the successor where `choose[i]`, else from the predecessor.
+        """The classifier's logits of `outputs` (a successor with the "classifier" head)."""
+        return self.outputs(params, predecessor_params, batch, choose, train=train, rng=rng)[
+            "logits"
+        ]
+
+    def outputs(self, params, predecessor_params, batch, choose, *, train, rng=None):
+        """The head's outputs (by `ModelOutput` field, e.g. `{"logits": ...}`) with module i
+        from the successor where `choose[i]`, else from the predecessor.
 
         Args:
           params: successor parameters (a `Model` with `num_modules` layers).
@@ -163,7 +177,7 @@ class ModuleReplacer:
         return run(
             self.successor,
             params,
-            lambda m, h: m.classifier(m.encoder.pool(h), det),
+            lambda m, h: m.apply_heads(h, m.encoder.pool(h), (self.head,), deterministic=det),
             x,
             key=jax.random.fold_in(rng, 1001),
         )
@@ -174,13 +188,15 @@ def draw_modules(rng: jax.Array, p, num_modules: int) -> jax.Array:
     return jax.random.bernoulli(rng, p, (num_modules,))
 
 
-def successor_from_predecessor(predecessor: dict, init_layers: tuple[int, ...]) -> dict:
-    """Successor parameters: the predecessor's embeddings, pooler and classifier, and
+def successor_from_predecessor(
+    predecessor: dict, init_layers: tuple[int, ...], head: str = "classifier"
+) -> dict:
+    """Successor parameters: the predecessor's embeddings, pooler and task `head`, and
     `layers_i` = predecessor `layers_{init_layers[i]}`."""
     enc = {k: v for k, v in predecessor["encoder"].items() if not k.startswith("layers_")}
     for i, j in enumerate(init_layers):
         enc[f"layers_{i}"] = predecessor["encoder"][f"layers_{j}"]
-    return {"encoder": enc, "classifier": predecessor["classifier"]}
+    return {"encoder": enc, head: predecessor[head]}
 
 
 class TheseusRecipe(Recipe):
@@ -194,13 +210,8 @@ class TheseusRecipe(Recipe):
         if t.schedule not in SCHEDULES:
             raise ValueError(f"config.theseus.schedule={t.schedule!r}: one of {SCHEDULES}")
         self.task = TaskSetup(config.data, config.teacher.path)
-        self.regression = self.task.regression
-        self.predecessor_spec = teacher_lib.load_teacher(
-            config.teacher,
-            heads=("classifier",),
-            vocab_size=self.task.tokenizer.vocab_size,
-            num_labels=self.task.num_labels,
-        )
+        self.kind, self.heads = self.task.kind, (self.task.head,)
+        self.predecessor_spec = self.task.load_teacher(config.teacher)
         p_cfg = self.predecessor_spec.config
         n = int(t.num_modules)
         if p_cfg.layer_sharing != "none":
@@ -221,10 +232,10 @@ class TheseusRecipe(Recipe):
         if bad:
             raise ValueError(f"config.theseus.successor_overrides may set only {TUNABLE_FIELDS}")
         self.successor_config = p_cfg.replace(num_layers=n, **overrides)
-        self.successor = Model(self.successor_config, heads=("classifier",))
+        self.successor = Model(self.successor_config, heads=self.heads)
         # The predecessor runs in config.teacher.dtype (its parameters are held in it).
         run = {k: v for k, v in overrides.items() if k != "dtype"}
-        self.predecessor = Model(self.predecessor_spec.run_config.replace(**run), ("classifier",))
+        self.predecessor = Model(self.predecessor_spec.run_config.replace(**run), self.heads)
         self.replacer = ModuleReplacer(self.successor, self.predecessor)
         self.schedule = dict(
             schedule=t.schedule,
@@ -263,7 +274,7 @@ class TheseusRecipe(Recipe):
 
     def initial_overrides(self, params):
         new = successor_from_predecessor(
-            self.predecessor_spec.host_params("float32"), self.init_layers
+            self.predecessor_spec.host_params("float32"), self.init_layers, self.task.head
         )
         if jax.tree.map(np.shape, new) != jax.tree.map(np.shape, params):
             raise ValueError("the successor's parameters do not match the predecessor's layout")
@@ -275,21 +286,22 @@ class TheseusRecipe(Recipe):
     def load_teacher_params(self):
         return self.predecessor_spec.host_params()
 
-    def successor_logits(self, params, batch, *, train, rng=None):
-        return task_forward(self.successor, params, batch, train=train, rng=rng).logits
+    def successor_outputs(self, params, batch, *, train, rng=None):
+        out = task_forward(self.successor, params, batch, train=train, rng=rng)
+        return task_outputs(out, self.kind)
 
     def loss(self, stage, params, teacher_params, batch, rng, step=0):
         if stage.options.replace:
             draw_key, rng = jax.random.split(rng)
             p = replace_rate(step, **self.schedule)
             choose = draw_modules(draw_key, p, self.num_modules)
-            logits = self.replacer.logits(
+            outputs = self.replacer.outputs(
                 params, teacher_params, batch, choose, train=True, rng=rng
             )
         else:
             p, choose = jnp.ones(()), jnp.ones((self.num_modules,), bool)
-            logits = self.successor_logits(params, batch, train=True, rng=rng)
-        metrics = task_metrics_from_logits(logits, batch, regression=self.regression)
+            outputs = self.successor_outputs(params, batch, train=True, rng=rng)
+        metrics = task_metrics(outputs, batch, self.kind)
         one = jnp.ones((), jnp.float32)
         metrics["replace_rate"] = LossSum(jnp.asarray(p, jnp.float32), one)
         metrics["replaced_modules"] = LossSum(
@@ -298,14 +310,13 @@ class TheseusRecipe(Recipe):
         return metrics["loss"].mean(), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
-        logits = self.successor_logits(params, batch, train=False)
-        return task_metrics_from_logits(logits, batch, regression=self.regression)
+        return task_metrics(self.successor_outputs(params, batch, train=False), batch, self.kind)
 
     def evaluator(self):
         return self.task.data.evaluator()
 
     def predict(self, params, batch) -> dict[str, jax.Array]:
-        return {"logits": self.successor_logits(params, batch, train=False).astype(jnp.float32)}
+        return evaluator_outputs(self.successor_outputs(params, batch, train=False), self.kind)
 
     # -------------------------------------------------------------------- data
     def train_data(self, process_index, process_count):
@@ -318,4 +329,4 @@ class TheseusRecipe(Recipe):
         return self.task.vocab
 
     def final_model(self, params: Any):
-        return self.successor_config, ("classifier",), params
+        return self.successor_config, self.heads, params

@@ -3,6 +3,11 @@
 Parameters are `{"encoder": ..., "mlm": ..., "nsp": ..., "classifier": ...,
 "qa": ..., "token_classifier": ...}` (only the heads asked for), so a fine-tuning model takes the
 `encoder` subtree of a pretraining or distillation checkpoint unchanged.
+
+Each head fills named `ModelOutput` fields (`HEAD_OUTPUTS`); `head_outputs`
+gives them as a dict, so code that handles any task (the task kinds of
+`train/forward.py`) never names a head's fields itself. `Model.apply_heads`
+runs heads on a final hidden state computed elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +31,14 @@ from mbert_jax.models.heads import (
 
 HEADS = ("mlm", "nsp", "classifier", "qa", "token_classifier")
 PRETRAINING_HEADS = ("mlm", "nsp")
+# The `ModelOutput` fields each head fills.
+HEAD_OUTPUTS = {
+    "mlm": ("mlm_logits",),
+    "nsp": ("nsp_logits",),
+    "classifier": ("logits",),
+    "qa": ("start_logits", "end_logits"),
+    "token_classifier": ("token_logits",),
+}
 
 
 @flax.struct.dataclass
@@ -48,6 +61,20 @@ class ModelOutput:
     start_logits: jax.Array | None = None
     end_logits: jax.Array | None = None
     token_logits: jax.Array | None = None
+
+
+def head_outputs(out: ModelOutput, head: str) -> dict[str, jax.Array]:
+    """The outputs of one head that ran, by `ModelOutput` field (`HEAD_OUTPUTS[head]`).
+
+    So that recipes handle every head the same way: `{"logits": ...}` for the
+    classifier, `{"start_logits": ..., "end_logits": ...}` for span QA, ...
+    """
+    fields = HEAD_OUTPUTS[validate_heads((head,))[0]]
+    values = {f: getattr(out, f) for f in fields}
+    missing = [f for f, v in values.items() if v is None]
+    if missing:
+        raise ValueError(f"the {head!r} head did not run: no {missing} in the model output")
+    return values
 
 
 def validate_heads(heads: Sequence[str]) -> tuple[str, ...]:
@@ -125,24 +152,47 @@ class Model(nn.Module):
             raise ValueError(f"heads {missing} were asked for but the model has {self.heads}")
         if out.pooled_output is None:  # a truncated stack: no heads.
             return ModelOutput(encoder=out)
-        hidden = out.last_hidden_state
+        result = self.apply_heads(
+            out.last_hidden_state,
+            out.pooled_output,
+            run,
+            deterministic=deterministic,
+            masked_lm_positions=masked_lm_positions,
+        )
+        return ModelOutput(encoder=out, **result)
+
+    def apply_heads(
+        self,
+        hidden: jax.Array,
+        pooled: jax.Array | None,
+        run_heads: Sequence[str],
+        *,
+        deterministic: bool = True,
+        masked_lm_positions: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
+        """The heads in `run_heads` on a final hidden state, by `ModelOutput` field.
+
+        Also for a stack assembled by hand (BERT-of-Theseus's mixed modules):
+        `hidden` [batch, length, d] is the last layer's output, `pooled`
+        its `encoder.pool` (only the heads on the pooled output read it).
+        """
         result = {}
-        if "mlm" in run:
+        if "mlm" in run_heads:
             x = (
                 hidden
                 if masked_lm_positions is None
                 else gather_positions(hidden, masked_lm_positions)
             )
             result["mlm_logits"] = self.mlm(x, self.encoder.word_table())
-        if "nsp" in run:
-            result["nsp_logits"] = self.nsp(out.pooled_output, deterministic)
-        if "classifier" in run:
-            result["logits"] = self.classifier(out.pooled_output, deterministic)
-        if "qa" in run:
+        if "nsp" in run_heads:
+            result["nsp_logits"] = self.nsp(pooled, deterministic)
+        if "classifier" in run_heads:
+            result["logits"] = self.classifier(pooled, deterministic)
+        if "qa" in run_heads:
             result["start_logits"], result["end_logits"] = self.qa(hidden)
-        if "token_classifier" in run:
+        if "token_classifier" in run_heads:
             result["token_logits"] = self.token_classifier(hidden, deterministic)
-        return ModelOutput(encoder=out, **result)
+        return result
 
 
 def dummy_inputs(config: ModelConfig, batch_size: int = 1, length: int = 8) -> tuple:

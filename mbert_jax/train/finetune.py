@@ -5,10 +5,10 @@ The encoder comes from a model directory (`config.init_from`, e.g.
 WORKDIR/model of a pretraining or distillation run, or a transformers
 directory, converted and cached by `models/resolve.py`); the task head
 (classifier, regressor, span QA or token classifier) starts fresh. The
-head follows `TaskData.kind`: "classification" / "regression" the
-classifier on the pooled output, "qa" the span head, "tagging" the token
-classifier at every position (loss: the mean cross-entropy over the
-labelled positions, each word's first piece). Held-out evaluation reports
+head follows `TaskData.kind` (`train.forward.TASK_KINDS`): "classification"
+/ "regression" the classifier on the pooled output, "qa" the span head,
+"tagging" the token classifier at every position (loss: the mean
+cross-entropy over the labelled positions, each word's first piece). Held-out evaluation reports
 the loss and accuracy in the jitted step and the task's official metrics
 (accuracy, F1, Matthews, Pearson/Spearman, SQuAD EM/F1, entity-level
 precision / recall / F1) on the host, over the whole dev split. The saved
@@ -26,17 +26,15 @@ import jax.numpy as jnp
 from mbert_jax.models import Model, io, resolve
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.variants import block_overrides, from_block
-from mbert_jax.train.forward import tagging_metrics, task_forward, task_metrics
+from mbert_jax.train.forward import (
+    evaluator_outputs,
+    task_forward,
+    task_kind,
+    task_metrics,
+    task_outputs,
+)
 from mbert_jax.train.recipe import Recipe, Stage
 from mbert_jax.tree import shape_mismatch
-
-# The head of each `TaskData.kind`.
-KIND_HEADS = {
-    "classification": "classifier",
-    "regression": "classifier",
-    "qa": "qa",
-    "tagging": "token_classifier",
-}
 
 
 class FinetuneRecipe(Recipe):
@@ -90,7 +88,7 @@ class FinetuneRecipe(Recipe):
                 f"the model's vocab_size ({self.model_config.vocab_size}) differs from the "
                 f"task vocabulary's ({tokenizer.vocab_size}, {vocab})"
             )
-        self.heads = (KIND_HEADS[self.kind],)
+        self.heads = (task_kind(self.kind).head,)
         self.model = Model(self.model_config, heads=self.heads)
 
     def stages(self) -> list[Stage]:
@@ -115,9 +113,7 @@ class FinetuneRecipe(Recipe):
         return {**params, "encoder": jax.tree.map(jnp.asarray, pretrained["encoder"])}
 
     def _metrics(self, out, batch):
-        if self.kind == "tagging":
-            return tagging_metrics(out, batch)
-        return task_metrics(out, batch, squad=self.squad, regression=self.regression)
+        return task_metrics(task_outputs(out, self.kind), batch, self.kind)
 
     def loss(self, stage, params, teacher_params, batch, rng):
         out = task_forward(self.model, params, batch, train=True, rng=rng)
@@ -130,11 +126,7 @@ class FinetuneRecipe(Recipe):
     # Host-side official metrics over the whole dev split (see Trainer._evaluate).
     def predict(self, params, batch) -> dict[str, jax.Array]:
         out = task_forward(self.model, params, batch, train=False)
-        if self.squad:
-            return {"start_logits": out.start_logits, "end_logits": out.end_logits}
-        if self.kind == "tagging":
-            return {"logits": out.token_logits.astype(jnp.float32)}
-        return {"logits": out.logits.astype(jnp.float32)}
+        return evaluator_outputs(task_outputs(out, self.kind), self.kind)
 
     def evaluator(self):
         return self.data.evaluator()

@@ -6,9 +6,21 @@ adapters here run a `Model` on one (`forward`: a pretraining batch, logits at
 the masked positions; `task_forward`: a task batch), and the metric helpers
 turn the outputs into `LossSum`s. Recipes (`train/pretrain.py`,
 `train/finetune.py`, `distill/*`) compose them; none imports another recipe.
+
+Task kinds. `TASK_KINDS` maps each `TaskData.kind` ("classification",
+"regression", "tagging", "qa") to its head, the hard-label loss of the
+head's outputs and the names `Evaluator.add` takes them by. A recipe asks
+for `task_kind(kind).head`, takes `task_outputs(out, kind)` (the head's
+outputs as a dict, `models.model.head_outputs`) and passes that dict to
+`task_metrics` and `evaluator_outputs`, so it never branches on the kind.
+The distillation losses of the same outputs are the table in
+`distill/prediction.py`.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +28,7 @@ import jax.numpy as jnp
 from mbert_jax import losses
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
+from mbert_jax.models.model import HEAD_OUTPUTS, head_outputs
 
 
 def forward(model: Model, params, batch, *, train: bool, rng=None, **kwargs):
@@ -83,21 +96,9 @@ def pretraining_metrics(out, batch, use_nsp: bool) -> dict[str, LossSum]:
     return metrics
 
 
-def task_metrics(out, batch, *, squad: bool, regression: bool) -> dict[str, LossSum]:
-    """The task loss (and accuracy) over the valid rows of a batch."""
-    if squad:
-        valid = batch["valid"].astype(jnp.float32)
-        start = losses.cross_entropy(out.start_logits, batch["start_positions"], valid)
-        end = losses.cross_entropy(out.end_logits, batch["end_positions"], valid)
-        return {"loss": LossSum((start.total + end.total) / 2, start.count)}
-    return task_metrics_from_logits(out.logits, batch, regression=regression)
-
-
 def task_metrics_from_logits(logits, batch, *, regression: bool) -> dict[str, LossSum]:
-    """`task_metrics` of sequence classification or regression logits [batch, num_labels].
-
-    For logits of a forward assembled by hand (BERT-of-Theseus's mixed stack).
-    """
+    """The loss (and accuracy) of sequence classification or regression logits
+    [batch, num_labels] over the valid rows (regression: MSE of column 0)."""
     valid = batch["valid"].astype(jnp.float32)
     if regression:
         err = (logits[:, 0].astype(jnp.float32) - batch["labels"]) ** 2
@@ -108,9 +109,11 @@ def task_metrics_from_logits(logits, batch, *, regression: bool) -> dict[str, Lo
     }
 
 
-def tagging_metrics(out, batch) -> dict[str, LossSum]:
-    """`tagging_metrics_from_logits` of a model output's `token_logits`."""
-    return tagging_metrics_from_logits(out.token_logits, batch)
+def tagged_positions(batch) -> jax.Array:
+    """[batch, length] 1.0 where a tagging batch has a label (each word's first piece) in a
+    valid row, else 0.0: the positions every tagging loss and metric counts."""
+    labels = batch["labels"]
+    return (labels >= 0).astype(jnp.float32) * batch["valid"].astype(jnp.float32)[:, None]
 
 
 def tagging_metrics_from_logits(logits, batch) -> dict[str, LossSum]:
@@ -127,8 +130,81 @@ def tagging_metrics_from_logits(logits, batch) -> dict[str, LossSum]:
       padding.
     """
     labels = batch["labels"]
-    weights = (labels >= 0).astype(jnp.float32) * batch["valid"].astype(jnp.float32)[:, None]
+    weights = tagged_positions(batch)
     return {
         "loss": losses.cross_entropy(logits, labels, weights),
         "accuracy": masked_accuracy(logits, labels, weights),
     }
+
+
+def span_metrics_from_logits(start_logits, end_logits, batch) -> dict[str, LossSum]:
+    """Span QA: the mean of the start and end cross-entropies over the valid rows."""
+    valid = batch["valid"].astype(jnp.float32)
+    start = losses.cross_entropy(start_logits, batch["start_positions"], valid)
+    end = losses.cross_entropy(end_logits, batch["end_positions"], valid)
+    return {"loss": LossSum((start.total + end.total) / 2, start.count)}
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskKind:
+    """What a `TaskData.kind` needs of a model.
+
+    Attributes:
+      head: the `Model` head (`models.model.HEADS`).
+      metrics: (the head's outputs, batch) -> `{"loss": ..., ["accuracy": ...]}`,
+        the hard-label loss the fine-tuning minimizes.
+      evaluator_keys: the `Evaluator.add` keyword of each of the head's
+        outputs, in `HEAD_OUTPUTS[head]` order.
+    """
+
+    head: str
+    metrics: Callable[[dict, dict], dict[str, LossSum]]
+    evaluator_keys: tuple[str, ...]
+
+
+TASK_KINDS = {
+    "classification": TaskKind(
+        "classifier",
+        lambda o, b: task_metrics_from_logits(o["logits"], b, regression=False),
+        ("logits",),
+    ),
+    "regression": TaskKind(
+        "classifier",
+        lambda o, b: task_metrics_from_logits(o["logits"], b, regression=True),
+        ("logits",),
+    ),
+    "tagging": TaskKind(
+        "token_classifier",
+        lambda o, b: tagging_metrics_from_logits(o["token_logits"], b),
+        ("logits",),
+    ),
+    "qa": TaskKind(
+        "qa",
+        lambda o, b: span_metrics_from_logits(o["start_logits"], o["end_logits"], b),
+        ("start_logits", "end_logits"),
+    ),
+}
+
+
+def task_kind(kind: str) -> TaskKind:
+    """The `TASK_KINDS` entry of a `TaskData.kind`."""
+    if kind not in TASK_KINDS:
+        raise ValueError(f"task kind {kind!r}: one of {sorted(TASK_KINDS)}")
+    return TASK_KINDS[kind]
+
+
+def task_outputs(out, kind: str) -> dict[str, jax.Array]:
+    """The outputs of the kind's head in a `ModelOutput`, by field name."""
+    return head_outputs(out, task_kind(kind).head)
+
+
+def task_metrics(outputs: dict, batch, kind: str) -> dict[str, LossSum]:
+    """The task loss (and accuracy) of the head's `outputs` over the labelled items of a batch."""
+    return task_kind(kind).metrics(outputs, batch)
+
+
+def evaluator_outputs(outputs: dict, kind: str) -> dict[str, jax.Array]:
+    """The head's outputs as `Evaluator.add` takes them (float32), for a recipe's `predict`."""
+    k = task_kind(kind)
+    fields = HEAD_OUTPUTS[k.head]
+    return {key: outputs[f].astype(jnp.float32) for key, f in zip(k.evaluator_keys, fields)}

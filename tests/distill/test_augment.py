@@ -6,16 +6,20 @@ skipped), and its word embeddings are set so that the nearest whole-word
 tokens of the mean of `un` + `##happy` are known: sad, glum, happy, un.
 """
 
+import json
+import types
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from mbert_jax.data import glue
+from mbert_jax.data import build_task_data, get_task_config, glue
 from mbert_jax.data.report import InputReport
+from mbert_jax.data.tables import Table
 from mbert_jax.data.tokenizer import WordPieceTokenizer
-from mbert_jax.distill.tinybert import augment
+from mbert_jax.distill.teacher import teacher_block
+from mbert_jax.distill.tinybert import augment, augment_custom
 from mbert_jax.models import Model, init_params, io, variants
 
 VOCAB_TEXT = "[PAD] [UNK] [CLS] [SEP] [MASK] the cat sat on mat dog red big happy sad glum un"
@@ -188,3 +192,133 @@ def test_command_line_writes_the_augmented_directory(parts, tmp_path):
     assert all(line.endswith("\t1") for line in lines[1:])
     for line in lines[2:]:
         assert all(w in MLM_TOP[:2] for w in line.split("\t")[0].split(" "))
+
+
+# ------------------------------------------------------------------ your own data
+def custom_config(tmp_path, train, **fields):
+    c = get_task_config("custom")
+    c.train_file, c.eval_file = str(train), str(train)
+    c.cache_dir = str(tmp_path / "cache")
+    c.max_seq_length = 16
+    c.global_batch_size = 2
+    c.num_threads = 0
+    for k, v in fields.items():
+        c[k] = v
+    return c
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_custom_pairs_vary_each_text_column_and_keep_the_labels(parts, tmp_path):
+    train = tmp_path / "train.csv"
+    train.write_text('first,second,label\nthe cat sat,the mat,pos\n"a big, red dog",on a mat,neg\n')
+    c = custom_config(tmp_path, train, text_column="first", text_pair_column="second")
+    rows, fields = augment_custom.augment_custom_files(
+        c, tmp_path / "out", augmenter(parts), n=2, p=1.0, seed=0
+    )
+    assert rows == 2 * (1 + 2 + 2) and fields["train_file"] == str(tmp_path / "out/train.jsonl")
+    out = read_jsonl(tmp_path / "out/train.jsonl")
+    originals = [
+        {"first": "the cat sat", "second": "the mat", "label": "pos"},
+        {"first": "a big, red dog", "second": "on a mat", "label": "neg"},
+    ]
+    for r, original in enumerate(originals):
+        block = out[5 * r : 5 * r + 5]
+        assert block[0] == original
+        for row, varied in zip(block[1:], ["first", "first", "second", "second"]):
+            assert row["label"] == original["label"]
+            kept = "second" if varied == "first" else "first"
+            assert row[kept] == original[kept]  # the other side is the original
+            words = augmenter(parts).words(original[varied])
+            for old, new in zip(words, row[varied].split(" "), strict=True):
+                assert new in (MLM_TOP if old.isalpha() else [old])
+
+
+def test_custom_tagging_replaces_only_words_tagged_o_and_keeps_every_tag(parts, tmp_path):
+    train = tmp_path / "train.conll"
+    words = ["the", "cat", "sat", "on", "the", "mat", ",", "unhappy", "."]
+    tags = ["O", "B-ANI", "O", "O", "O", "B-OBJ", "O", "O", "O"]
+    train.write_text("".join(f"{w} {t}\n" for w, t in zip(words, tags)) + "\n")
+    c = custom_config(tmp_path, train, task_kind="tagging")
+    rows, _ = augment_custom.augment_custom_files(
+        c, tmp_path / "out", augmenter(parts), n=3, p=1.0, seed=0
+    )
+    out = read_jsonl(tmp_path / "out/train.jsonl")
+    assert rows == len(out) == 4 and out[0] == {"tokens": words, "tags": tags}
+    for row in out[1:]:
+        assert row["tags"] == tags and len(row["tokens"]) == len(words)
+        for old, tag, new in zip(words, tags, row["tokens"]):
+            if tag != "O" or not old.isalpha():
+                assert new == old  # entities and punctuation stay
+            else:
+                assert new in (TABLE_TOP if old == "unhappy" else MLM_TOP)
+    no_o = tmp_path / "pos.conll"
+    no_o.write_text("the DT\ncat NN\n\n")
+    with pytest.raises(ValueError, match=r"have no 'O'; set --config.augment.enabled=False"):
+        augment_custom.augment_custom_files(
+            custom_config(tmp_path, no_o, task_kind="tagging"),
+            tmp_path / "out2",
+            augmenter(parts),
+            n=1,
+            p=1.0,
+            seed=0,
+        )
+
+
+def test_class_label_ids_are_written_as_their_names():
+    table = Table(
+        "ds[validation]",
+        ("text", "label"),
+        [{"text": "the cat", "label": 1}, {"text": "a dog", "label": 0}],
+        ["ds[validation] row 0", "ds[validation] row 1"],
+        {"label": types.SimpleNamespace(names=["neg", "pos"])},
+    )
+    c = get_task_config("custom")
+    rows, names = augment_custom._sequence_rows(
+        table, c, None, split="dev", n=1, p=1.0, seed=0, max_examples=0, augment=False
+    )
+    assert names == ("neg", "pos") and [r["label"] for r in rows] == ["pos", "neg"]
+
+
+def test_custom_augmented_config_is_cached_and_reads_as_the_original(parts, tmp_path, monkeypatch):
+    tok, cfg, _, params = parts
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    io.save_model(tmp_path / "bert", cfg, ("mlm",), params, vocab)
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\nthe cat sat,b\na big dog,a\nthe mat,c\n")
+    c = custom_config(tmp_path, train)
+    block = augment.augment_config(
+        enabled=True, mlm_teacher=teacher_block(path=str(tmp_path / "bert")), n=2, k=3
+    )
+    block.max_seq_length = 32
+    out = augment.augmented_data_config(c, block, tok)
+    assert out.source == "files" and out.eval_file == str(train)
+    data = build_task_data(out, process_index=0, process_count=1, tokenizer=tok, log=lambda s: 0)
+    assert data.label_names == ("a", "b", "c")  # the original file's classes, in its order
+    assert len(read_jsonl(Path(out.train_file))) == 3 * (1 + 2)
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached augmentation was built again")
+
+    monkeypatch.setattr(augment, "build_augmenter", no_rebuild)
+    assert augment.augmented_data_config(c, block, tok).train_file == out.train_file
+    with pytest.raises(ValueError, match="config.augment.enabled=True: .*squad_v1"):
+        augment.augmented_data_config(get_task_config("squad_v1"), block, tok)
+
+
+def test_command_line_augments_a_custom_file(parts, tmp_path):
+    tok, cfg, _, params = parts
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    io.save_model(tmp_path / "bert", cfg, ("mlm",), params, vocab)
+    train = tmp_path / "train.tsv"
+    train.write_text("review\tstars\nthe cat sat\t4.5\n")
+    argv = ["--task", "custom", "--train-file", str(train), "--text-column", "review"]
+    argv += ["--label-column", "stars", "--task-kind", "regression", "--n", "3", "--k", "2"]
+    argv += ["--mlm-teacher", str(tmp_path / "bert"), "--output-dir", str(tmp_path / "out")]
+    assert augment.main(argv) == 0
+    rows = read_jsonl(tmp_path / "out/train.jsonl")
+    assert len(rows) == 4 and all(r["stars"] == "4.5" for r in rows)

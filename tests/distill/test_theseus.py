@@ -15,6 +15,7 @@ import pytest
 from mbert_jax.distill import theseus
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model, init_params, io, variants
+from mbert_jax.models.model import HEAD_OUTPUTS, head_outputs
 from mbert_jax.train.forward import task_metrics_from_logits
 from mbert_jax.train.labels import make_labels
 from mbert_jax.train.optimizers import default_optimizer_config, make_optimizer
@@ -120,6 +121,31 @@ def test_mixed_forward_equals_a_hand_assembled_stack(setup):
     expected = plain_logits(four, {"encoder": stack, "classifier": params["classifier"]}, batch)
     got = logits(params, pred_params, batch, jnp.asarray([True, False, True]))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["token_classifier", "qa"])
+def test_the_task_head_of_any_kind_runs_on_the_mixed_stack(setup, head):
+    """Tagging and span heads: p = 1 is the successor alone, p = 0 the predecessor."""
+    predecessor, successor, _, _, batch, _, _ = setup
+    predecessor = Model(predecessor.config, heads=(head,))
+    successor = Model(successor.config, heads=(head,))
+    pred_params = init_params(predecessor, jax.random.PRNGKey(2))
+    params = theseus.successor_from_predecessor(pred_params, (0, 2, 4), head)
+    assert set(params) == {"encoder", head}
+    replacer = theseus.ModuleReplacer(successor, predecessor)
+    outputs = jax.jit(lambda p, pp, c: replacer.outputs(p, pp, batch, c, train=False))
+    for model, p, choose in (
+        (successor, params, jnp.ones(N_MODULES, bool)),
+        (predecessor, pred_params, jnp.zeros(N_MODULES, bool)),
+    ):
+        got = outputs(params, pred_params, choose)
+        out = model.apply(
+            {"params": p}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+        )
+        expected = head_outputs(out, head)
+        assert set(got) == set(expected) == set(HEAD_OUTPUTS[head])
+        for field in expected:
+            np.testing.assert_allclose(got[field], expected[field], rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_reach_only_the_drawn_successor_modules(setup):

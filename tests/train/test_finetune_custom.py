@@ -5,103 +5,37 @@ with its vocabulary) and a file written here, at runlocal size. The
 official metrics the run reports (results.json) are then recomputed from the
 saved model alone: the dev file tokenized by transformers' `BertTokenizerFast`
 (not the data layer), the model run with `Model.apply`, the metrics computed
-here in numpy / scipy (entity F1 with an IOB2 chunker written here).
+here in numpy / scipy (entity F1 with an IOB2 chunker written here). The
+files, the runs and the chunker are in tests/task_files.py.
 """
 
 from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
-import transformers
 from scipy import stats
-
-from mbert_jax.data.tokenizer import train_wordpiece
-from mbert_jax.models import Model, io, variants
-from mbert_jax.models.model import init_params
-from mbert_jax.train.cli import apply_overrides, load_config_module, run_config
-
-SEQ = 32
-TOPICS = {
-    "sports": "goal match team score coach league",
-    "music": "song guitar band album drum concert",
-    "food": "bread soup cheese apple dinner bake",
-    "tech": "code laptop server chip cloud robot",
-}
-FILLER = ["the", "a", "very", "new", "old", "some"]
-PER, LOC = ["peter", "anna", "john", "maria"], ["paris", "berlin", "rome"]
-OTHER = ["went", "to", "saw", "and", "in", "a", "visit", "with"]
-GOOD, BAD = ["great", "fine", "lovely"], ["awful", "dull", "poor"]
-
-
-def _all_words():
-    words = [*FILLER, *PER, *LOC, *OTHER, *GOOD, *BAD]
-    return words + [w for t in TOPICS.values() for w in t.split()]
+from task_files import (
+    SEQ,
+    finetune,
+    hf_tokenizer,
+    iob2_entities,
+    make_bert,
+    pair_rows,
+    predict,
+    score_rows,
+    tagged_sentence,
+    topic_rows,
+    write_conll,
+    write_csv,
+)
 
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
     """A random tinybert4_micro model directory with a vocabulary of the test's words."""
-    root = tmp_path_factory.mktemp("bert")
-    tok = train_wordpiece([" ".join(_all_words())], 200, min_frequency=1)
-    vocab = tok.save(root / "vocab")
-    cfg = variants.get("tinybert4_micro", vocab_size=tok.vocab_size)
-    params = init_params(Model(cfg, heads=()), jax.random.PRNGKey(0))
-    return io.save_model(root / "model", cfg, (), params, vocab)
-
-
-def finetune(tmp_path, bert, steps=40, **data):
-    module, arg = load_config_module("configs/finetune.py:runlocal,task=custom")
-    overrides = {
-        "init_from": str(bert),
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.max_seq_length": SEQ,
-        "train.steps": steps,
-        "train.eval_every": steps,
-        "train.checkpoint_every": steps,
-        "train.log_every": steps,
-    }
-    overrides.update({f"data.{k}": v for k, v in data.items()})
-    config = apply_overrides(module.get_config(arg), overrides)
-    workdir = tmp_path / "run"
-    run_config(config, str(workdir))
-    return json.loads((workdir / "results.json").read_text())["eval"], workdir / "model"
-
-
-def predict(model_dir, encodings):
-    """The saved model's outputs on transformers-tokenized inputs."""
-    config, heads, params = io.load_model(model_dir)
-    enc = {k: np.asarray(encodings[k], np.int32) for k in ("input_ids", "attention_mask")}
-    types = np.asarray(encodings["token_type_ids"], np.int32)
-    model = Model(config, heads)
-    out = jax.jit(lambda p, i, m, t: model.apply({"params": p}, i, m, t))(
-        params, enc["input_ids"], enc["attention_mask"], types
-    )
-    return config, heads, out
-
-
-def hf_tokenizer(model_dir):
-    tok = transformers.BertTokenizerFast.from_pretrained(str(model_dir), do_lower_case=True)
-    assert len(tok) == io.load_config(model_dir)[0].vocab_size  # it read vocab.txt
-    return tok
-
-
-def write_csv(path, header, rows):
-    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
-    return path
-
-
-# ---------------------------------------------------------------- multi-class, CSV
-def topic_rows(rng, n):
-    rows = []
-    for _ in range(n):
-        label = rng.choice(list(TOPICS))
-        words = [*rng.choice(TOPICS[label].split(), 3), *rng.choice(FILLER, 2)]
-        rng.shuffle(words)
-        rows.append((" ".join(words), label))
-    return rows
+    return make_bert(tmp_path_factory.mktemp("bert"))
 
 
 @pytest.mark.slow
@@ -133,14 +67,6 @@ def test_multiclass_csv(tmp_path, bert):
 
 
 # ---------------------------------------------------------------- regression, CSV
-def score_rows(rng, n):
-    rows = []
-    for _ in range(n):
-        k = int(rng.integers(0, 5))
-        words = [*rng.choice(GOOD, k), *rng.choice(BAD, 4 - k)]
-        rng.shuffle(words)
-        rows.append((" ".join(words), f"{k * 1.25:.2f}"))
-    return rows
 
 
 @pytest.mark.slow
@@ -169,19 +95,6 @@ def test_regression_csv(tmp_path, bert):
 
 
 # ---------------------------------------------------------------- pairs, JSON lines
-def pair_rows(rng, n):
-    rows = []
-    topics = ["sports", "food"]
-    for _ in range(n):
-        a, b = rng.choice(topics), rng.choice(topics)
-        rows.append(
-            {
-                "first": " ".join(rng.choice(TOPICS[a].split(), 3)),
-                "second": " ".join(rng.choice(TOPICS[b].split(), 3)),
-                "label": "same" if a == b else "different",
-            }
-        )
-    return rows
 
 
 @pytest.mark.slow
@@ -220,41 +133,6 @@ def test_sentence_pairs_jsonl(tmp_path, bert):
 
 
 # ---------------------------------------------------------------- tagging, CoNLL
-def tagged_sentence(rng):
-    words, tags = [], []
-    for _ in range(int(rng.integers(3, 8))):
-        r = rng.random()
-        if r < 0.2:
-            words += [rng.choice(PER), rng.choice(PER)]
-            tags += ["B-PER", "I-PER"]
-        elif r < 0.35:
-            words.append(rng.choice(LOC))
-            tags.append("B-LOC")
-        else:
-            words.append(rng.choice(OTHER))
-            tags.append("O")
-    return words, tags
-
-
-def write_conll(path, sentences):
-    with open(path, "w") as f:
-        f.write("-DOCSTART- -X- O\n\n")
-        for words, tags in sentences:
-            f.write("".join(f"{w} NN {t}\n" for w, t in zip(words, tags)) + "\n")
-    return path
-
-
-def iob2_entities(tags):
-    """(type, start, end) of IOB2 tags; an I- that does not continue an entity opens one."""
-    out, current = set(), None
-    for i, tag in enumerate([*tags, "O"]):
-        prefix, _, kind = tag.partition("-")
-        if current is not None and (prefix != "I" or kind != current[0]):
-            out.add((current[0], current[1], i - 1))
-            current = None
-        if prefix == "B" or (prefix == "I" and current is None):
-            current = (kind, i)
-    return out
 
 
 @pytest.mark.slow

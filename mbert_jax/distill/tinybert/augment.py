@@ -46,8 +46,17 @@ Command line (writes the augmented train.tsv and copies the other files):
 `--mlm-teacher` (and `config.augment.mlm_teacher.path`) is a model
 directory or a transformers directory with an MLM head (`models/resolve.py`).
 
-The TinyBERT task recipe calls `augmented_task_dir` (cached under the data
-cache directory, keyed by every input and setting) when
+Your own data (`task="custom"`, `augment_custom.py`: text columns
+augmented, labels kept; tagging replaces only words tagged O, keeping every
+tag) writes `train.jsonl`:
+
+    mbert-jax augment --task custom --train-file data/train.csv \\
+        --text-column review --label-column stars \\
+        --mlm-teacher runs/bert_base/model --output-dir data/aug
+
+SQuAD is refused: replaced words would move the answers' character spans.
+The TinyBERT task recipe calls `augmented_data_config` (cached under the
+data cache directory, keyed by every input and setting) when
 `config.augment.enabled` is set.
 """
 
@@ -212,14 +221,8 @@ def _file_key(path: Path) -> list:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) -> Path:
-    """A directory with the task's files and an augmented train.tsv (built once, cached)."""
-    from mbert_jax.data import tokenized
-
-    src = source_dir(data_config)
-    train = src / _task(data_config.task).splits["train"].file
-    if not train.is_file():
-        raise ValueError(f"{train} does not exist: cannot augment the {data_config.task} task")
+def cache_parts(augment_cfg, tokenizer: WordPieceTokenizer) -> dict:
+    """The part of an augmented set's cache key that the augmentation settings make."""
     teacher = augment_cfg.mlm_teacher
     if teacher.path:
         stored = resolve.model_dir(teacher.path, "config.augment.mlm_teacher.path")
@@ -228,9 +231,7 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
         teacher_key = [teacher.variant, block_overrides(teacher), teacher.seed, "host_init"]
     if teacher.dtype != "float32":  # float32 teacher directories keep their earlier keys
         teacher_key.append(teacher.dtype)
-    parts = {
-        "task": data_config.task,
-        "train": _file_key(train),
+    return {
         "tokenizer": tokenizer.fingerprint,
         "teacher": teacher_key,
         "vectors": _file_key(Path(augment_cfg.word_vectors)) if augment_cfg.word_vectors else "",
@@ -248,6 +249,48 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
             )
         },
         "v": VERSION,
+    }
+
+
+def check_augmentable(data_config) -> None:
+    """Raise a one-line ValueError for a task whose labels word replacement would break (SQuAD)."""
+    if data_config.task.startswith("squad"):
+        raise ValueError(
+            f"config.augment.enabled=True: config.data.task={data_config.task} cannot be "
+            "augmented (replacing words moves the answers' character spans); set "
+            "--config.augment.enabled=False"
+        )
+
+
+def augmented_data_config(data_config, augment_cfg, tokenizer: WordPieceTokenizer):
+    """`data_config` reading the augmented training set instead (built once, cached).
+
+    GLUE and the corpus tasks: `data_dir` is the augmented task directory
+    (`augmented_task_dir`). `task="custom"`: the training file is the
+    augmented JSON lines file of `augment_custom.py`. SQuAD: a ValueError.
+    """
+    check_augmentable(data_config)
+    if data_config.task == "custom":
+        from mbert_jax.distill.tinybert import augment_custom
+
+        return augment_custom.augmented_config(data_config, augment_cfg, tokenizer)
+    c = ml_collections.ConfigDict(data_config.to_dict())
+    c.data_dir = str(augmented_task_dir(data_config, augment_cfg, tokenizer))
+    return c
+
+
+def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) -> Path:
+    """A directory with the task's files and an augmented train.tsv (built once, cached)."""
+    from mbert_jax.data import tokenized
+
+    src = source_dir(data_config)
+    train = src / _task(data_config.task).splits["train"].file
+    if not train.is_file():
+        raise ValueError(f"{train} does not exist: cannot augment the {data_config.task} task")
+    parts = {
+        "task": data_config.task,
+        "train": _file_key(train),
+        **cache_parts(augment_cfg, tokenizer),
     }
     cache = tokenized.resolve_cache_dir(data_config.cache_dir)
     directory = cache / f"augment-{data_config.task}-{tokenized.cache_key(parts)}"
@@ -273,11 +316,12 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mbert_jax.data import load_tokenizer
+    from mbert_jax.data import get_task_config, load_tokenizer
+    from mbert_jax.models import io
 
     parser = argparse.ArgumentParser(prog="mbert-jax augment", description=__doc__.split("\n")[0])
-    parser.add_argument("--task", required=True, help="GLUE task name or 'stdlib'")
-    parser.add_argument("--data-dir", required=True, help="directory of the task's TSV files")
+    parser.add_argument("--task", required=True, help="GLUE task name, 'stdlib', or 'custom'")
+    parser.add_argument("--data-dir", default="", help="directory of the task's TSV files")
     parser.add_argument(
         "--mlm-teacher",
         required=True,
@@ -293,7 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--official", action="store_true")
+    custom = parser.add_argument_group(
+        "--task custom", "your own training file, its columns as config.data names them"
+    )
+    custom.add_argument("--train-file", default="", help=".csv, .tsv, .jsonl, .json or CoNLL")
+    custom.add_argument(
+        "--task-kind", default="classification", help="classification, regression or tagging"
+    )
+    custom.add_argument("--text-column", default="text")
+    custom.add_argument("--text-pair-column", default="")
+    custom.add_argument("--label-column", default="label")
+    custom.add_argument("--tokens-column", default="tokens", help="tagging, JSON lines")
+    custom.add_argument("--tags-column", default="tags", help="tagging, JSON lines")
+    custom.add_argument("--conll-tag-column", type=int, default=-1, help="tagging, CoNLL files")
     args = parser.parse_args(argv)
+    if args.task != "custom" and not args.data_dir:
+        parser.error(f"--data-dir: the directory of the {args.task} TSV files")
+    if args.task == "custom" and not args.train_file:
+        parser.error("--train-file: the custom task's training file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
         teacher = resolve.model_dir(args.mlm_teacher, "--mlm-teacher")
@@ -314,15 +375,29 @@ def main(argv: list[str] | None = None) -> int:
         max_seq_length=args.max_seq_length,
         official=args.official,
     )
+    if args.task.startswith("squad"):
+        parser.error(f"--task {args.task}: replacing words would move the answers' spans")
+    data = get_task_config(args.task)
     augmenter = build_augmenter(cfg, load_tokenizer(vocab))
-    rows = augment_task_files(
-        args.task,
-        Path(args.data_dir),
-        Path(args.output_dir),
-        augmenter,
-        n=args.n,
-        p=args.p,
-        seed=args.seed,
-    )
-    print(f"wrote {rows} training rows to {Path(args.output_dir) / 'train.tsv'}")
+    out = Path(args.output_dir)
+    settings = dict(n=args.n, p=args.p, seed=args.seed)
+    if args.task == "custom":
+        from mbert_jax.distill.tinybert import augment_custom
+
+        for name in (
+            "train_file",
+            "task_kind",
+            "text_column",
+            "text_pair_column",
+            "label_column",
+            "tokens_column",
+            "tags_column",
+            "conll_tag_column",
+        ):
+            data[name] = getattr(args, name)
+        rows, _ = augment_custom.augment_custom_files(data, out, augmenter, **settings)
+        print(f"wrote {rows} training rows to {out / augment_custom.TRAIN_FILE}")
+        return 0
+    rows = augment_task_files(args.task, Path(args.data_dir), out, augmenter, **settings)
+    print(f"wrote {rows} training rows to {out / 'train.tsv'}")
     return 0

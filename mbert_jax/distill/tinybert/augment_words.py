@@ -230,15 +230,45 @@ class Augmenter:
           keys: per text, the tuple that keys its generator with the seed
             (default: its index), so results do not depend on batching.
         """
+        words = [self.words(t) for t in texts]
+        out = self.augment_words(words, n=n, p=p, seed=seed, keys=keys)
+        return [[" ".join(v) for v in variants] for variants in out]
+
+    def augment_words(
+        self,
+        sentences: list[list[str]],
+        *,
+        n: int,
+        p: float,
+        seed: int,
+        keys: list[tuple] | None = None,
+        keep: list[list[bool]] | None = None,
+    ) -> list[list[list[str]]]:
+        """N augmented versions of each sentence given as words, each a list of as many words.
+
+        Every word is replaced by one whole word (an MLM token or a word-vector
+        neighbour), so word i of a variant stands where word i stood: per-word
+        labels (tags) stay aligned.
+
+        Args:
+          sentences: the words of each sentence.
+          n, p, seed, keys: as in `augment`.
+          keep: per sentence, per word, True where the word must stay as it
+            is (e.g. the words of a tagged entity); None keeps none.
+        """
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"augmentation p={p} must be in [0, 1]")
-        words = [self.words(t) for t in texts]
-        cands = self.candidates(words)
-        keys = keys or [(i,) for i in range(len(texts))]
+        cands = self.candidates(sentences)
+        if keep is not None:
+            cands = [
+                [[] if k else c for c, k in zip(cs, ks, strict=True)]
+                for cs, ks in zip(cands, keep, strict=True)
+            ]
+        keys = keys or [(i,) for i in range(len(sentences))]
         out = []
-        for ws, cs, key in zip(words, cands, keys):
+        for ws, cs, key in zip(sentences, cands, keys):
             rng = np.random.default_rng([seed, *key])
-            original = " ".join(ws)
+            original = list(ws)
             variants = []
             for _ in range(n):
                 new = list(ws)
@@ -247,12 +277,12 @@ class Augmenter:
                         choice = c[int(rng.integers(len(c)))]
                         if rng.random() < p:
                             new[w] = choice
-                variants.append(" ".join(new))
+                variants.append(new)
             if self.official:  # drop repeats of the original and of each other
-                seen, kept = {original}, []
+                seen, kept = {tuple(original)}, []
                 for v in variants:
-                    if v not in seen:
-                        seen.add(v)
+                    if tuple(v) not in seen:
+                        seen.add(tuple(v))
                         kept.append(v)
                 variants = kept
             out.append(variants)

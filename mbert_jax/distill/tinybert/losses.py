@@ -7,11 +7,13 @@ layer m learns from teacher layer g(m); layer 0 is the embedding output):
     L_hidn = sum_{m=1..L_S} MSE(H_S^m W_h, H_T^g(m))
     L_embd = MSE(E_S W_e, E_T)
 
-and `prediction_losses` the prediction-layer term (soft cross-entropy at a
-temperature; MSE for regression) and the optional hard-label loss. Each
-MSE is the mean over its real entries (`mbert_jax.losses.tinybert`).
+and `prediction_losses` the prediction-layer term of the task's kind (the
+table in `distill/prediction.py`: soft cross-entropy at a temperature per
+example, per tagged token or over span positions; MSE for regression) and
+the optional hard-label loss. Each MSE is the mean over its real entries
+(`mbert_jax.losses.tinybert`).
 `Projections` holds W_h and W_e (or the official code's one shared
-`fit_dense`). The recipe is `tinybert.py`.
+`fit_dense`). The recipe is `recipe.py`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import jax.numpy as jnp
 
 from mbert_jax import losses
 from mbert_jax.distill.layer_map import all_hidden
+from mbert_jax.distill.prediction import prediction_loss
 from mbert_jax.losses import LossSum
 from mbert_jax.models.layers import EMBED, EMBED_IN
-from mbert_jax.train.forward import task_metrics_from_logits
+from mbert_jax.train.forward import task_metrics
 
 INTERMEDIATE_LOSSES = ("attention", "hidden", "embedding")
 PREDICTION_LOSSES = ("prediction", "hard_label")
@@ -129,27 +132,31 @@ def intermediate_losses(
 
 
 def prediction_losses(
-    student_logits, teacher_logits, batch, weights, *, temperature, regression, official
+    kind, student_outputs, teacher_outputs, batch, weights, *, temperature, official
 ) -> dict[str, LossSum]:
-    """Prediction-layer distillation (and the optional hard-label loss) on the valid rows."""
-    valid = batch["valid"].astype(jnp.float32)
+    """Prediction-layer distillation (and the optional hard-label loss) of any task kind.
+
+    Args:
+      kind: the `TaskData.kind`.
+      student_outputs, teacher_outputs: the task head's outputs (`train.forward.task_outputs`).
+      batch: the task batch.
+      weights: the stage's loss weights (only their keys matter here).
+      temperature, official: see `distill.prediction`.
+
+    Returns:
+      `prediction` (`distill.prediction.PREDICTION_LOSSES[kind]`) and
+      `hard_label` (the kind's fine-tuning loss on the gold labels), where active.
+    """
     out = {}
     if "prediction" in weights:
-        if regression:  # official task_distill.py: MSE between the predictions
-            err = jnp.square(
-                student_logits[:, 0].astype(jnp.float32)
-                - jax.lax.stop_gradient(teacher_logits[:, 0]).astype(jnp.float32)
-            )
-            out["prediction"] = LossSum(jnp.sum(err * valid), jnp.sum(valid))
-        else:
-            out["prediction"] = losses.tinybert_prediction_loss(
-                student_logits,
-                teacher_logits,
-                temperature=temperature,
-                weights=valid,
-                official=official,
-            )
+        out["prediction"] = prediction_loss(
+            kind,
+            student_outputs,
+            teacher_outputs,
+            batch,
+            temperature=temperature,
+            official=official,
+        )
     if "hard_label" in weights:
-        task = task_metrics_from_logits(student_logits, batch, regression=regression)
-        out["hard_label"] = task["loss"]
+        out["hard_label"] = task_metrics(student_outputs, batch, kind)["loss"]
     return out

@@ -9,7 +9,9 @@ Student layer m learns from teacher layer g(m) (`layer_map`, default
     L_pred = CE(z_T / t, z_S / t)                         (regression: MSE(z_S, z_T))
 
 each MSE the mean over its real entries (`mbert_jax.losses.tinybert`; the
-terms are assembled in `tinybert_losses.py`), and the objective
+terms are assembled in `losses.py`), L_pred the task kind's prediction loss
+(`distill/prediction.py`: per example, per tagged token, or over the span
+positions of the start and end logits), and the objective
 `sum_k w_k L_k` over the stage's active terms. The teacher is
 `config.teacher` (`teacher.teacher_block`; `dtype="bfloat16"` holds and runs
 it in bf16).
@@ -19,14 +21,17 @@ Modes (`config.distill.mode`):
   pretraining text, from a pre-trained (not fine-tuned) teacher; no
   prediction loss. Trainable: `{"student": ..., "proj": ...}`; the saved
   model is the student alone (encoder, no heads).
-- "task": a fine-tuned teacher (classifier head) on (augmented, see
-  `augment.py`) task data. Stage "intermediate": attention + hidden +
-  embedding losses (the student's classifier and pooler frozen); stage
+- "task": a fine-tuned teacher on (augmented, see `augment.py`) task data
+  of any kind fine-tuning supports (classification, regression, pairs,
+  tagging, SQuAD; the teacher has the kind's head, `TaskSetup`). Stage
+  "intermediate": attention + hidden + embedding losses (the student's task
+  head and pooler frozen); stage
   "prediction": the soft cross-entropy at temperature t (projections frozen;
   `hard_label` adds the ground-truth loss, used by the "w/o prediction"
   ablation). The student starts from a general-distilled student
-  (`config.init_from`, a model or transformers directory) or fresh. Evaluation
-  reports the task's official metrics.
+  (`config.init_from`, a model or transformers directory) or fresh.
+  Evaluation reports the task's official metrics, those of fine-tuning
+  (`data.tasks.Evaluator`); the saved student carries the task's label names.
 
 Paper vs official code (paper default, official as an option):
 - Projections: the paper has W_e for the embeddings and one W_h for every
@@ -76,7 +81,7 @@ from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.train import inputs
-from mbert_jax.train.forward import task_forward, task_metrics
+from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metrics, task_outputs
 from mbert_jax.train.recipe import Recipe, Stage
 
 log = logging.getLogger(__name__)
@@ -121,14 +126,17 @@ class TinyBertRecipe(Recipe):
 
             prepare = None
             if config.augment.enabled:
-                prepare = lambda tok: augment.augmented_task_dir(config.data, config.augment, tok)
+                prepare = lambda data, tok: augment.augmented_data_config(data, config.augment, tok)
             self.task = TaskSetup(config.data, config.teacher.path, prepare=prepare)
             vocab_size, num_labels = self.task.tokenizer.vocab_size, self.task.num_labels
-            heads = ("classifier",)
+            heads = (self.task.head,)
         self.heads = heads
-        self.teacher_spec = teacher_lib.load_teacher(
-            config.teacher, heads=heads, vocab_size=vocab_size, num_labels=num_labels
-        )
+        if self.task is not None:  # the task's head, label count and order checked
+            self.teacher_spec = self.task.load_teacher(config.teacher)
+        else:
+            self.teacher_spec = teacher_lib.load_teacher(
+                config.teacher, heads=heads, vocab_size=vocab_size, num_labels=num_labels
+            )
         self.teacher_model = self.teacher_spec.model
         self.student_config = self._student_config(vocab_size, num_labels)
         self.student = Model(self.student_config, heads=heads)
@@ -157,8 +165,9 @@ class TinyBertRecipe(Recipe):
     def _student_config(self, vocab_size, num_labels):
         cfg = self.config
         overrides = block_overrides(cfg.student)
-        if num_labels is not None:
+        if self.task is not None:  # the head's size and the label names saved with the student
             overrides["num_labels"] = num_labels
+            overrides["label_names"] = self.task.label_names
         if cfg.get("init_from"):
             stored, _ = io.load_config(resolve.model_dir(cfg.init_from, "config.init_from"))
             bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
@@ -191,7 +200,7 @@ class TinyBertRecipe(Recipe):
             if not inter:
                 raise ValueError("config.distill.loss_weights: no active loss")
             return [Stage("general", int(self.config.train.steps), inter, self._rules(inter))]
-        frozen_heads = ["student/classifier/.*"]
+        frozen_heads = [f"student/{self.task.head}/.*"]
         if self.student_config.use_pooler:
             frozen_heads.append("student/encoder/pooler/.*")
         stages = []
@@ -294,19 +303,21 @@ class TinyBertRecipe(Recipe):
             self.official,
         )
         if self.task is not None:
+            kind = self.task.kind
+            s_task, t_task = task_outputs(s_out, kind), task_outputs(t_out, kind)
             metrics.update(
                 prediction_losses(
-                    s_out.logits,
-                    t_out.logits,
+                    kind,
+                    s_task,
+                    t_task,
                     batch,
                     stage.loss_weights,
                     temperature=self.temperature,
-                    regression=self.task.regression,
                     official=self.official,
                 )
             )
             if not train:
-                task = task_metrics(s_out, batch, squad=False, regression=self.task.regression)
+                task = task_metrics(s_task, batch, kind)
                 metrics.update({f"task_{k}": v for k, v in task.items()})
         return metrics
 
@@ -323,7 +334,7 @@ class TinyBertRecipe(Recipe):
 
     def predict(self, params, batch) -> dict[str, jax.Array]:
         out = task_forward(self.student, params["student"], batch, train=False)
-        return {"logits": out.logits.astype(jnp.float32)}
+        return evaluator_outputs(task_outputs(out, self.task.kind), self.task.kind)
 
     # -------------------------------------------------------------------- data
     def train_data(self, process_index, process_count):
