@@ -2,12 +2,16 @@
 
 Reads top to bottom:
 1. set-up: mesh and rules, abstract parameters and their shardings, the
-   teacher (sharded, no optimizer state), the checkpoint manager;
+   teacher (sharded, no optimizer state), the newest checkpoint that
+   restores; only then is the run accepted and WORKDIR/config.json written;
 2. per stage: its label tree and optimizer, the jitted step (compiled once
    per stage), state from the checkpoint or carried over from the last stage;
 3. the step loop: prefetch-by-async-dispatch, metrics reduced only at log
    time, evaluation, checkpoints, SIGTERM, non-finite losses;
 4. the end: the final model directory (WORKDIR/model) and results.json.
+
+Every exit (the end, SIGTERM, an error) finishes the checkpoint save in
+flight first (`checkpoint.Checkpoints.close`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ NAN_POLICIES = ("stop", "skip")
 
 class NonFiniteLossError(RuntimeError):
     """A loss or gradient became NaN/Inf and `nan_policy` is "stop"."""
+
+
+# The errors that stop a run with a message for the user (`mbert-jax train` prints one line).
+TRAINING_ERRORS = (
+    NonFiniteLossError,
+    ckpt.CheckpointMismatchError,
+    ckpt.CheckpointWriteError,
+    ckpt.NoRestorableCheckpointError,
+)
 
 
 @dataclasses.dataclass
@@ -231,15 +244,36 @@ class Trainer:
 
     # -------------------------------------------------------------------- run
     def run(self) -> RunResult:
+        if stage_boundaries(self.stages)[-1] == 0:
+            return self._evaluate_initial()
+        checkpoints = ckpt.Checkpoints(
+            self.workdir / "checkpoints", self.train_cfg.keep_checkpoints
+        )
+        with ckpt.quiet_orbax():
+            try:
+                result = self._train(checkpoints)
+            except BaseException as e:
+                # Whatever stops the run (a non-finite loss, an exception in a
+                # recipe, Ctrl-C, a full disk), the save in flight is finished first.
+                failed_save = checkpoints.close(error=e)
+                if ckpt.is_disk_full(e) and not isinstance(e, ckpt.CheckpointWriteError):
+                    raise failed_save or checkpoints.no_space(e) from None
+                if failed_save is not None:
+                    log.error("error: %s", failed_save)
+                raise
+            checkpoints.close()
+        if result.preempted and self.is_lead:
+            print(
+                f"preempted: checkpoint saved at step {result.step}; rerun the same command "
+                "to resume"
+            )
+        return result
+
+    def _train(self, checkpoints: ckpt.Checkpoints) -> RunResult:
         cfg = self.train_cfg
         stages = self.stages
         ends = stage_boundaries(stages)
         total_steps = ends[-1]
-        if total_steps == 0:
-            return self._evaluate_initial()
-        writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
-        progress = logs.Progress(total_steps, enabled=self.is_lead)
-        manager = ckpt.make_manager(self.workdir / "checkpoints", cfg.keep_checkpoints)
         data = self.recipe.train_data(jax.process_index(), jax.process_count())
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         final_eval: dict[str, float] = {}
@@ -250,90 +284,94 @@ class Trainer:
             boxed, param_shardings = self._abstract_params()
             teacher_params, teacher_shardings = self._teacher()
 
-            latest = manager.latest_step()
-            step = 0 if latest is None else int(latest)
-            state = None
-            if latest is not None and self.is_lead:
-                log.info("resuming from %s/%d", manager.directory, latest)
-
-            for index in range(stage_at(step, stages), len(stages)):
-                stage = stages[index]
-                start = ends[index] - stage.steps
-                fns = self.stage_functions(stage, boxed, param_shardings, teacher_shardings)
+            restored = checkpoints.restore_latest(
+                lambda s: self._restore(checkpoints, s, boxed, param_shardings, replicated)
+            )
+            step, state, restored_stage = 0, None, None
+            if restored is not None:
+                step, (state, restored_stage, data_state) = restored
+                data.set_state(data_state)
                 if self.is_lead:
-                    log.info(
-                        "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",
-                        index + 1,
-                        len(stages),
-                        stage.name,
-                        start,
-                        ends[index],
-                        f"{fns.counts[0]:,}",
-                        f"{fns.counts[1]:,}",
-                    )
-                if state is None and latest is not None:
-                    state, restored_stage, data_state = self._restore(
-                        manager, latest, boxed, param_shardings, replicated
-                    )
-                    data.set_state(data_state)
-                    if restored_stage != index:  # saved at the end of an earlier stage
-                        state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
-                elif state is None:
-                    state = self._init_state(param_shardings, fns.tx, fns.opt_shardings, replicated)
-                else:
-                    state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
-
-                window: list[tuple[int, dict]] = []
-                while step < ends[index]:
-                    batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
-                    state, step_metrics = fns.train_step(state, batch, teacher_params)
-                    step += 1
-                    window.append((step, step_metrics))
-                    last = step == ends[index]
-                    if step % cfg.log_every == 0 or last:
-                        final_train = self._log(
-                            window,
-                            step,
-                            stage,
-                            writer,
-                            progress,
-                            fns.schedule(step - start - 1),
-                            batch,
-                        )
-                        window = []
-                    if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                        steps = fns.eval_step, fns.predict_step
-                        final_eval = self._evaluate(
-                            *steps, state.params, teacher_params, step, writer
-                        )
-                    if stop.requested or last or step % cfg.checkpoint_every == 0:
-                        self._check_finite(window)
-                        self._save(manager, state, step, index, stage, data)
-                    if stop.requested:
-                        preempted = True
-                        break
-                if preempted:
-                    break
-
-            manager.wait_until_finished()
-            if not preempted:
-                if state is None:
-                    # The run had already finished: keep its results, and write the
-                    # model directory again only if the run died before writing it.
-                    previous = self._previous_results()
-                    final_train, final_eval = previous.get("train", {}), previous.get("eval", {})
-                    if not io.is_model_dir(self.workdir / "model") or not previous:
-                        state = self._restore(manager, latest, boxed, param_shardings, replicated)[
-                            0
-                        ]
+                    log.info("resuming from %s/%d", checkpoints.directory, step)
+            # The run is accepted (a checkpoint of another model was refused above).
+            self._write_config()
+            writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
+            progress = logs.Progress(total_steps, enabled=self.is_lead)
+            ran = False
+            try:
+                for index in range(stage_at(step, stages), len(stages)):
+                    stage = stages[index]
+                    start = ends[index] - stage.steps
+                    fns = self.stage_functions(stage, boxed, param_shardings, teacher_shardings)
                     if self.is_lead:
-                        log.info("%s already finished at step %d", self.workdir, step)
-                if state is not None:
-                    self._finish(state.params, final_train, final_eval, step)
-        writer.close()
-        manager.close()
-        if preempted and self.is_lead:
-            print(f"preempted: checkpoint saved at step {step}; rerun the same command to resume")
+                        log.info(
+                            "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",
+                            index + 1,
+                            len(stages),
+                            stage.name,
+                            start,
+                            ends[index],
+                            f"{fns.counts[0]:,}",
+                            f"{fns.counts[1]:,}",
+                        )
+                    if state is None:
+                        state = self._init_state(
+                            param_shardings, fns.tx, fns.opt_shardings, replicated
+                        )
+                    elif ran or restored_stage != index:
+                        # A new stage, or a checkpoint saved at the end of an earlier one.
+                        state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
+                    ran = True
+
+                    window: list[tuple[int, dict]] = []
+                    while step < ends[index]:
+                        batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
+                        state, step_metrics = fns.train_step(state, batch, teacher_params)
+                        step += 1
+                        window.append((step, step_metrics))
+                        last = step == ends[index]
+                        if step % cfg.log_every == 0 or last:
+                            final_train = self._log(
+                                window,
+                                step,
+                                stage,
+                                writer,
+                                progress,
+                                fns.schedule(step - start - 1),
+                                batch,
+                            )
+                            window = []
+                        if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                            steps = fns.eval_step, fns.predict_step
+                            final_eval = self._evaluate(
+                                *steps, state.params, teacher_params, step, writer
+                            )
+                        if stop.requested or last or step % cfg.checkpoint_every == 0:
+                            self._check_finite(window)
+                            meta = {"stage": index, "stage_name": stage.name, "step": step}
+                            checkpoints.save(step, state, meta, data.get_state())
+                        if stop.requested:
+                            preempted = True
+                            break
+                    if preempted:
+                        break
+
+                checkpoints.wait()
+                if not preempted:
+                    if not ran:
+                        # The run had already finished: keep its results, and write the
+                        # model directory again only if the run died before writing it.
+                        previous = self._previous_results()
+                        final_train = previous.get("train", {})
+                        final_eval = previous.get("eval", {})
+                        if io.is_model_dir(self.workdir / "model") and previous:
+                            state = None
+                        if self.is_lead:
+                            log.info("%s already finished at step %d", self.workdir, step)
+                    if state is not None:
+                        self._finish(state.params, final_train, final_eval, step)
+            finally:
+                writer.close()
         return RunResult(
             step=step, preempted=preempted, final_eval=final_eval, final_train=final_train
         )
@@ -357,9 +395,9 @@ class Trainer:
             rng=jax.device_put(jax.random.PRNGKey(self.train_cfg.seed + 1), replicated),
         )
 
-    def _restore(self, manager, step, boxed, param_shardings, replicated):
+    def _restore(self, checkpoints, step, boxed, param_shardings, replicated):
         """(state, stage index, data state) of checkpoint `step`, in its stage's layout."""
-        stage_index = int(ckpt.read_meta(manager, step)["stage"])
+        stage_index = int(checkpoints.read_meta(step)["stage"])
         tx, _, opt_shardings, _ = self._stage_optimizer(self.stages[stage_index], boxed)
         shardings = TrainState(
             step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
@@ -367,7 +405,7 @@ class Trainer:
         abstract = ckpt.abstract_with_shardings(
             jax.eval_shape(lambda: self._fresh_state(boxed, tx)), shardings
         )
-        state, _, data_state = ckpt.restore(manager, step, abstract)
+        state, _, data_state = checkpoints.restore(step, abstract)
         return state, stage_index, data_state
 
     def _new_stage_state(self, state: TrainState, tx, opt_shardings) -> TrainState:
@@ -427,9 +465,14 @@ class Trainer:
             print(f"  eval @ step {step}: {shown}", flush=True)
         return values
 
-    def _save(self, manager, state, step, index, stage, data) -> None:
-        meta = {"stage": index, "stage_name": stage.name, "step": step}
-        ckpt.save(manager, step, state, meta, data.get_state())
+    def _write_config(self) -> None:
+        """WORKDIR/config.json, once the run is accepted (never for a refused restart)."""
+        if not self.is_lead or self.workdir is None:
+            return
+        path = self.workdir / "config.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.config.to_json_best_effort(indent=2) + "\n")
+        tmp.replace(path)
 
     def _previous_results(self) -> dict:
         path = self.workdir / "results.json"
@@ -441,6 +484,7 @@ class Trainer:
         Nothing is trained or checkpointed; `results.json` gets the values
         (when there is a workdir).
         """
+        self._write_config()
         writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             _, param_shardings = self._abstract_params()
@@ -475,5 +519,6 @@ def run(config, recipe: Recipe, workdir: str | Path, devices=None) -> RunResult:
     """
     start = time.monotonic()
     result = Trainer(config, recipe, workdir, devices).run()
-    log.info("run finished in %.1fs at step %d", time.monotonic() - start, result.step)
+    what = "run preempted" if result.preempted else "run finished"
+    log.info("%s in %.1fs at step %d", what, time.monotonic() - start, result.step)
     return result
