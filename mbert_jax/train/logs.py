@@ -93,8 +93,11 @@ class Progress:
         self.last_time = self.start
         self.last_step = None
 
-    def update(self, step: int, stage: str, values: dict[str, float], tokens: int) -> dict:
-        """Print the line; returns the rate figures (also logged)."""
+    def update(
+        self, step: int, stage: str, values: dict[str, float], tokens: int, skipped: int = 0
+    ) -> dict:
+        """Print the line (with the count of skipped non-finite steps, if any); returns the
+        rate figures (also logged)."""
         now = time.monotonic()
         rates = {}
         if self.last_step is not None and step > self.last_step:
@@ -109,6 +112,8 @@ class Progress:
             )
             pct = 100.0 * step / max(self.total, 1)
             rate = f"{rates['tokens_per_sec']:,.0f} tok/s" if rates else "- tok/s"
+            if skipped:
+                shown += f" | skipped {skipped} non-finite"
             print(
                 f"[{pct:5.1f}%] step {step}/{self.total} | {stage} | {shown} | {rate} | "
                 f"ETA {_fmt_time(eta)} | elapsed {_fmt_time(now - self.start)}",

@@ -78,6 +78,17 @@ class RunResult:
     preempted: bool
     final_eval: dict[str, float]
     final_train: dict[str, float]
+    skipped_steps: int = 0  # non-finite steps dropped under nan_policy="skip"
+
+
+@dataclasses.dataclass
+class SkipCounter:
+    """Non-finite steps seen so far: in all, and in a row up to the last step counted."""
+
+    total: int = 0
+    in_a_row: int = 0
+    counted_through: int = 0  # the last step counted
+    first_in_a_row: int = 0  # the step that began the current run of skipped steps
 
 
 def stage_boundaries(stages: list[Stage]) -> list[int]:
@@ -124,16 +135,15 @@ def _to_device(host_tree, shardings):
     )
 
 
+def _nonfinite_terms(metrics: dict) -> list[str]:
+    host = jax.device_get(metrics)
+    return [k for k, v in host.items() if k != "nonfinite" and not np.isfinite(float(v.total))]
+
+
 def _first_nonfinite(window: list[tuple[int, dict]]) -> tuple[int, list[str]] | None:
     for step, m in window:
-        host = jax.device_get(m)
-        if float(host["nonfinite"].total) > 0:
-            terms = [
-                k
-                for k, v in host.items()
-                if k not in ("nonfinite",) and not np.isfinite(float(v.total))
-            ]
-            return step, terms
+        if float(jax.device_get(m["nonfinite"].total)) > 0:
+            return step, _nonfinite_terms(m)
     return None
 
 
@@ -150,6 +160,12 @@ class Trainer:
             raise ValueError(
                 f"config.train.nan_policy={self.train_cfg.nan_policy!r}: one of {NAN_POLICIES}"
             )
+        limit = self.train_cfg.get("max_skipped_steps", 0)
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(
+                f"config.train.max_skipped_steps={limit!r}: a count >= 0 (0: no limit)"
+            )
+        self.skips = SkipCounter()
         self.is_lead = jax.process_index() == 0
         self.mesh = mesh_lib.make_mesh(config.mesh, devices)
         self.rules = sharding_lib.rules_from_config(config.get("sharding_rules"))
@@ -289,8 +305,15 @@ class Trainer:
             )
             step, state, restored_stage = 0, None, None
             if restored is not None:
-                step, (state, restored_stage, data_state) = restored
+                step, (state, meta, data_state) = restored
+                restored_stage = int(meta["stage"])
                 data.set_state(data_state)
+                self.skips = SkipCounter(
+                    total=int(meta.get("skipped_steps", 0)),
+                    in_a_row=int(meta.get("skipped_in_a_row", 0)),
+                    counted_through=step,
+                    first_in_a_row=step - int(meta.get("skipped_in_a_row", 0)) + 1,
+                )
                 if self.is_lead:
                     log.info("resuming from %s/%d", checkpoints.directory, step)
             # The run is accepted (a checkpoint of another model was refused above).
@@ -348,7 +371,13 @@ class Trainer:
                             )
                         if stop.requested or last or step % cfg.checkpoint_every == 0:
                             self._check_finite(window)
-                            meta = {"stage": index, "stage_name": stage.name, "step": step}
+                            meta = {
+                                "stage": index,
+                                "stage_name": stage.name,
+                                "step": step,
+                                "skipped_steps": self.skips.total,
+                                "skipped_in_a_row": self.skips.in_a_row,
+                            }
                             checkpoints.save(step, state, meta, data.get_state())
                         if stop.requested:
                             preempted = True
@@ -373,7 +402,11 @@ class Trainer:
             finally:
                 writer.close()
         return RunResult(
-            step=step, preempted=preempted, final_eval=final_eval, final_train=final_train
+            step=step,
+            preempted=preempted,
+            final_eval=final_eval,
+            final_train=final_train,
+            skipped_steps=self.skips.total,
         )
 
     # ------------------------------------------------------------- the pieces
@@ -396,7 +429,7 @@ class Trainer:
         )
 
     def _restore(self, checkpoints, step, boxed, param_shardings, replicated):
-        """(state, stage index, data state) of checkpoint `step`, in its stage's layout."""
+        """(state, meta, data state) of checkpoint `step`, in its stage's layout."""
         stage_index = int(checkpoints.read_meta(step)["stage"])
         tx, _, opt_shardings, _ = self._stage_optimizer(self.stages[stage_index], boxed)
         shardings = TrainState(
@@ -405,20 +438,18 @@ class Trainer:
         abstract = ckpt.abstract_with_shardings(
             jax.eval_shape(lambda: self._fresh_state(boxed, tx)), shardings
         )
-        state, _, data_state = checkpoints.restore(step, abstract)
-        return state, stage_index, data_state
+        return checkpoints.restore(step, abstract)
 
     def _new_stage_state(self, state: TrainState, tx, opt_shardings) -> TrainState:
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(state.params)
         return state.replace(opt_state=opt_state)
 
     def _log(self, window, step, stage, writer, progress, lr, batch) -> dict[str, float]:
-        if self.train_cfg.nan_policy == "stop":
-            self._check_finite(window)
+        self._check_finite(window)
         values = logs.reduce([m for _, m in window])
         skipped = values.pop("nonfinite", 0.0) * len(window)
         tokens = int(np.prod(batch["input_ids"].shape))
-        rates = progress.update(step, stage.name, values, tokens)
+        rates = progress.update(step, stage.name, values, tokens, skipped=self.skips.total)
         record = {"stage": stage.name, "learning_rate": float(lr), **values, **rates}
         if skipped:
             record["skipped_steps"] = skipped
@@ -426,7 +457,12 @@ class Trainer:
         return values
 
     def _check_finite(self, window) -> None:
-        if self.train_cfg.nan_policy != "stop" or not window:
+        """Stop on a non-finite step ("stop"), or count the skipped ones ("skip") and stop
+        when `train.max_skipped_steps` come in a row."""
+        if not window:
+            return
+        if self.train_cfg.nan_policy == "skip":
+            self._count_skipped(window)
             return
         bad = _first_nonfinite(window)
         if bad is not None:
@@ -436,6 +472,31 @@ class Trainer:
                 "the update was not applied and no checkpoint after it was written. Lower the "
                 "learning rate, check the data, or set config.train.nan_policy='skip'"
             )
+
+    def _count_skipped(self, window) -> None:
+        skips, limit = self.skips, self.train_cfg.get("max_skipped_steps", 0)
+        new = [(s, m) for s, m in window if s > skips.counted_through]
+        if not new:
+            return
+        flags = jax.device_get([m["nonfinite"].total for _, m in new])
+        for (step, metrics), flag in zip(new, flags):
+            skips.counted_through = step
+            if float(flag) <= 0:
+                skips.in_a_row = 0
+                continue
+            skips.total += 1
+            skips.in_a_row += 1
+            if skips.in_a_row == 1:
+                skips.first_in_a_row = step
+            if limit and skips.in_a_row >= limit:
+                terms = ", ".join(_nonfinite_terms(metrics)) or "gradient"
+                raise NonFiniteLossError(
+                    f"{skips.in_a_row} non-finite steps in a row (steps "
+                    f"{skips.first_in_a_row}-{step}, term(s): {terms}) reached "
+                    f"config.train.max_skipped_steps={limit} under nan_policy='skip'; none of "
+                    "their updates was applied. Lower the learning rate or check the data "
+                    "(or raise the limit; 0: no limit)"
+                )
 
     def _evaluate(self, eval_step, predict_step, params, teacher_params, step, writer) -> dict:
         """Held-out metrics: `LossSum`s from the jitted step, plus the recipe's official
@@ -499,6 +560,8 @@ class Trainer:
 
     def _write_results(self, step, final_train, final_eval) -> None:
         results = {"step": step, "train": final_train, "eval": final_eval}
+        if self.skips.total:
+            results["skipped_steps"] = self.skips.total
         (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     def _finish(self, params, final_train, final_eval, step) -> None:
@@ -520,5 +583,6 @@ def run(config, recipe: Recipe, workdir: str | Path, devices=None) -> RunResult:
     start = time.monotonic()
     result = Trainer(config, recipe, workdir, devices).run()
     what = "run preempted" if result.preempted else "run finished"
-    log.info("%s in %.1fs at step %d", what, time.monotonic() - start, result.step)
+    skipped = f", {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else ""
+    log.info("%s in %.1fs at step %d%s", what, time.monotonic() - start, result.step, skipped)
     return result

@@ -387,3 +387,52 @@ def test_the_config_is_written_once_the_run_is_accepted(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["train"]["steps"] == 4
     assert not list(tmp_path.glob("*.tmp"))
     assert jax.tree.leaves(json.loads((tmp_path / "results.json").read_text()))
+
+
+# ---------------------------------------------------------- nan_policy="skip"
+def test_skipped_steps_in_a_row_stop_the_run_at_the_limit(tmp_path):
+    bad = {s: "nan" for s in range(3, 9)}  # every batch from step 3 on is corrupt
+    with pytest.raises(loop.NonFiniteLossError) as error:
+        train(tmp_path, faults=bad, nan_policy="skip", max_skipped_steps=3)
+    assert str(error.value) == (
+        "3 non-finite steps in a row (steps 3-5, term(s): grad_norm, mse, objective) reached "
+        "config.train.max_skipped_steps=3 under nan_policy='skip'; none of their updates was "
+        "applied. Lower the learning rate or check the data (or raise the limit; 0: no limit)"
+    )
+    assert committed(tmp_path) == [2, 4]  # 4 holds step 2's parameters (3 and 4 were dropped)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_isolated_skipped_steps_are_counted_in_the_progress_line_and_results(
+    tmp_path, caplog, capsys
+):
+    bad = {3: "nan", 6: "nan"}
+    with caplog.at_level(logging.INFO, logger="mbert_jax"):
+        result = train(tmp_path, faults=bad, nan_policy="skip", max_skipped_steps=1 + 1)
+    assert result.skipped_steps == 2
+    progress = [line for line in capsys.readouterr().err.splitlines() if "] step " in line]
+    assert "skipped" not in progress[1]  # step 2
+    assert "| skipped 1 non-finite |" in progress[2] and "| skipped 2 non-finite |" in progress[7]
+    assert "at step 8, 2 non-finite step(s) skipped" in caplog.text
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["skipped_steps"] == 2 and np.isfinite(results["train"]["objective"])
+    rows = read_metrics(tmp_path, "train")
+    assert [r["step"] for r in rows if r.get("skipped_steps")] == [3, 6]
+
+
+def test_the_skipped_count_and_the_run_in_a_row_survive_a_resume(tmp_path):
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    # Step 4 is skipped and saved in checkpoint 4, the run stops and resumes there:
+    # 5 and 6 make three in a row with 4, which is the limit.
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, faults={4: "nan", 5: ctrl_c}, nan_policy="skip", max_skipped_steps=3)
+    assert committed(tmp_path) == [2, 4]
+    with pytest.raises(loop.NonFiniteLossError, match=r"in a row \(steps 4-6,"):
+        train(tmp_path, faults={5: "nan", 6: "nan"}, nan_policy="skip", max_skipped_steps=3)
+
+
+def test_max_skipped_steps_must_be_a_count(tmp_path):
+    with pytest.raises(ValueError, match=r"config.train.max_skipped_steps=-1: a count >= 0"):
+        train(tmp_path, max_skipped_steps=-1)

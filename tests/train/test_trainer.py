@@ -189,16 +189,18 @@ def test_nonfinite_loss_stops_with_the_step_and_term_or_is_skipped(tmp_path, env
     assert kept and kept[-1] == 2 * ((bad_step - 1) // 2)  # the one in flight was finished
     assert not list(workdir.rglob("*.orbax-checkpoint-tmp*"))
 
+    skip = ["--config.optimizer.learning_rate=1e30", "--config.train.nan_policy=skip"]
+    p = run(train_cmd(tmp_path / "limit", *skip, "--config.train.max_skipped_steps=3"), env, False)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("error: 3 non-finite steps in a row")
+
     skipped = tmp_path / "skip"
-    run(
-        train_cmd(
-            skipped, "--config.optimizer.learning_rate=1e30", "--config.train.nan_policy=skip"
-        ),
-        env,
-    )
+    run(train_cmd(skipped, *skip, "--config.train.max_skipped_steps=0"), env)  # no limit
     rows = read_metrics(skipped, "train")
     assert rows[-1]["step"] == 8
-    assert sum(r.get("skipped_steps", 0) for r in rows) >= 1
+    total = sum(r.get("skipped_steps", 0) for r in rows)
+    assert total >= 1
+    assert json.loads((skipped / "results.json").read_text())["skipped_steps"] == total
 
 
 @pytest.fixture
