@@ -153,15 +153,16 @@ def run_config(config: ml_collections.ConfigDict, workdir: str):
     from mbert_jax import recipes
     from mbert_jax.train import loop
 
+    workdir_path = Path(workdir)
     try:
-        recipe = recipes.build(config)
+        # The trainer checks what it needs (steps, batch and mesh, positions) here.
+        trainer = loop.Trainer(config, recipes.build(config), workdir_path)
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"config error: {e}") from None
-    workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
     # The trainer writes WORKDIR/config.json once the run is accepted.
     try:
-        return loop.run(config, recipe, workdir_path)
+        return loop.train(trainer)
     except loop.TRAINING_ERRORS as e:
         raise SystemExit(f"error: {e}") from None
 

@@ -56,6 +56,23 @@ class MetricWriter:
             if isinstance(v, int | float) and math.isfinite(v):
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
+    def keep_until(self, step: int) -> None:
+        """Drop the rows after `step` (a resumed run logs the steps after its checkpoint
+        again) and any line cut short by a crash, so each step is in the file once."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+                kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
+
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()

@@ -176,12 +176,49 @@ class Trainer:
                 f"divisible by the {batch_axis} devices of the batch mesh axes; change the "
                 "batch or config.mesh"
             )
+        self._check_steps()
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            rng = jax.random.PRNGKey(self.train_cfg.seed)
+            self._boxed = jax.eval_shape(self.recipe.init_params, rng)
+            self._check_positions(self._boxed, self.recipe.teacher())
+
+    # ------------------------------------------------------------- the checks
+    # Everything a run needs of its config is checked here, before any file is
+    # written: `mbert-jax train` reports these as `config error: ...`.
+    def _check_steps(self) -> None:
+        for stage in self.stages:
+            if stage.steps < 0:
+                where = (
+                    f"config.train.steps={stage.steps}"
+                    if len(self.stages) == 1
+                    else f"stage {stage.name!r} has {stage.steps} steps"
+                )
+                raise ValueError(
+                    f"{where}: steps must be >= 0 (0: only evaluate the initial model)"
+                )
+
+    def _check_positions(self, boxed, teacher) -> None:
+        """`config.data.max_seq_length` within every model's position table."""
+        length = self.config.data.get("max_seq_length") if "data" in self.config else None
+        if not length:
+            return
+        for who, tree in (("the model", boxed), ("the teacher", teacher)):
+            if tree is None:
+                continue
+            leaves = jax.tree_util.tree_flatten_with_path(sharding_lib.unbox(tree))[0]
+            for path, leaf in leaves:
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
+                if "position_embeddings" in name and length > leaf.shape[0]:
+                    raise ValueError(
+                        f"config.data.max_seq_length={length} is longer than {who}'s "
+                        f"{leaf.shape[0]} positions ({name}); lower it to at most "
+                        f"{leaf.shape[0]}, or use a model with more positions "
+                        "(max_position_embeddings)"
+                    )
 
     # ------------------------------------------------------------------ set-up
     def _abstract_params(self):
-        rng = jax.random.PRNGKey(self.train_cfg.seed)
-        boxed = jax.eval_shape(self.recipe.init_params, rng)
-        return boxed, sharding_lib.tree_shardings(boxed, self.mesh, self.rules)
+        return self._boxed, sharding_lib.tree_shardings(self._boxed, self.mesh, self.rules)
 
     def _init_params(self, param_shardings):
         rng = jax.random.PRNGKey(self.train_cfg.seed)
@@ -319,6 +356,7 @@ class Trainer:
             # The run is accepted (a checkpoint of another model was refused above).
             self._write_config()
             writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
+            writer.keep_until(step)
             progress = logs.Progress(total_steps, enabled=self.is_lead)
             ran = False
             try:
@@ -580,8 +618,13 @@ def run(config, recipe: Recipe, workdir: str | Path, devices=None) -> RunResult:
 
     `devices` (default: all) lets tests compare meshes within one process.
     """
+    return train(Trainer(config, recipe, workdir, devices))
+
+
+def train(trainer: Trainer) -> RunResult:
+    """`trainer.run()`, and the closing log line."""
     start = time.monotonic()
-    result = Trainer(config, recipe, workdir, devices).run()
+    result = trainer.run()
     what = "run preempted" if result.preempted else "run finished"
     skipped = f", {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else ""
     log.info("%s in %.1fs at step %d%s", what, time.monotonic() - start, result.step, skipped)

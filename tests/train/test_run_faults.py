@@ -138,6 +138,8 @@ def assert_resumes_from(workdir, step, reference, caplog):
         result = train(workdir)
     assert f"resuming from {Path(workdir).absolute()}/checkpoints/{step}" in caplog.text
     assert result.step == 8
+    # Each step once in the metrics: the rows after the checkpoint were dropped, then redone.
+    assert [r["step"] for r in read_metrics(workdir, "train")] == list(range(1, 9))
     resumed = losses(workdir)
     for s, value in reference.items():
         assert resumed[s] == pytest.approx(value, rel=1e-6), s

@@ -61,7 +61,7 @@ def run(cmd, env, check=True):
 
 
 def losses(workdir) -> dict[int, float]:
-    """Last logged objective per step (a resumed run logs the replayed steps again)."""
+    """Logged objective per step."""
     return {r["step"]: r["objective"] for r in read_metrics(workdir, "train")}
 
 
@@ -132,7 +132,7 @@ def test_resume_after_sigkill_continues_with_the_same_losses(tmp_path, env, refe
     p = run(train_cmd(workdir), env)
     assert "resuming from" in p.stderr
     resumed = losses(workdir)
-    assert sorted(resumed) == list(range(1, 9))
+    assert [r["step"] for r in read_metrics(workdir, "train")] == list(range(1, 9))  # once each
     for step, value in reference.items():
         assert resumed[step] == pytest.approx(value, rel=1e-6), step
 
