@@ -95,6 +95,14 @@ def check_examples(examples: Examples, config: ModelConfig, seq_len: int, what: 
             f"the {what} set has token ids up to {hi}, outside the model's vocabulary "
             f"of {config.vocab_size}; it was tokenized with another vocabulary"
         )
+    types = config.type_vocab_size  # 0: the model has none and ignores them
+    low, high = int(examples.token_type_ids.min()), int(examples.token_type_ids.max())
+    if types and (low < 0 or high >= types):
+        raise ExportError(
+            f"the {what} set has token type ids from {low} to {high}, outside the model's "
+            f"{types} token type(s) [0, {types}); token_type_ids are 0 (first segment) or 1 "
+            "(second)"
+        )
     return examples
 
 

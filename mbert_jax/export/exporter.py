@@ -19,7 +19,9 @@ fine-tuning start).
 
 Metadata: every file records, in its flatbuffer `metadata` list, the task,
 what its outputs mean (`kind`), the model's label names, the input and
-output names and the sequence length (`tflite.task_metadata` reads it).
+output names, the valid range of each input (`input_ranges`: the graph
+itself cannot refuse an id, see `runner`) and the sequence length
+(`tflite.task_metadata` reads it).
 
 Exact GELU becomes TFLite's builtin `GELU` op in every mode (see `graph`):
 the graph is traced with the tanh form as a carrier, the converter fuses it,
@@ -42,6 +44,7 @@ import numpy as np
 
 from mbert_jax.export import graph, tflite, verify
 from mbert_jax.export.data import Examples, check_examples, synthetic_examples
+from mbert_jax.export.runner import input_ranges
 from mbert_jax.export.tflite import ExportError
 from mbert_jax.models import io, resolve
 from mbert_jax.models.config import ModelConfig
@@ -246,6 +249,7 @@ def export_tflite(
             "kind": graph.task_kind(config, task),
             "label_names": list(config.label_names) if config.label_names else None,
             "inputs": list(graph.INPUT_NAMES),
+            "input_ranges": input_ranges(config),
             "outputs": list(graph.OUTPUT_NAMES[task]),
             "seq_len": seq_len,
             "quantize": quantize,

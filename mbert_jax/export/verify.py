@@ -37,15 +37,11 @@ def interpreter(flatbuffer: bytes, num_threads: int = 1):
 def run_tflite(
     flatbuffer: bytes, examples: Examples, num_threads: int = 1
 ) -> dict[str, np.ndarray]:
-    """Run every example at batch 1; returns {output name: [n, ...]}."""
-    runner = interpreter(flatbuffer, num_threads).get_signature_runner()
-    names = [k for k in INPUT_NAMES if k in runner.get_input_details()]
-    outs: dict[str, list] = {}
-    for i in range(len(examples)):
-        res = runner(**{k: getattr(examples, k)[i : i + 1] for k in names})
-        for k, v in res.items():
-            outs.setdefault(k, []).append(np.asarray(v)[0])
-    return {k: np.stack(v) for k, v in outs.items()}
+    """Run every example at batch 1 (through `runner.Runner`, which checks the inputs);
+    returns {output name: [n, ...]}."""
+    from mbert_jax.export.runner import Runner
+
+    return Runner(flatbuffer, num_threads)(**examples.inputs())
 
 
 def latency_ms(flatbuffer: bytes, seq_len: int, num_threads: int, runs: int = 20) -> float:

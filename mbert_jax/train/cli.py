@@ -144,21 +144,27 @@ def train_main(argv: list[str]) -> int:
 
 
 def run_config(config: ml_collections.ConfigDict, workdir: str):
-    """Build the recipe (checking the config), save the resolved config, train."""
-    import jax
+    """Build the recipe (checking the config), train (the trainer saves the resolved config).
 
+    A config error and a run that stops (a non-finite loss, a checkpoint of
+    another model or one that cannot be written) exit with one line,
+    `config error: ...` or `error: ...`.
+    """
     from mbert_jax import recipes
     from mbert_jax.train import loop
 
+    workdir_path = Path(workdir)
     try:
-        recipe = recipes.build(config)
+        # The trainer checks what it needs (steps, batch and mesh, positions) here.
+        trainer = loop.Trainer(config, recipes.build(config), workdir_path)
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"config error: {e}") from None
-    workdir_path = Path(workdir)
     workdir_path.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        (workdir_path / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-    return loop.run(config, recipe, workdir_path)
+    # The trainer writes WORKDIR/config.json once the run is accepted.
+    try:
+        return loop.train(trainer)
+    except loop.TRAINING_ERRORS as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 # ---------------------------------------------------------------------------- sweep

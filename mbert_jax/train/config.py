@@ -35,6 +35,7 @@ def default_train_config() -> ml_collections.ConfigDict:
             "checkpoint_every": 1000,
             "keep_checkpoints": 3,
             "nan_policy": "stop",  # "stop": fail naming the step and term; "skip": drop the step
+            "max_skipped_steps": 10,  # "skip": stop after this many in a row (0: no limit)
         }
     )
 

@@ -56,6 +56,23 @@ class MetricWriter:
             if isinstance(v, int | float) and math.isfinite(v):
                 self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
+    def keep_until(self, step: int) -> None:
+        """Drop the rows after `step` (a resumed run logs the steps after its checkpoint
+        again) and any line cut short by a crash, so each step is in the file once."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+                kept.append(line + "\n")
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
+
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
@@ -93,8 +110,11 @@ class Progress:
         self.last_time = self.start
         self.last_step = None
 
-    def update(self, step: int, stage: str, values: dict[str, float], tokens: int) -> dict:
-        """Print the line; returns the rate figures (also logged)."""
+    def update(
+        self, step: int, stage: str, values: dict[str, float], tokens: int, skipped: int = 0
+    ) -> dict:
+        """Print the line (with the count of skipped non-finite steps, if any); returns the
+        rate figures (also logged)."""
         now = time.monotonic()
         rates = {}
         if self.last_step is not None and step > self.last_step:
@@ -109,6 +129,8 @@ class Progress:
             )
             pct = 100.0 * step / max(self.total, 1)
             rate = f"{rates['tokens_per_sec']:,.0f} tok/s" if rates else "- tok/s"
+            if skipped:
+                shown += f" | skipped {skipped} non-finite"
             print(
                 f"[{pct:5.1f}%] step {step}/{self.total} | {stage} | {shown} | {rate} | "
                 f"ETA {_fmt_time(eta)} | elapsed {_fmt_time(now - self.start)}",

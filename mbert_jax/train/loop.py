@@ -2,12 +2,16 @@
 
 Reads top to bottom:
 1. set-up: mesh and rules, abstract parameters and their shardings, the
-   teacher (sharded, no optimizer state), the checkpoint manager;
+   teacher (sharded, no optimizer state), the newest checkpoint that
+   restores; only then is the run accepted and WORKDIR/config.json written;
 2. per stage: its label tree and optimizer, the jitted step (compiled once
    per stage), state from the checkpoint or carried over from the last stage;
 3. the step loop: prefetch-by-async-dispatch, metrics reduced only at log
    time, evaluation, checkpoints, SIGTERM, non-finite losses;
 4. the end: the final model directory (WORKDIR/model) and results.json.
+
+Every exit (the end, SIGTERM, an error) finishes the checkpoint save in
+flight first (`checkpoint.Checkpoints.close`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ class NonFiniteLossError(RuntimeError):
     """A loss or gradient became NaN/Inf and `nan_policy` is "stop"."""
 
 
+# The errors that stop a run with a message for the user (`mbert-jax train` prints one line).
+TRAINING_ERRORS = (
+    NonFiniteLossError,
+    ckpt.CheckpointMismatchError,
+    ckpt.CheckpointWriteError,
+    ckpt.NoRestorableCheckpointError,
+)
+
+
 @dataclasses.dataclass
 class StageFunctions:
     """A stage's optimizer, shardings and jitted steps."""
@@ -65,6 +78,17 @@ class RunResult:
     preempted: bool
     final_eval: dict[str, float]
     final_train: dict[str, float]
+    skipped_steps: int = 0  # non-finite steps dropped under nan_policy="skip"
+
+
+@dataclasses.dataclass
+class SkipCounter:
+    """Non-finite steps seen so far: in all, and in a row up to the last step counted."""
+
+    total: int = 0
+    in_a_row: int = 0
+    counted_through: int = 0  # the last step counted
+    first_in_a_row: int = 0  # the step that began the current run of skipped steps
 
 
 def stage_boundaries(stages: list[Stage]) -> list[int]:
@@ -111,16 +135,15 @@ def _to_device(host_tree, shardings):
     )
 
 
+def _nonfinite_terms(metrics: dict) -> list[str]:
+    host = jax.device_get(metrics)
+    return [k for k, v in host.items() if k != "nonfinite" and not np.isfinite(float(v.total))]
+
+
 def _first_nonfinite(window: list[tuple[int, dict]]) -> tuple[int, list[str]] | None:
     for step, m in window:
-        host = jax.device_get(m)
-        if float(host["nonfinite"].total) > 0:
-            terms = [
-                k
-                for k, v in host.items()
-                if k not in ("nonfinite",) and not np.isfinite(float(v.total))
-            ]
-            return step, terms
+        if float(jax.device_get(m["nonfinite"].total)) > 0:
+            return step, _nonfinite_terms(m)
     return None
 
 
@@ -137,6 +160,12 @@ class Trainer:
             raise ValueError(
                 f"config.train.nan_policy={self.train_cfg.nan_policy!r}: one of {NAN_POLICIES}"
             )
+        limit = self.train_cfg.get("max_skipped_steps", 0)
+        if not isinstance(limit, int) or limit < 0:
+            raise ValueError(
+                f"config.train.max_skipped_steps={limit!r}: a count >= 0 (0: no limit)"
+            )
+        self.skips = SkipCounter()
         self.is_lead = jax.process_index() == 0
         self.mesh = mesh_lib.make_mesh(config.mesh, devices)
         self.rules = sharding_lib.rules_from_config(config.get("sharding_rules"))
@@ -147,12 +176,49 @@ class Trainer:
                 f"divisible by the {batch_axis} devices of the batch mesh axes; change the "
                 "batch or config.mesh"
             )
+        self._check_steps()
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            rng = jax.random.PRNGKey(self.train_cfg.seed)
+            self._boxed = jax.eval_shape(self.recipe.init_params, rng)
+            self._check_positions(self._boxed, self.recipe.teacher())
+
+    # ------------------------------------------------------------- the checks
+    # Everything a run needs of its config is checked here, before any file is
+    # written: `mbert-jax train` reports these as `config error: ...`.
+    def _check_steps(self) -> None:
+        for stage in self.stages:
+            if stage.steps < 0:
+                where = (
+                    f"config.train.steps={stage.steps}"
+                    if len(self.stages) == 1
+                    else f"stage {stage.name!r} has {stage.steps} steps"
+                )
+                raise ValueError(
+                    f"{where}: steps must be >= 0 (0: only evaluate the initial model)"
+                )
+
+    def _check_positions(self, boxed, teacher) -> None:
+        """`config.data.max_seq_length` within every model's position table."""
+        length = self.config.data.get("max_seq_length") if "data" in self.config else None
+        if not length:
+            return
+        for who, tree in (("the model", boxed), ("the teacher", teacher)):
+            if tree is None:
+                continue
+            leaves = jax.tree_util.tree_flatten_with_path(sharding_lib.unbox(tree))[0]
+            for path, leaf in leaves:
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
+                if "position_embeddings" in name and length > leaf.shape[0]:
+                    raise ValueError(
+                        f"config.data.max_seq_length={length} is longer than {who}'s "
+                        f"{leaf.shape[0]} positions ({name}); lower it to at most "
+                        f"{leaf.shape[0]}, or use a model with more positions "
+                        "(max_position_embeddings)"
+                    )
 
     # ------------------------------------------------------------------ set-up
     def _abstract_params(self):
-        rng = jax.random.PRNGKey(self.train_cfg.seed)
-        boxed = jax.eval_shape(self.recipe.init_params, rng)
-        return boxed, sharding_lib.tree_shardings(boxed, self.mesh, self.rules)
+        return self._boxed, sharding_lib.tree_shardings(self._boxed, self.mesh, self.rules)
 
     def _init_params(self, param_shardings):
         rng = jax.random.PRNGKey(self.train_cfg.seed)
@@ -231,15 +297,36 @@ class Trainer:
 
     # -------------------------------------------------------------------- run
     def run(self) -> RunResult:
+        if stage_boundaries(self.stages)[-1] == 0:
+            return self._evaluate_initial()
+        checkpoints = ckpt.Checkpoints(
+            self.workdir / "checkpoints", self.train_cfg.keep_checkpoints
+        )
+        with ckpt.quiet_orbax():
+            try:
+                result = self._train(checkpoints)
+            except BaseException as e:
+                # Whatever stops the run (a non-finite loss, an exception in a
+                # recipe, Ctrl-C, a full disk), the save in flight is finished first.
+                failed_save = checkpoints.close(error=e)
+                if ckpt.is_disk_full(e) and not isinstance(e, ckpt.CheckpointWriteError):
+                    raise failed_save or checkpoints.no_space(e) from None
+                if failed_save is not None:
+                    log.error("error: %s", failed_save)
+                raise
+            checkpoints.close()
+        if result.preempted and self.is_lead:
+            print(
+                f"preempted: checkpoint saved at step {result.step}; rerun the same command "
+                "to resume"
+            )
+        return result
+
+    def _train(self, checkpoints: ckpt.Checkpoints) -> RunResult:
         cfg = self.train_cfg
         stages = self.stages
         ends = stage_boundaries(stages)
         total_steps = ends[-1]
-        if total_steps == 0:
-            return self._evaluate_initial()
-        writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
-        progress = logs.Progress(total_steps, enabled=self.is_lead)
-        manager = ckpt.make_manager(self.workdir / "checkpoints", cfg.keep_checkpoints)
         data = self.recipe.train_data(jax.process_index(), jax.process_count())
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         final_eval: dict[str, float] = {}
@@ -250,92 +337,114 @@ class Trainer:
             boxed, param_shardings = self._abstract_params()
             teacher_params, teacher_shardings = self._teacher()
 
-            latest = manager.latest_step()
-            step = 0 if latest is None else int(latest)
-            state = None
-            if latest is not None and self.is_lead:
-                log.info("resuming from %s/%d", manager.directory, latest)
-
-            for index in range(stage_at(step, stages), len(stages)):
-                stage = stages[index]
-                start = ends[index] - stage.steps
-                fns = self.stage_functions(stage, boxed, param_shardings, teacher_shardings)
+            restored = checkpoints.restore_latest(
+                lambda s: self._restore(checkpoints, s, boxed, param_shardings, replicated)
+            )
+            step, state, restored_stage = 0, None, None
+            if restored is not None:
+                step, (state, meta, data_state) = restored
+                restored_stage = int(meta["stage"])
+                data.set_state(data_state)
+                self.skips = SkipCounter(
+                    total=int(meta.get("skipped_steps", 0)),
+                    in_a_row=int(meta.get("skipped_in_a_row", 0)),
+                    counted_through=step,
+                    first_in_a_row=step - int(meta.get("skipped_in_a_row", 0)) + 1,
+                )
                 if self.is_lead:
-                    log.info(
-                        "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",
-                        index + 1,
-                        len(stages),
-                        stage.name,
-                        start,
-                        ends[index],
-                        f"{fns.counts[0]:,}",
-                        f"{fns.counts[1]:,}",
-                    )
-                if state is None and latest is not None:
-                    state, restored_stage, data_state = self._restore(
-                        manager, latest, boxed, param_shardings, replicated
-                    )
-                    data.set_state(data_state)
-                    if restored_stage != index:  # saved at the end of an earlier stage
-                        state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
-                elif state is None:
-                    state = self._init_state(param_shardings, fns.tx, fns.opt_shardings, replicated)
-                else:
-                    state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
-
-                window: list[tuple[int, dict]] = []
-                while step < ends[index]:
-                    batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
-                    state, step_metrics = fns.train_step(state, batch, teacher_params)
-                    step += 1
-                    window.append((step, step_metrics))
-                    last = step == ends[index]
-                    if step % cfg.log_every == 0 or last:
-                        final_train = self._log(
-                            window,
-                            step,
-                            stage,
-                            writer,
-                            progress,
-                            fns.schedule(step - start - 1),
-                            batch,
-                        )
-                        window = []
-                    if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
-                        steps = fns.eval_step, fns.predict_step
-                        final_eval = self._evaluate(
-                            *steps, state.params, teacher_params, step, writer
-                        )
-                    if stop.requested or last or step % cfg.checkpoint_every == 0:
-                        self._check_finite(window)
-                        self._save(manager, state, step, index, stage, data)
-                    if stop.requested:
-                        preempted = True
-                        break
-                if preempted:
-                    break
-
-            manager.wait_until_finished()
-            if not preempted:
-                if state is None:
-                    # The run had already finished: keep its results, and write the
-                    # model directory again only if the run died before writing it.
-                    previous = self._previous_results()
-                    final_train, final_eval = previous.get("train", {}), previous.get("eval", {})
-                    if not io.is_model_dir(self.workdir / "model") or not previous:
-                        state = self._restore(manager, latest, boxed, param_shardings, replicated)[
-                            0
-                        ]
+                    log.info("resuming from %s/%d", checkpoints.directory, step)
+            # The run is accepted (a checkpoint of another model was refused above).
+            self._write_config()
+            writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
+            writer.keep_until(step)
+            progress = logs.Progress(total_steps, enabled=self.is_lead)
+            ran = False
+            try:
+                for index in range(stage_at(step, stages), len(stages)):
+                    stage = stages[index]
+                    start = ends[index] - stage.steps
+                    fns = self.stage_functions(stage, boxed, param_shardings, teacher_shardings)
                     if self.is_lead:
-                        log.info("%s already finished at step %d", self.workdir, step)
-                if state is not None:
-                    self._finish(state.params, final_train, final_eval, step)
-        writer.close()
-        manager.close()
-        if preempted and self.is_lead:
-            print(f"preempted: checkpoint saved at step {step}; rerun the same command to resume")
+                        log.info(
+                            "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",
+                            index + 1,
+                            len(stages),
+                            stage.name,
+                            start,
+                            ends[index],
+                            f"{fns.counts[0]:,}",
+                            f"{fns.counts[1]:,}",
+                        )
+                    if state is None:
+                        state = self._init_state(
+                            param_shardings, fns.tx, fns.opt_shardings, replicated
+                        )
+                    elif ran or restored_stage != index:
+                        # A new stage, or a checkpoint saved at the end of an earlier one.
+                        state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
+                    ran = True
+
+                    window: list[tuple[int, dict]] = []
+                    while step < ends[index]:
+                        batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
+                        state, step_metrics = fns.train_step(state, batch, teacher_params)
+                        step += 1
+                        window.append((step, step_metrics))
+                        last = step == ends[index]
+                        if step % cfg.log_every == 0 or last:
+                            final_train = self._log(
+                                window,
+                                step,
+                                stage,
+                                writer,
+                                progress,
+                                fns.schedule(step - start - 1),
+                                batch,
+                            )
+                            window = []
+                        if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
+                            steps = fns.eval_step, fns.predict_step
+                            final_eval = self._evaluate(
+                                *steps, state.params, teacher_params, step, writer
+                            )
+                        if stop.requested or last or step % cfg.checkpoint_every == 0:
+                            self._check_finite(window)
+                            meta = {
+                                "stage": index,
+                                "stage_name": stage.name,
+                                "step": step,
+                                "skipped_steps": self.skips.total,
+                                "skipped_in_a_row": self.skips.in_a_row,
+                            }
+                            checkpoints.save(step, state, meta, data.get_state())
+                        if stop.requested:
+                            preempted = True
+                            break
+                    if preempted:
+                        break
+
+                checkpoints.wait()
+                if not preempted:
+                    if not ran:
+                        # The run had already finished: keep its results, and write the
+                        # model directory again only if the run died before writing it.
+                        previous = self._previous_results()
+                        final_train = previous.get("train", {})
+                        final_eval = previous.get("eval", {})
+                        if io.is_model_dir(self.workdir / "model") and previous:
+                            state = None
+                        if self.is_lead:
+                            log.info("%s already finished at step %d", self.workdir, step)
+                    if state is not None:
+                        self._finish(state.params, final_train, final_eval, step)
+            finally:
+                writer.close()
         return RunResult(
-            step=step, preempted=preempted, final_eval=final_eval, final_train=final_train
+            step=step,
+            preempted=preempted,
+            final_eval=final_eval,
+            final_train=final_train,
+            skipped_steps=self.skips.total,
         )
 
     # ------------------------------------------------------------- the pieces
@@ -357,9 +466,9 @@ class Trainer:
             rng=jax.device_put(jax.random.PRNGKey(self.train_cfg.seed + 1), replicated),
         )
 
-    def _restore(self, manager, step, boxed, param_shardings, replicated):
-        """(state, stage index, data state) of checkpoint `step`, in its stage's layout."""
-        stage_index = int(ckpt.read_meta(manager, step)["stage"])
+    def _restore(self, checkpoints, step, boxed, param_shardings, replicated):
+        """(state, meta, data state) of checkpoint `step`, in its stage's layout."""
+        stage_index = int(checkpoints.read_meta(step)["stage"])
         tx, _, opt_shardings, _ = self._stage_optimizer(self.stages[stage_index], boxed)
         shardings = TrainState(
             step=replicated, params=param_shardings, opt_state=opt_shardings, rng=replicated
@@ -367,20 +476,18 @@ class Trainer:
         abstract = ckpt.abstract_with_shardings(
             jax.eval_shape(lambda: self._fresh_state(boxed, tx)), shardings
         )
-        state, _, data_state = ckpt.restore(manager, step, abstract)
-        return state, stage_index, data_state
+        return checkpoints.restore(step, abstract)
 
     def _new_stage_state(self, state: TrainState, tx, opt_shardings) -> TrainState:
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(state.params)
         return state.replace(opt_state=opt_state)
 
     def _log(self, window, step, stage, writer, progress, lr, batch) -> dict[str, float]:
-        if self.train_cfg.nan_policy == "stop":
-            self._check_finite(window)
+        self._check_finite(window)
         values = logs.reduce([m for _, m in window])
         skipped = values.pop("nonfinite", 0.0) * len(window)
         tokens = int(np.prod(batch["input_ids"].shape))
-        rates = progress.update(step, stage.name, values, tokens)
+        rates = progress.update(step, stage.name, values, tokens, skipped=self.skips.total)
         record = {"stage": stage.name, "learning_rate": float(lr), **values, **rates}
         if skipped:
             record["skipped_steps"] = skipped
@@ -388,7 +495,12 @@ class Trainer:
         return values
 
     def _check_finite(self, window) -> None:
-        if self.train_cfg.nan_policy != "stop" or not window:
+        """Stop on a non-finite step ("stop"), or count the skipped ones ("skip") and stop
+        when `train.max_skipped_steps` come in a row."""
+        if not window:
+            return
+        if self.train_cfg.nan_policy == "skip":
+            self._count_skipped(window)
             return
         bad = _first_nonfinite(window)
         if bad is not None:
@@ -398,6 +510,31 @@ class Trainer:
                 "the update was not applied and no checkpoint after it was written. Lower the "
                 "learning rate, check the data, or set config.train.nan_policy='skip'"
             )
+
+    def _count_skipped(self, window) -> None:
+        skips, limit = self.skips, self.train_cfg.get("max_skipped_steps", 0)
+        new = [(s, m) for s, m in window if s > skips.counted_through]
+        if not new:
+            return
+        flags = jax.device_get([m["nonfinite"].total for _, m in new])
+        for (step, metrics), flag in zip(new, flags):
+            skips.counted_through = step
+            if float(flag) <= 0:
+                skips.in_a_row = 0
+                continue
+            skips.total += 1
+            skips.in_a_row += 1
+            if skips.in_a_row == 1:
+                skips.first_in_a_row = step
+            if limit and skips.in_a_row >= limit:
+                terms = ", ".join(_nonfinite_terms(metrics)) or "gradient"
+                raise NonFiniteLossError(
+                    f"{skips.in_a_row} non-finite steps in a row (steps "
+                    f"{skips.first_in_a_row}-{step}, term(s): {terms}) reached "
+                    f"config.train.max_skipped_steps={limit} under nan_policy='skip'; none of "
+                    "their updates was applied. Lower the learning rate or check the data "
+                    "(or raise the limit; 0: no limit)"
+                )
 
     def _evaluate(self, eval_step, predict_step, params, teacher_params, step, writer) -> dict:
         """Held-out metrics: `LossSum`s from the jitted step, plus the recipe's official
@@ -427,9 +564,14 @@ class Trainer:
             print(f"  eval @ step {step}: {shown}", flush=True)
         return values
 
-    def _save(self, manager, state, step, index, stage, data) -> None:
-        meta = {"stage": index, "stage_name": stage.name, "step": step}
-        ckpt.save(manager, step, state, meta, data.get_state())
+    def _write_config(self) -> None:
+        """WORKDIR/config.json, once the run is accepted (never for a refused restart)."""
+        if not self.is_lead or self.workdir is None:
+            return
+        path = self.workdir / "config.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.config.to_json_best_effort(indent=2) + "\n")
+        tmp.replace(path)
 
     def _previous_results(self) -> dict:
         path = self.workdir / "results.json"
@@ -441,6 +583,7 @@ class Trainer:
         Nothing is trained or checkpointed; `results.json` gets the values
         (when there is a workdir).
         """
+        self._write_config()
         writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             _, param_shardings = self._abstract_params()
@@ -455,6 +598,8 @@ class Trainer:
 
     def _write_results(self, step, final_train, final_eval) -> None:
         results = {"step": step, "train": final_train, "eval": final_eval}
+        if self.skips.total:
+            results["skipped_steps"] = self.skips.total
         (self.workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     def _finish(self, params, final_train, final_eval, step) -> None:
@@ -473,7 +618,14 @@ def run(config, recipe: Recipe, workdir: str | Path, devices=None) -> RunResult:
 
     `devices` (default: all) lets tests compare meshes within one process.
     """
+    return train(Trainer(config, recipe, workdir, devices))
+
+
+def train(trainer: Trainer) -> RunResult:
+    """`trainer.run()`, and the closing log line."""
     start = time.monotonic()
-    result = Trainer(config, recipe, workdir, devices).run()
-    log.info("run finished in %.1fs at step %d", time.monotonic() - start, result.step)
+    result = trainer.run()
+    what = "run preempted" if result.preempted else "run finished"
+    skipped = f", {result.skipped_steps} non-finite step(s) skipped" if result.skipped_steps else ""
+    log.info("%s in %.1fs at step %d%s", what, time.monotonic() - start, result.step, skipped)
     return result

@@ -129,6 +129,11 @@ def test_float_export_is_verified_and_its_metadata_names_the_tags(tmp_path, tagg
         "kind": "tagging",
         "label_names": list(TAGS),
         "inputs": ["input_ids", "attention_mask", "token_type_ids"],
+        "input_ranges": {
+            "input_ids": [0, config.vocab_size],
+            "attention_mask": [0, 2],
+            "token_type_ids": [0, config.type_vocab_size],
+        },
         "outputs": ["logits"],
         "seq_len": SEQ,
         "quantize": "none",

@@ -66,3 +66,32 @@ def test_dashed_flag_names_are_normalized():
         "--",
         "--x-y",
     ]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            {"train.steps": -1},
+            "config.train.steps=-1: steps must be >= 0 (0: only evaluate the initial model)",
+        ),
+        (
+            {"data.max_seq_length": 256},
+            "config.data.max_seq_length=256 is longer than the model's 128 positions "
+            "(encoder/embeddings/position_embeddings/embedding); lower it to at most 128, or "
+            "use a model with more positions (max_position_embeddings)",
+        ),
+        ({"mesh.fsdp": 2}, "config.mesh"),
+    ],
+    ids=["negative_steps", "sequences_longer_than_the_positions", "mesh_of_other_devices"],
+)
+def test_run_config_errors_are_one_line_before_anything_is_written(tmp_path, overrides, message):
+    module, arg = cli.load_config_module("configs/pretrain_ibbert.py:runlocal,data=synthetic")
+    config = cli.apply_overrides(module.get_config(arg), overrides)
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_config(config, str(workdir))
+    text = str(exit_info.value.code)
+    assert text.startswith("config error: ") and "\n" not in text
+    assert message in text
+    assert not workdir.exists()

@@ -2,8 +2,9 @@
 
 Mesh invariance (1 vs 8 forced host devices, data / FSDP / tensor layouts),
 exact resume after SIGKILL, mixed-precision matmuls against float32, SIGTERM
-preemption, non-finite losses, a checkpoint of another shape, and 2 local
-processes with CPU collectives.
+preemption, non-finite losses, a full disk (a small tmpfs, as root), a
+checkpoint of another shape, and 2 local processes with CPU collectives.
+The same faults in process, on a tiny recipe: `test_run_faults.py`.
 """
 
 import json
@@ -60,7 +61,7 @@ def run(cmd, env, check=True):
 
 
 def losses(workdir) -> dict[int, float]:
-    """Last logged objective per step (a resumed run logs the replayed steps again)."""
+    """Logged objective per step."""
     return {r["step"]: r["objective"] for r in read_metrics(workdir, "train")}
 
 
@@ -131,7 +132,7 @@ def test_resume_after_sigkill_continues_with_the_same_losses(tmp_path, env, refe
     p = run(train_cmd(workdir), env)
     assert "resuming from" in p.stderr
     resumed = losses(workdir)
-    assert sorted(resumed) == list(range(1, 9))
+    assert [r["step"] for r in read_metrics(workdir, "train")] == list(range(1, 9))  # once each
     for step, value in reference.items():
         assert resumed[step] == pytest.approx(value, rel=1e-6), step
 
@@ -173,25 +174,69 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, env, reference):
 
 def test_nonfinite_loss_stops_with_the_step_and_term_or_is_skipped(tmp_path, env):
     workdir = tmp_path / "nan"
-    p = run(train_cmd(workdir, "--config.optimizer.learning_rate=1e30"), env, check=False)
-    assert p.returncode != 0
-    assert "non-finite loss at step" in p.stderr
-    message = p.stderr[p.stderr.index("non-finite loss at step") :].splitlines()[0]
+    # A checkpoint every 2 steps: the save of the last good step is in flight at the NaN.
+    nan_cmd = train_cmd(
+        workdir, "--config.optimizer.learning_rate=1e30", "--config.train.checkpoint_every=2"
+    )
+    p = run(nan_cmd, env, check=False)
+    assert p.returncode == 1
+    message = p.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: non-finite loss at step ")
+    assert "Traceback" not in p.stderr and "asyncio" not in p.stderr
     bad_step = int(message.split("step ")[1].split()[0])
     assert "term(s): " in message
-    kept = [int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit()]
-    assert all(s < bad_step for s in kept)
+    kept = sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit())
+    assert kept and kept[-1] == 2 * ((bad_step - 1) // 2)  # the one in flight was finished
+    assert not list(workdir.rglob("*.orbax-checkpoint-tmp*"))
+
+    skip = ["--config.optimizer.learning_rate=1e30", "--config.train.nan_policy=skip"]
+    p = run(train_cmd(tmp_path / "limit", *skip, "--config.train.max_skipped_steps=3"), env, False)
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines()[-1].startswith("error: 3 non-finite steps in a row")
 
     skipped = tmp_path / "skip"
-    run(
-        train_cmd(
-            skipped, "--config.optimizer.learning_rate=1e30", "--config.train.nan_policy=skip"
-        ),
-        env,
-    )
+    run(train_cmd(skipped, *skip, "--config.train.max_skipped_steps=0"), env)  # no limit
     rows = read_metrics(skipped, "train")
     assert rows[-1]["step"] == 8
-    assert sum(r.get("skipped_steps", 0) for r in rows) >= 1
+    total = sum(r.get("skipped_steps", 0) for r in rows)
+    assert total >= 1
+    assert json.loads((skipped / "results.json").read_text())["skipped_steps"] == total
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 7 MB tmpfs (one micro checkpoint is 4.9 MB), where this process may mount one."""
+    path = tmp_path / "fs"
+    path.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=7m", "tmpfs", str(path)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("mounting a small tmpfs needs root (test_run_faults.py simulates one)")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_stops_with_one_line_and_resumes(small_tmpfs, env, reference):
+    workdir = small_tmpfs / "run"
+    p = run(train_cmd(workdir), env, check=False)
+    assert p.returncode == 1
+    said = [line for line in p.stderr.splitlines() if not line.startswith("[")]
+    assert len(said) == 2, p.stderr[-3000:]  # the stage line and the error
+    assert said[-1].startswith(
+        f"error: no space left on device for checkpoint {workdir}/checkpoints/6: it needs about "
+        f"4.9 MB on the file system at {small_tmpfs} (tmpfs, "
+    )
+    assert f"the last complete checkpoint is {workdir}/checkpoints/3." in said[-1]
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
+    subprocess.run(["mount", "-o", "remount,size=40m", str(small_tmpfs)], check=True)
+    p = run(train_cmd(workdir), env)
+    assert f"resuming from {workdir}/checkpoints/3" in p.stderr
+    resumed = losses(workdir)
+    for step, value in reference.items():
+        assert resumed[step] == pytest.approx(value, rel=1e-6), step
 
 
 def test_checkpoint_of_another_shape_names_the_parameters(tmp_path, env):
@@ -203,7 +248,9 @@ def test_checkpoint_of_another_shape_names_the_parameters(tmp_path, env):
         check=False,
     )
     assert p.returncode != 0
-    assert "does not match this config" in p.stderr
+    assert "does not match this config" in p.stderr and "Traceback" not in p.stderr
+    # The refused config is not written over the one the message points to.
+    assert json.loads((workdir / "config.json").read_text())["data"]["vocab_size"] == 2048
     assert "word_embeddings" in p.stderr and "(2048, 32)" in p.stderr and "(1024, 32)" in p.stderr
 
 
