@@ -73,7 +73,7 @@ def real_config(tiny: bool = False):
     c.general_seq_len = 64
     c.general_learning_rate = 1e-3
     c.mobilebert_stage_steps = 30  # per layer stage of progressive transfer
-    c.tinybert_layers = 4
+    c.tinybert_layers = 3  # uniform layer map: every 2nd of 6 teacher layers
     c.tinybert_width = 0.75  # of the teacher's hidden size
     c.embedding_size = 128  # factorized embeddings, initialized from the teacher's table
     c.tinybert_general_steps = 180
@@ -86,6 +86,7 @@ def real_config(tiny: bool = False):
     # 5. export
     c.export_quantize = ("none", "int8")
     c.num_calibration = 100
+    c.export_dev_rows = 0  # verify exported files on this many dev rows (0: all)
     c.log_every = 30
     if tiny:
         c.tasks = ("wordorder",)
@@ -95,5 +96,6 @@ def real_config(tiny: bool = False):
         c.intermediate_steps = 5
         c.prediction_steps = 10
         c.num_calibration = 8
+        c.export_dev_rows = 200
         c.log_every = 5
     return c

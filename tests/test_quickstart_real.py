@@ -71,7 +71,7 @@ def test_students_follow_the_teacher(run):
     assert (mobile.num_layers, mobile.hidden_size, mobile.num_heads) == (6, 384, 12)
     assert mobile.use_bottleneck and mobile.intra_bottleneck_size == 96
     tiny, _ = io.load_config(workdir / "tinybert_general" / "model")
-    assert (tiny.num_layers, tiny.hidden_size, tiny.num_heads) == (4, 288, 12)
+    assert (tiny.num_layers, tiny.hidden_size, tiny.num_heads) == (3, 288, 12)
     assert tiny.embedding_size == 128
     # The scratch students have their distilled twins' architectures.
     for student in ("mobilebert", "tinybert"):

@@ -220,6 +220,19 @@ def _sequences(c, read, tokenizer, report):
     return out, facts
 
 
+def source_parts(c) -> dict:
+    """The part of a custom task's cache keys that its files and column settings make."""
+    _, source_key = sources(c)
+    return {
+        "custom": source_key,
+        "kind": c.task_kind,
+        "columns": [c.text_column, c.text_pair_column, c.label_column],
+        "tagging": [c.tokens_column, c.tags_column, c.conll_tag_column],
+        "labels": c.labels,
+        "on_bad_line": c.on_bad_line,
+    }
+
+
 def prepare(
     c, tokenizer: WordPieceTokenizer, cache_dir: Path
 ) -> tuple[dict[str, dict], dict[str, str], dict, InputReport]:
@@ -234,14 +247,9 @@ def prepare(
       TaskDataError / DataConfigError: bad input (see `custom.py`, `conll.py`);
         nothing is cached then.
     """
-    read, source_key = sources(c)
+    read, _ = sources(c)
     parts = {
-        "custom": source_key,
-        "kind": c.task_kind,
-        "columns": [c.text_column, c.text_pair_column, c.label_column],
-        "tagging": [c.tokens_column, c.tags_column, c.conll_tag_column],
-        "labels": c.labels,
-        "on_bad_line": c.on_bad_line,
+        **source_parts(c),
         "tokenizer": tokenizer.fingerprint,
         "S": c.max_seq_length,
         "v": FEATURES_VERSION,

@@ -69,7 +69,9 @@ def export_all(
                 quantize=quantize,
                 seq_len=seq_len,
                 calibration=calibration,
-                verify_examples=task_examples(model_dir, task, seq_len, "dev"),
+                verify_examples=task_examples(
+                    model_dir, task, seq_len, "dev", q.get("export_dev_rows") or None
+                ),
                 verify_source=f"{task} dev split",
                 threads=(1,),
             )

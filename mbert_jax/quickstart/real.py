@@ -14,7 +14,7 @@ config a user would run by hand:
                            heads, a 4x narrower bottleneck, factorized embeddings from
                            the teacher's table), progressive knowledge transfer on
                            the embedded corpus (configs/mobilebert_pkt.py:student=fit)
-    tinybert_general       a 4-layer TinyBERT student (3/4 of the teacher's width,
+    tinybert_general       a 3-layer TinyBERT student (3/4 of the teacher's width,
                            factorized embeddings), general distillation on the corpus
                            (configs/tinybert_general.py)
     <student>_<task>       each student distilled on each task from the fine-tuned

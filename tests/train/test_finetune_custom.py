@@ -20,12 +20,12 @@ from task_files import (
     SEQ,
     finetune,
     hf_tokenizer,
-    iob2_entities,
     make_bert,
     pair_rows,
     predict,
     score_rows,
     tagged_sentence,
+    tagging_metrics,
     topic_rows,
     write_conll,
     write_csv,
@@ -144,30 +144,11 @@ def test_conll_tagging(tmp_path, bert):
     results, model_dir = finetune(
         tmp_path, bert, steps=60, train_file=str(train), eval_file=str(dev), task_kind="tagging"
     )
-    enc = hf_tokenizer(model_dir)(
-        [w for w, _ in dev_sentences],
-        is_split_into_words=True,
-        padding="max_length",
-        max_length=SEQ,
-    )
-    config, heads, out = predict(model_dir, enc)
-    assert heads == ("token_classifier",)
+    config, expected = tagging_metrics(model_dir, dev_sentences)
     assert config.label_names == ("O", "B-LOC", "B-PER", "I-PER")
-    logits = np.asarray(out.token_logits)
-    found = expected = correct = right = words = 0
-    for i, (ws, gold) in enumerate(dev_sentences):
-        word_ids = enc.word_ids(i)
-        pred = ["O"] * len(ws)
-        for pos, w in enumerate(word_ids):
-            if w is not None and (pos == 0 or word_ids[pos - 1] != w):
-                pred[w] = config.label_names[int(logits[i, pos].argmax())]
-        g, p = iob2_entities(gold), iob2_entities(pred)
-        found, expected, correct = found + len(p), expected + len(g), correct + len(g & p)
-        right += sum(a == b for a, b in zip(gold, pred))
-        words += len(ws)
-    precision, recall = correct / found, correct / expected
+    precision, recall = expected["precision"], expected["recall"]
     assert results["precision"] == pytest.approx(precision, abs=1e-9)
     assert results["recall"] == pytest.approx(recall, abs=1e-9)
     assert results["f1"] == pytest.approx(2 * precision * recall / (precision + recall), abs=1e-9)
-    assert results["accuracy"] == pytest.approx(right / words, abs=1e-9)
+    assert results["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-9)
     assert results["f1"] > 0.3  # predicting O everywhere scores 0

@@ -182,14 +182,8 @@ def augmented_config(data_config, augment_cfg, tokenizer: WordPieceTokenizer):
     from mbert_jax.distill.tinybert import augment
 
     c = data_config
-    _, source_key = custom_task.sources(c)
     parts = {
-        "custom": source_key,
-        "kind": c.task_kind,
-        "columns": [c.text_column, c.text_pair_column, c.label_column],
-        "tagging": [c.tokens_column, c.tags_column, c.conll_tag_column],
-        "labels": c.labels,
-        "on_bad_line": c.on_bad_line,
+        **custom_task.source_parts(c),
         **augment.cache_parts(augment_cfg, tokenizer),
     }
     cache = tokenized.resolve_cache_dir(c.cache_dir)
