@@ -179,6 +179,7 @@ def write_report(workdir: Path, q, entries, nb: dict, exports: dict) -> Path:
     quantize = tuple(q.export_quantize)
     per_task = rows(workdir, q, entries, nb, exports)
     (workdir / "results.json").write_text(json.dumps(per_task, indent=2) + "\n")
+    dev_rows = f"the first {q.export_dev_rows} rows" if q.get("export_dev_rows") else "all"
     parts = [
         "# mbert_jax quickstart report: a real teacher",
         "",
@@ -187,7 +188,7 @@ def write_report(workdir: Path, q, entries, nb: dict, exports: dict) -> Path:
         "scratch for as many steps; the settings are in `configs/quickstart.py` (real preset). "
         "Dev accuracy from the JAX model over the whole dev split, ± its binomial standard "
         "error; TFLite: batch 1, median latency on one thread of this CPU, accuracy of the "
-        "exported file on the same dev split. Differences are given ± their unpaired "
+        f"exported file on {dev_rows} of the same dev split. Differences are given ± their unpaired "
         "(conservative) standard error.",
     ]
     for task in q.tasks:

@@ -164,6 +164,7 @@ def test_tinybert_task_stage(tasks, kind, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # each kind is task-distilled in CI by test_tinybert_task_stage
 @pytest.mark.parametrize("kind", KINDS)
 def test_theseus(tasks, kind, tmp_path):
     task, data, metrics, teacher = tasks(kind)
