@@ -188,8 +188,8 @@ def write_report(workdir: Path, q, entries, nb: dict, exports: dict) -> Path:
         "scratch for as many steps; the settings are in `configs/quickstart.py` (real preset). "
         "Dev accuracy from the JAX model over the whole dev split, ± its binomial standard "
         "error; TFLite: batch 1, median latency on one thread of this CPU, accuracy of the "
-        f"exported file on {dev_rows} of the same dev split. Differences are given ± their unpaired "
-        "(conservative) standard error.",
+        f"exported file on {dev_rows} of the same dev split. Differences are given ± their "
+        "unpaired (conservative) standard error.",
     ]
     for task in q.tasks:
         parts += ["", f"## {task}", "", table(per_task[task], quantize), ""]
