@@ -169,8 +169,7 @@ def task_distill_config(q, student: str, task: str, workdir: Path):
     c = load_config("tinybert_task", f"task={task},augment=0")
     c.teacher.path = str(workdir / f"teacher_{task}" / "model")
     c.init_from = str(workdir / f"{student}_general" / "model")
-    stored, _ = io.load_config(c.init_from)
-    c.student.variant = "bert_base"  # the architecture comes from init_from
+    # The student's architecture comes from init_from (only tunable fields may be set).
     c.student.overrides.matmul_dtype = q.matmul_dtype or None
     c.teacher.matmul_dtype = q.matmul_dtype or None
     _task_data(c, q, task)
@@ -182,7 +181,6 @@ def task_distill_config(q, student: str, task: str, workdir: Path):
     _common(c, q, steps=0, learning_rate=q.task_learning_rate)
     c.train.eval_every = 0
     c.train.checkpoint_every = max(q.intermediate_steps, q.prediction_steps, 1)
-    del stored
     return c
 
 
