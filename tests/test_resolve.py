@@ -273,7 +273,11 @@ def test_distilbert_and_pd_name_the_missing_mlm_head_and_the_way_out(hf_dirs, ca
         recipes.build(distil)
     mobile = load_config_module(f"{ROOT}/configs/mobilebert_pkt.py")[0].get_config("runlocal")
     mobile.teacher.path = path
-    with pytest.raises(ValueError, match=r"config\.teacher\.path=.*pd_steps>0.*needs \['mlm'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"config\.teacher\.path=.* has no MLM head, which pre-training distillation needs "
+        r"\(config\.distill\.pd_steps=\d+.*configs/fit_mlm_head\.py",
+    ):
         recipes.build(mobile)
     with pytest.raises(ValueError, match=r"^config\.augment\.mlm_teacher\.path=.*augmentation"):
         from mbert_jax.distill.tinybert import augment
