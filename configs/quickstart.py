@@ -65,7 +65,14 @@ def real_config(tiny: bool = False):
     c.tasks = ("stdlib", "wordorder")
     c.task_seq_len = ml_collections.ConfigDict({"stdlib": 64, "wordorder": 48})
     c.batch_size = 32
-    c.matmul_dtype = "bfloat16"  # bf16 matmul operands, f32 everything else (docs/models.md)
+    # Task batches padded to their longest row (a multiple of this), rows grouped by
+    # length in windows of this many batches: median lengths are 22 (stdlib) and 19
+    # (wordorder) tokens, so most batches need half the width or less (docs/data.md).
+    c.pad_to_multiple = 16
+    c.group_by_length = 8
+    # float32: on this project's 2-core AVX2 CPU bf16 matmuls run at ~0.6x the f32 rate
+    # (BENCHMARKS.md); "bfloat16" on CPUs with AVX512-BF16 / AMX and on accelerators.
+    c.matmul_dtype = ""
     # 1. the teacher fine-tuned on each task
     c.teacher_steps = ml_collections.ConfigDict({"stdlib": 180, "wordorder": 240})
     c.teacher_learning_rate = 1e-4

@@ -128,6 +128,13 @@ def get_task_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     c.null_score_diff_threshold = 0.0
     c.global_batch_size = 32
     c.eval_global_batch_size = 0
+    # Padding (docs/data.md): 0 pads every batch to max_seq_length; m > 0 pads a batch
+    # only to its longest row, rounded up to a multiple of m (one compile per length).
+    c.pad_to_multiple = 0
+    # 0: plain shuffle; K: rows of similar length batched together, sorted within
+    # windows of K global batches of each epoch's shuffle, and eval splits sorted by
+    # length (use with pad_to_multiple).
+    c.group_by_length = 0
     c.seed = 0
     _host_fields(c)
     return c
@@ -182,6 +189,9 @@ def validate_task(c) -> None:
     _check(c.source in TASK_SOURCES, "source", f"must be one of {TASK_SOURCES}, got {c.source!r}")
     _check(c.on_bad_line in ("error", "skip"), "on_bad_line", "must be 'error' or 'skip'")
     _check(c.max_seq_length >= 8, "max_seq_length", f"must be >= 8, got {c.max_seq_length}")
+    for f in ("pad_to_multiple", "group_by_length"):
+        v = c.get(f, 0)
+        _check(isinstance(v, int) and v >= 0, f, f"must be an integer >= 0, got {v!r}")
     if c.task == "custom":
         _validate_custom(c)
     if c.task.startswith("squad"):

@@ -10,6 +10,20 @@ only rows [p * G / n, (p + 1) * G / n) of it, so every host reads only its
 shard and 1, 2 or 4 hosts together produce exactly the same global batch.
 Epochs run into each other without dropping a remainder.
 
+Two options cut the padding of task batches (sources that know their rows'
+lengths): `pad_multiple = m` pads each global batch only to its longest row,
+rounded up to a multiple of m (at most the spec's length), so a step costs
+what its rows need and each distinct length compiles once; `group = K`
+makes the rows of a batch similar in length: each epoch's permutation is cut
+into windows of K global batches, each window sorted by length (ties by
+position), cut into batches, and those batches shuffled within the window
+(the "group by length" sampler of the usual trainers). A batch that spans an
+epoch boundary (N not a multiple of G) mixes two windows' lengths. In an
+eval pass, `group` sorts the whole split by length (rows keep their
+`example_index`, so what is computed does not change, only the padding). Both are
+pure functions of (seed, step), like the plain order, and the same on every
+host: each host reads the lengths of the whole global batch to pick its length.
+
 An eval pass is finite and unshuffled: ceil(N / G) global batches, the
 rows past N are padding with `valid = 0`, so nothing is dropped or counted
 twice and every host runs the same number of steps.
@@ -48,6 +62,13 @@ class Source(Protocol):
     def __len__(self) -> int: ...
 
     def write_into(self, out: dict[str, np.ndarray], b: int, index: int, epoch: int) -> None: ...
+
+
+class SizedSource(Source, Protocol):
+    """A source that knows each example's length in tokens (for `pad_multiple`, `group`)."""
+
+    @property
+    def lengths(self) -> np.ndarray: ...
 
 
 def check_batch_size(global_batch_size: int, process_count: int, name: str = "global_batch_size"):
@@ -100,6 +121,43 @@ def stream_position(g: int, num_examples: int, seed: int, stream: int) -> tuple[
     return index_shuffle(k, max_index=num_examples - 1, seed=s, rounds=4), epoch
 
 
+@functools.lru_cache(maxsize=4)
+def _grouped_permutation(grouping: LengthGrouping, epoch: int) -> np.ndarray:
+    g = grouping
+    lengths = g.lengths
+    n = len(lengths)
+    perm = _permutation(n, g.seed, epoch, g.stream)
+    out = perm.copy()
+    window = g.windows * g.batch
+    rng = np.random.default_rng([epoch_seed(g.seed, epoch, g.stream + 1000), n])
+    for start in range(0, n, window):
+        ids = perm[start : start + window]
+        ids = ids[np.argsort(lengths[ids], kind="stable")]
+        full = len(ids) // g.batch  # a last partial batch stays last
+        order = rng.permutation(full)
+        blocks = ids[: full * g.batch].reshape(full, g.batch)[order].reshape(-1)
+        out[start : start + len(ids)] = np.concatenate([blocks, ids[full * g.batch :]])
+    return out
+
+
+class LengthGrouping:
+    """The `group` order of a source's rows (see the module docstring); hashed by identity."""
+
+    def __init__(self, lengths: np.ndarray, windows: int, batch: int, seed: int, stream: int):
+        if len(lengths) > PERMUTATION_CACHE_MAX:
+            raise ValueError(
+                f"data.group_by_length needs the cached shuffle (at most {PERMUTATION_CACHE_MAX:,} "
+                f"rows, have {len(lengths):,}): set data.group_by_length=0"
+            )
+        self.lengths = np.asarray(lengths)
+        self.windows, self.batch, self.seed, self.stream = windows, batch, seed, stream
+
+    def position(self, g: int) -> tuple[int, int]:
+        """(example index, epoch) at position `g` of the endless stream."""
+        epoch, k = divmod(g, len(self.lengths))
+        return int(_grouped_permutation(self, epoch)[k]), epoch
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchFn:
     """Builds the host batch of one step: a picklable grain map function.
@@ -111,6 +169,10 @@ class BatchFn:
       process_index, process_count: this host's slice of each global batch.
       seed, stream: the shuffle's seed (training) and stream id.
       endless: shuffle and repeat (training) or one padded pass (eval).
+      pad_multiple: 0, or pad each batch only to its longest row rounded up to
+        a multiple of this (the source must have `lengths`).
+      grouping: None, or the length-grouped order of an endless stream.
+      order: None, or the order of an eval pass's rows (sorted by length).
     """
 
     source: Source
@@ -121,22 +183,45 @@ class BatchFn:
     seed: int
     stream: int
     endless: bool
+    pad_multiple: int = 0
+    grouping: LengthGrouping | None = None
+    order: np.ndarray | None = None
+
+    def position(self, g: int) -> tuple[int, int] | None:
+        """(example index, epoch) of global position `g`; None for an eval pass's padding."""
+        if self.grouping is not None:
+            return self.grouping.position(g)
+        if self.endless:
+            return stream_position(g, len(self.source), self.seed, self.stream)
+        if g >= len(self.source):
+            return None
+        return (g if self.order is None else int(self.order[g])), 0
+
+    def length(self, step: int, full: int) -> int:
+        """The padded length of the global batch of `step` (`full` without pad_multiple)."""
+        if not self.pad_multiple:
+            return full
+        G = self.global_batch_size
+        rows = [self.position(g) for g in range(step * G, (step + 1) * G)]
+        longest = max((int(self.source.lengths[r[0]]) for r in rows if r is not None), default=1)
+        return min(full, -(-longest // self.pad_multiple) * self.pad_multiple)
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         per_host = self.global_batch_size // self.process_count
         out = {k: np.zeros((per_host, *shape), dtype) for k, (shape, dtype) in self.spec.items()}
-        n = len(self.source)
         first = step * self.global_batch_size + self.process_index * per_host
         for b in range(per_host):
-            g = first + b
-            if self.endless:
-                index, epoch = stream_position(g, n, self.seed, self.stream)
-            elif g < n:
-                index, epoch = g, 0
-            else:
+            row = self.position(first + b)
+            if row is None:
                 continue  # padding row: valid stays 0
-            self.source.write_into(out, b, index, epoch)
+            self.source.write_into(out, b, *row)
             out["valid"][b] = 1.0
+        full = self.spec["input_ids"][0][0] if "input_ids" in self.spec else 0
+        length = self.length(step, full)
+        if length < full:
+            for k, (shape, _) in self.spec.items():
+                if shape and shape[0] == full:
+                    out[k] = np.ascontiguousarray(out[k][:, :length])
         return out
 
 
@@ -257,19 +342,38 @@ def make_iterator(
     endless: bool,
     fingerprint_parts: dict,
     options: dict,
+    pad_multiple: int = 0,
+    group: int = 0,
 ) -> DataIterator:
-    """A `DataIterator` over `source` (see the module docstring for the order)."""
+    """A `DataIterator` over `source` (see the module docstring for the order and
+    for `pad_multiple` / `group`, which need a `SizedSource`; `group` only
+    reorders an endless stream)."""
     check_batch_size(global_batch_size, process_count)
     if len(source) == 0:
         raise ValueError("no examples to iterate over")
+    grouping = order = None
+    if group and endless:
+        grouping = LengthGrouping(source.lengths, group, global_batch_size, seed, stream)
+    elif group:
+        order = np.argsort(source.lengths, kind="stable")
     fn = BatchFn(
-        source, spec, global_batch_size, process_index, process_count, seed, stream, endless
+        source,
+        spec,
+        global_batch_size,
+        process_index,
+        process_count,
+        seed,
+        stream,
+        endless,
+        pad_multiple,
+        grouping,
+        order,
     )
     steps = ENDLESS if endless else -(-len(source) // global_batch_size)
-    fp = fingerprint(
-        {**fingerprint_parts, "G": global_batch_size, "seed": seed, "endless": endless}
-    )
-    return DataIterator(fn, steps, fp, **options)
+    parts = {**fingerprint_parts, "G": global_batch_size, "seed": seed, "endless": endless}
+    if group:
+        parts["group"] = group  # the order; pad_multiple changes shapes, not rows
+    return DataIterator(fn, steps, fingerprint(parts), **options)
 
 
 Log = Callable[[str], None]

@@ -83,6 +83,10 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.a["input_ids"])
 
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.a["lengths"]
+
     def write_into(self, out, b, index, epoch):
         a = self.a
         n, la = int(a["lengths"][index]), int(a["len_a"][index])
@@ -179,8 +183,8 @@ class Evaluator:
             F = len(arrays["input_ids"])
             S = arrays["input_ids"].shape[1]
             st, en = np.zeros((F, S), np.float32), np.zeros((F, S), np.float32)
-            for i, (s, e) in self._seen.items():
-                st[i], en[i] = s, e
+            for i, (s, e) in self._seen.items():  # a batch may be padded to less than S
+                st[i, : len(s)], en[i, : len(e)] = s, e
             c = self.data.config
             return squad.postprocess(
                 examples,
@@ -192,9 +196,12 @@ class Evaluator:
                 max_answer_length=c.max_answer_length,
                 null_score_diff_threshold=c.null_score_diff_threshold,
             )
-        out = np.stack([self._seen[i] for i in range(len(self._seen))])
         if self.data.kind == "tagging":
+            out = np.zeros(arrays["input_ids"].shape, np.int32)
+            for i, tags in self._seen.items():  # a batch may be padded to less than S
+                out[i, : len(tags)] = tags
             return conll.word_tags(out, arrays, self.data.label_names)[1]
+        out = np.stack([self._seen[i] for i in range(len(self._seen))])
         return out.reshape(-1) if self.data.is_regression else out.argmax(-1)
 
     def result(self) -> dict[str, float]:
@@ -510,6 +517,8 @@ def _finish(c, name, tokenizer, report, train, evals, spec, p, n, log, **facts) 
         endless=True,
         fingerprint_parts=fp,
         options=options,
+        pad_multiple=c.get("pad_to_multiple", 0),
+        group=c.get("group_by_length", 0),
     )
 
     def make_eval(split):
@@ -526,6 +535,8 @@ def _finish(c, name, tokenizer, report, train, evals, spec, p, n, log, **facts) 
             endless=False,
             fingerprint_parts={**fp, "split": split},
             options=options,
+            pad_multiple=c.get("pad_to_multiple", 0),
+            group=c.get("group_by_length", 0),
         )
 
     report.count("train rows", len(train_arrays["input_ids"]))

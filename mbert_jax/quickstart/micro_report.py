@@ -40,19 +40,12 @@ def plot_losses(workdir: Path) -> tuple[Path, Path]:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, name in zip(axes, MODELS):
         rows = read_metrics(workdir / name, "train")
-        stages = list(dict.fromkeys(r["stage"] for r in rows))
-        for stage in stages:
-            pts = [(r["step"], r["objective"]) for r in rows if r["stage"] == stage]
-            ax.plot(*zip(*pts), label=stage, marker="." if len(pts) < 4 else None)
-        ax.set_title(LABELS[name])
-        ax.set_xlabel("step")
-        ax.set_ylabel("stage objective")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    losses_png = workdir / "losses.png"
-    fig.savefig(losses_png, dpi=110)
-    plt.close(fig)
+        series = {
+            stage: [(r["step"], r["objective"]) for r in rows if r["stage"] == stage]
+            for stage in dict.fromkeys(r["stage"] for r in rows)
+        }
+        _log_plot(ax, series, LABELS[name], ylabel="stage objective")
+    losses_png = _save(fig, workdir / "losses.png")
 
     rows = read_metrics(workdir / "distilled", "train")
     terms = sorted(
@@ -61,18 +54,35 @@ def plot_losses(workdir: Path) -> tuple[Path, Path]:
     )
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, kind, title in zip(axes, ("fmt", "at"), ("feature-map transfer", "attention transfer")):
-        for term in (t for t in terms if t.startswith(kind + "_")):
-            pts = [(r["step"], r[term]) for r in rows if term in r]
-            ax.plot(*zip(*pts), label=term.replace(f"{kind}_", ""), marker=".")
-        ax.set_title(f"{title} per layer (distilled student)")
-        ax.set_xlabel("step")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    layers_png = workdir / "layer_losses.png"
-    fig.savefig(layers_png, dpi=110)
-    plt.close(fig)
+        series = {
+            term.replace(f"{kind}_", ""): [(r["step"], r[term]) for r in rows if term in r]
+            for term in terms
+            if term.startswith(kind + "_")
+        }
+        _log_plot(ax, series, f"{title} per layer (distilled student)")
+    layers_png = _save(fig, workdir / "layer_losses.png")
     return losses_png, layers_png
+
+
+def _log_plot(ax, series: dict[str, list[tuple]], title: str, ylabel: str = "") -> None:
+    """One line per (label -> [(step, value)]), log scale; short series get point markers."""
+    for label, pts in series.items():
+        ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 20 else None)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def table(workdir: Path, mlm: dict, exports: dict, quantize: tuple[str, ...]) -> str:

@@ -4,10 +4,15 @@ A phase is one training run in its own sub-directory of the workdir. It is
 done when its directory holds a model directory and `results.json`; a done
 phase is skipped, an interrupted one resumes from its checkpoint, so running
 the same quickstart command again picks up where it stopped.
+
+Each phase's wall time is added to WORKDIR/timings.json (seconds per phase,
+summed over the invocations that ran it, so a resumed phase counts every
+part), for the reports.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -38,6 +43,21 @@ def finished(run_dir: Path) -> bool:
     return io.is_model_dir(run_dir / "model") and (run_dir / "results.json").is_file()
 
 
+def add_time(workdir: Path, phase: str, seconds: float) -> None:
+    """Add `seconds` to `phase` in WORKDIR/timings.json (written whole, then renamed)."""
+    path = workdir / "timings.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    times[phase] = round(times.get(phase, 0.0) + seconds, 1)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(times, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def timings(workdir: Path) -> dict[str, float]:
+    path = workdir / "timings.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def train(name: str, config, run_dir: Path) -> None:
     """Run `config` in `run_dir` unless that phase is done."""
     from mbert_jax.train.cli import run_config
@@ -48,7 +68,10 @@ def train(name: str, config, run_dir: Path) -> None:
     print(f"== {name}: training in {run_dir}", flush=True)
     start = time.monotonic()
     config.lock()
-    result = run_config(config, str(run_dir))
+    try:
+        result = run_config(config, str(run_dir))
+    finally:
+        add_time(run_dir.parent, run_dir.name, time.monotonic() - start)
     if result.preempted:
         raise SystemExit("preempted; run the same command again to resume")
     print(f"== {name}: finished in {time.monotonic() - start:.0f}s", flush=True)

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 
 from mbert_jax.models import io
-from mbert_jax.quickstart.phases import load_config, train
+from mbert_jax.quickstart.phases import add_time, load_config, train
 
 STUDENTS = ("mobilebert", "tinybert")
 
@@ -88,6 +88,8 @@ def _task_data(c, q, task: str) -> None:
     c.data.task = task
     c.data.max_seq_length = seq_len(q, task)
     c.data.global_batch_size = q.batch_size
+    c.data.pad_to_multiple = q.pad_to_multiple
+    c.data.group_by_length = q.group_by_length
     c.data.seed = q.seed
 
 
@@ -269,7 +271,9 @@ def run(workdir: Path, q) -> Path:
             )
     nb = baselines(q, workdir)
     entries = [(name, workdir / name / "model", task) for name, task in models(q)]
+    t = time.monotonic()
     exports = exports_lib.export_all(workdir, q, entries, lambda task: seq_len(q, task))
+    add_time(workdir, "export", time.monotonic() - t)
     path = real_report.write_report(workdir, q, models(q), nb, exports)
     print(path.read_text())
     print(f"quickstart finished in {time.monotonic() - start:.0f}s; report: {path}")

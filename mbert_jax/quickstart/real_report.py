@@ -5,7 +5,8 @@ classifier), dev accuracy with its standard error, the float and int8
 TFLite files' size, latency and dev accuracy. Standard errors are binomial,
 sqrt(p (1 - p) / n) over the n dev rows; a difference between two models is
 given with the unpaired standard error sqrt(se1^2 + se2^2), which is
-conservative (both models see the same rows).
+conservative (both models see the same rows). The time table is
+WORKDIR/timings.json (`phases.add_time`): wall seconds per phase.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from safetensors import safe_open
 
 from mbert_jax.models import io
 from mbert_jax.quickstart import exports as exports_lib
+from mbert_jax.quickstart.phases import timings
 
 STUDENT_LABELS = {
     "mobilebert": "MobileBERT student (PKT)",
@@ -194,6 +196,18 @@ def write_report(workdir: Path, q, entries, nb: dict, exports: dict) -> Path:
     for task in q.tasks:
         parts += ["", f"## {task}", "", table(per_task[task], quantize), ""]
         parts += [f"- {line}" for line in findings(task, per_task[task], quantize)]
+    parts += ["", "## Time", "", time_table(timings(workdir))]
     path = workdir / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path
+
+
+def time_table(times: dict[str, float]) -> str:
+    """Wall time per phase and in all (the preset's target: 20 minutes on 2 cores)."""
+    if not times:
+        return "(no phase ran in this workdir's record: WORKDIR/timings.json is missing)"
+    lines = ["| phase | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in times.items()]
+    total = sum(times.values())
+    lines.append(f"| all phases | {total:.0f} ({total / 60:.1f} min; target 20 min) |")
+    return "\n".join(lines)

@@ -111,7 +111,7 @@ class Progress:
         self.last_step = None
 
     def update(
-        self, step: int, stage: str, values: dict[str, float], tokens: int, skipped: int = 0
+        self, step: int, stage: str, values: dict[str, float], tokens: float, skipped: int = 0
     ) -> dict:
         """Print the line (with the count of skipped non-finite steps, if any); returns the
         rate figures (also logged)."""

@@ -385,11 +385,13 @@ class Trainer:
                     ran = True
 
                     window: list[tuple[int, dict]] = []
+                    tokens = 0  # padded tokens of the window's batches (their lengths may vary)
                     while step < ends[index]:
                         batch = sharding_lib.global_batch(next(data), self.mesh, self.rules)
                         state, step_metrics = fns.train_step(state, batch, teacher_params)
                         step += 1
                         window.append((step, step_metrics))
+                        tokens += int(np.prod(batch["input_ids"].shape))
                         last = step == ends[index]
                         if step % cfg.log_every == 0 or last:
                             final_train = self._log(
@@ -399,9 +401,9 @@ class Trainer:
                                 writer,
                                 progress,
                                 fns.schedule(step - start - 1),
-                                batch,
+                                tokens / len(window),
                             )
-                            window = []
+                            window, tokens = [], 0
                         if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
                             steps = fns.eval_step, fns.predict_step
                             final_eval = self._evaluate(
@@ -482,11 +484,11 @@ class Trainer:
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(state.params)
         return state.replace(opt_state=opt_state)
 
-    def _log(self, window, step, stage, writer, progress, lr, batch) -> dict[str, float]:
+    def _log(self, window, step, stage, writer, progress, lr, tokens) -> dict[str, float]:
+        """`tokens`: padded tokens per step, averaged over the window."""
         self._check_finite(window)
         values = logs.reduce([m for _, m in window])
         skipped = values.pop("nonfinite", 0.0) * len(window)
-        tokens = int(np.prod(batch["input_ids"].shape))
         rates = progress.update(step, stage.name, values, tokens, skipped=self.skips.total)
         record = {"stage": stage.name, "learning_rate": float(lr), **values, **rates}
         if skipped:

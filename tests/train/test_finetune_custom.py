@@ -135,14 +135,25 @@ def test_sentence_pairs_jsonl(tmp_path, bert):
 # ---------------------------------------------------------------- tagging, CoNLL
 
 
+# Batches padded to max_seq_length, or each to its longest row with rows grouped by length.
+PADDING = {"full": {}, "per batch": {"pad_to_multiple": 8, "group_by_length": 4}}
+
+
 @pytest.mark.slow
-def test_conll_tagging(tmp_path, bert):
+@pytest.mark.parametrize("padding", PADDING)
+def test_conll_tagging(tmp_path, bert, padding):
     rng = np.random.default_rng(3)
     train = write_conll(tmp_path / "train.conll", [tagged_sentence(rng) for _ in range(200)])
     dev_sentences = [tagged_sentence(rng) for _ in range(40)]
     dev = write_conll(tmp_path / "dev.conll", dev_sentences)
     results, model_dir = finetune(
-        tmp_path, bert, steps=60, train_file=str(train), eval_file=str(dev), task_kind="tagging"
+        tmp_path,
+        bert,
+        steps=60,
+        train_file=str(train),
+        eval_file=str(dev),
+        task_kind="tagging",
+        **PADDING[padding],
     )
     config, expected = tagging_metrics(model_dir, dev_sentences)
     assert config.label_names == ("O", "B-LOC", "B-PER", "I-PER")
