@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 from data_helpers import CLS, PAD, SEP, masker, original_ids, synthetic_docs, write_tokenized
@@ -181,3 +183,18 @@ def test_masked_weights_count_the_budget(tmp_path):
 def test_nsp_needs_two_documents(tmp_path):
     with pytest.raises(ValueError, match="at least 2 documents"):
         examples(tmp_path, synthetic_docs(1))
+
+
+@pytest.mark.parametrize("eval_fraction", [0.0, 0.05])
+def test_a_single_document_corpus_suggests_turning_nsp_off(eval_fraction):
+    c = types.SimpleNamespace(
+        eval_fraction=eval_fraction, eval_max_documents=100, nsp=True, split_seed=0
+    )
+    with pytest.raises(ValueError) as e:
+        pipeline.split_documents(1, c)
+    message = str(e.value)
+    assert "data.nsp=False" in message and "eval_fraction" not in message
+    assert "\n" not in message
+    c.nsp, c.eval_fraction = False, 0.0
+    train, held_out = pipeline.split_documents(1, c)
+    assert list(train) == [0] and list(held_out) == []
