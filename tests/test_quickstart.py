@@ -18,7 +18,7 @@ from mbert_jax.models import io
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("teacher", "distilled", "scratch")
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("quickstart")]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.xdist_group("quickstart")]
 
 
 def quickstart(workdir: Path, env: dict) -> subprocess.CompletedProcess:
