@@ -197,30 +197,27 @@ class BatchFn:
             return None
         return (g if self.order is None else int(self.order[g])), 0
 
-    def length(self, step: int, full: int) -> int:
-        """The padded length of the global batch of `step` (`full` without pad_multiple)."""
-        if not self.pad_multiple:
-            return full
-        G = self.global_batch_size
-        rows = [self.position(g) for g in range(step * G, (step + 1) * G)]
-        longest = max((int(self.source.lengths[r[0]]) for r in rows if r is not None), default=1)
-        return min(full, -(-longest // self.pad_multiple) * self.pad_multiple)
-
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        per_host = self.global_batch_size // self.process_count
+        G = self.global_batch_size
+        per_host = G // self.process_count
         out = {k: np.zeros((per_host, *shape), dtype) for k, (shape, dtype) in self.spec.items()}
-        first = step * self.global_batch_size + self.process_index * per_host
-        for b in range(per_host):
-            row = self.position(first + b)
+        first = self.process_index * per_host
+        if self.pad_multiple:  # the width is the longest row's of the whole global batch
+            rows = [self.position(g) for g in range(step * G, (step + 1) * G)]
+            mine = rows[first : first + per_host]
+        else:
+            mine = [self.position(step * G + first + b) for b in range(per_host)]
+        for b, row in enumerate(mine):
             if row is None:
                 continue  # padding row: valid stays 0
             self.source.write_into(out, b, *row)
             out["valid"][b] = 1.0
-        full = self.spec["input_ids"][0][0] if "input_ids" in self.spec else 0
-        length = self.length(step, full)
-        if length < full:
+        if self.pad_multiple:
+            full = self.spec["input_ids"][0][0]
+            longest = max((int(self.source.lengths[r[0]]) for r in rows if r), default=1)
+            length = min(full, -(-longest // self.pad_multiple) * self.pad_multiple)
             for k, (shape, _) in self.spec.items():
-                if shape and shape[0] == full:
+                if length < full and shape and shape[0] == full:
                     out[k] = np.ascontiguousarray(out[k][:, :length])
         return out
 

@@ -124,13 +124,13 @@ def split_documents(num_docs: int, c) -> tuple[np.ndarray, np.ndarray]:
     n_eval = min(int(round(num_docs * c.eval_fraction)), c.eval_max_documents)
     if c.eval_fraction > 0:
         n_eval = max(n_eval, 2 if c.nsp else 1)
+    if num_docs < 1:
+        raise ValueError("the corpus has no documents; add text to data.corpus")
     if c.nsp and num_docs < 2:
         raise ValueError(
             f"the corpus has {num_docs} document(s): next-sentence prediction needs at least 2; "
             "add documents (separated by a blank line) or set data.nsp=False"
         )
-    if num_docs < 1:
-        raise ValueError("the corpus has no documents; add text to data.corpus")
     if num_docs - n_eval < (2 if c.nsp else 1):
         raise ValueError(
             f"the corpus has {num_docs} document(s): too few to hold out {n_eval} for "

@@ -506,6 +506,7 @@ def _finish(c, name, tokenizer, report, train, evals, spec, p, n, log, **facts) 
     eval_g = c.eval_global_batch_size or c.global_batch_size
     loader.check_batch_size(eval_g, n, "eval_global_batch_size")
     fp = {"task": name, "train": train_key}
+    padding = dict(pad_multiple=c.get("pad_to_multiple", 0), group=c.get("group_by_length", 0))
     train_it = loader.make_iterator(
         ArraySource(train_arrays, squad_mode),
         spec,
@@ -517,8 +518,7 @@ def _finish(c, name, tokenizer, report, train, evals, spec, p, n, log, **facts) 
         endless=True,
         fingerprint_parts=fp,
         options=options,
-        pad_multiple=c.get("pad_to_multiple", 0),
-        group=c.get("group_by_length", 0),
+        **padding,
     )
 
     def make_eval(split):
@@ -535,8 +535,7 @@ def _finish(c, name, tokenizer, report, train, evals, spec, p, n, log, **facts) 
             endless=False,
             fingerprint_parts={**fp, "split": split},
             options=options,
-            pad_multiple=c.get("pad_to_multiple", 0),
-            group=c.get("group_by_length", 0),
+            **padding,
         )
 
     report.count("train rows", len(train_arrays["input_ids"]))
