@@ -267,6 +267,42 @@ def documents(config, report: InputReport) -> Iterator[list[str]]:
         )
 
 
+def check_text(report: InputReport) -> None:
+    """Refuse what was read when nothing is text, or when most lines are not text.
+
+    A file of binary data read with `on_bad_utf8='skip'` keeps only the odd
+    line that happens to decode: more lines skipped than kept means the input
+    is not text.
+    """
+    skipped = report.notes.get("non-UTF-8 lines skipped", 0)
+    kept = sum(report.counts.get(k, 0) for k in ("lines", "rows", "documents read"))
+    where = ", ".join(report.where.get("non-UTF-8 lines skipped", []))
+    if skipped > kept:
+        raise CorpusError(
+            f"{report.source}: {skipped:,} of {skipped + kept:,} lines are not valid UTF-8 "
+            f"(first: {where}); is it a text file? Re-encode it as UTF-8, or set "
+            "data.on_bad_utf8='replace' to keep such lines"
+        )
+    if kept == 0:
+        _refuse_empty(report)
+
+
+def check_read(report: InputReport) -> None:
+    """`check_text`, and refuse a corpus without any token once it is tokenized.
+
+    Called before the tokenized cache entry is written, so a refused corpus
+    leaves nothing cached.
+    """
+    check_text(report)
+    if report.counts.get("tokens", 0) == 0:
+        _refuse_empty(report)
+
+
+def _refuse_empty(report: InputReport):
+    summary = "; ".join(line.strip() for line in report.summary().splitlines())
+    raise CorpusError(f"no text to train on ({summary}); give files with text in data.text_files")
+
+
 def fingerprint(config) -> dict:
     """What identifies the source's content, cheaply (for cache keys)."""
     check_source(config)

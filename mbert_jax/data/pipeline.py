@@ -46,6 +46,7 @@ from mbert_jax.data import corpus, loader, packing, pretraining, tokenized
 from mbert_jax.data.masking import Masker
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tokenizer import (
+    VocabError,
     WordPieceTokenizer,
     check_same_vocab,
     load_tokenizer,
@@ -103,13 +104,19 @@ def get_tokenizer(c, log=print) -> WordPieceTokenizer:
     directory = tokenized.resolve_cache_dir(c.cache_dir) / f"vocab-{tokenized.cache_key(parts)}"
     if not (directory / "vocab.txt").is_file():
         log(f"learning a {c.train_vocab_size}-token WordPiece vocabulary from the corpus")
-        docs = corpus.documents(c, InputReport())
-        tok = train_wordpiece(
-            (line for doc in docs for line in doc),
-            c.train_vocab_size,
-            lowercase=lowercase,
-            min_frequency=c.train_vocab_min_frequency,
-        )
+        report = InputReport()
+        docs = corpus.documents(c, report)
+        try:
+            tok = train_wordpiece(
+                (line for doc in docs for line in doc),
+                c.train_vocab_size,
+                lowercase=lowercase,
+                min_frequency=c.train_vocab_min_frequency,
+            )
+        except VocabError:
+            corpus.check_text(report)  # the input's fault: say so in the input's terms
+            raise
+        corpus.check_text(report)
 
         def build(tmp: Path):
             tok.save(tmp)
@@ -289,7 +296,11 @@ def build_pretraining_data(
         check_same_vocab(c.teacher_vocab_file, tok)
     cache_dir = tokenized.resolve_cache_dir(c.cache_dir)
     corp = tokenized.load_or_build(
-        cache_dir, {"corpus": corpus.fingerprint(c)}, lambda r: corpus.documents(c, r), tok
+        cache_dir,
+        {"corpus": corpus.fingerprint(c)},
+        lambda r: corpus.documents(c, r),
+        tok,
+        check=corpus.check_read,
     )
     report = corp.report
     if corp.num_documents == 0:

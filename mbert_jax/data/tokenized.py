@@ -25,12 +25,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from mbert_jax import files
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 
@@ -57,7 +57,7 @@ def cache_key(parts: dict) -> str:
 def write_atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
     """Run `build(tmpdir)` and rename the directory to `final` (first writer wins)."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = files.temp_dir(final)
     try:
         build(tmp)
         try:
@@ -222,6 +222,7 @@ def load_or_build(
     key_parts: dict,
     documents: Callable[[InputReport], Iterable[list[str]]],
     tokenizer: WordPieceTokenizer,
+    check: Callable[[InputReport], None] | None = None,
 ) -> TokenizedCorpus:
     """The cached corpus for `key_parts`, tokenizing `documents(report)` on a miss.
 
@@ -231,6 +232,8 @@ def load_or_build(
         settings); the tokenizer's fingerprint is added here.
       documents: called with the `InputReport` to fill; yields documents.
       tokenizer: the tokenizer.
+      check: called with the filled report before the entry is written; it
+        raises to refuse the corpus (nothing is cached then).
     """
     parts = {**key_parts, "tokenizer": tokenizer.fingerprint}
     final = cache_dir / f"corpus-{cache_key(parts)}"
@@ -240,6 +243,8 @@ def load_or_build(
     def build(tmp: Path):
         report = InputReport()
         dtype, content = tokenize_documents(documents(report), tokenizer, tmp, report)
+        if check is not None:
+            check(report)
         meta = {"key": parts, "dtype": dtype, "content": content, "report": report.to_dict()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
 

@@ -71,6 +71,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mbert_jax import files
+
 QUANTIZATIONS = ("none", "fp16", "dynamic_int8", "int8")
 # Ops quantized in "int8" mode (see the module docstring); every other op of
 # the graph stays float32 between QUANTIZE / DEQUANTIZE pairs.
@@ -480,7 +482,7 @@ def write_atomic(path: str | os.PathLike, make: Callable[[], bytes]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = make()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = files.temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

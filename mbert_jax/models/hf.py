@@ -80,7 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbert_jax import tree
+from mbert_jax import files, tree
 from mbert_jax.models import io
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import HEADS, Model, param_shapes, validate_heads
@@ -777,10 +777,11 @@ def save_hf(
     state = params_to_hf(config, heads, params, model_type)
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = files.temp_dir(directory)
     try:
         (tmp / HF_CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
         save_file(state, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
+        files.plain_mode(tmp / SAFETENSORS_FILE)
         if vocab_file is not None:
             shutil.copyfile(vocab_file, tmp / io.VOCAB_FILE)
             tok = _tokenizer_config(model_type, config, do_lower_case)

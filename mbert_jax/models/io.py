@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mbert_jax import tree
+from mbert_jax import files, tree
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import validate_heads
 
@@ -51,11 +50,12 @@ def save_model(
     """Write a model directory atomically; returns its path."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = files.temp_dir(directory)
     try:
         meta = {"config": config.to_dict(), "heads": list(validate_heads(heads))}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         save_file(flatten(params), str(tmp / PARAMS_FILE))
+        files.plain_mode(tmp / PARAMS_FILE)
         if vocab_file is not None:
             shutil.copyfile(vocab_file, tmp / VOCAB_FILE)
         if directory.exists():

@@ -35,10 +35,9 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from mbert_jax import __version__
+from mbert_jax import __version__, files
 from mbert_jax.models import hf, io
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ def model_dir(path: str | os.PathLike, what: str) -> Path:
         log.info("%s: using cached %s (converted from %s)", what, entry, d)
         return entry
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    tmp = files.temp_dir(entry)
     try:
         try:
             hf.hf_to_model_dir(d, tmp / "model")

@@ -95,3 +95,43 @@ def test_run_config_errors_are_one_line_before_anything_is_written(tmp_path, ove
     assert text.startswith("config error: ") and "\n" not in text
     assert message in text
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("learn_vocab", [False, True], ids=["vocab_file", "learned_vocab"])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "no text to train on (text files "),
+        (
+            bytes(range(128, 256)) * 4 + b"\n" + (b"\xff\xfe\x00\x81\n" * 40) + b"ok line\n",
+            "41 of 42 lines are not valid UTF-8 (first: ",
+        ),
+    ],
+    ids=["empty_corpus", "binary_corpus"],
+)
+def test_a_corpus_without_text_is_one_line_and_leaves_no_cache(
+    tmp_path, content, message, learn_vocab
+):
+    corpus_file = tmp_path / "corpus.txt"
+    corpus_file.write_bytes(content)
+    module, arg = cli.load_config_module("configs/pretrain_ibbert.py:runlocal")
+    overrides = {
+        "data.source": "text",
+        "data.text_files": str(corpus_file),
+        "data.cache_dir": str(tmp_path / "cache"),
+    }
+    if not learn_vocab:
+        vocab = tmp_path / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ok", "line"]))
+        overrides["data.vocab_file"] = str(vocab)
+    config = cli.apply_overrides(module.get_config(arg), overrides)
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_config(config, str(workdir))
+    text = str(exit_info.value.code)
+    assert text.startswith("config error: ") and "\n" not in text, text
+    assert message in text
+    assert "data.text_files" in text or "data.on_bad_utf8" in text
+    assert not workdir.exists()
+    assert not any((tmp_path / "cache").glob("corpus-*"))
+    assert not any((tmp_path / "cache").glob("vocab-*"))
