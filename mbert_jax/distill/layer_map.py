@@ -12,7 +12,9 @@ Kinds (config `layer_map`):
 - "last": the student's blocks take the teacher's last L_S blocks.
 - "identity": same depth, layer i to layer i (MobileBERT).
 - an explicit list of L_S teacher layers for blocks 1..L_S (the embedding
-  maps to the embedding), e.g. [2, 4, 6, 8, 10, 12].
+  maps to the embedding), e.g. [2, 4, 6, 8, 10, 12]; as a string (the form
+  a command line gives: `--config.distill.layer_map=2,4,6,8,10,12`, with or
+  without brackets) it is parsed.
 Width mismatches are handled by projections in the strategy, not here.
 """
 
@@ -27,6 +29,21 @@ class LayerMapError(ValueError):
     """A layer map that cannot work for these depths; the message says why and what to do."""
 
 
+def parse_list(spec: str) -> list[int]:
+    """'2,4,6', '[2, 4, 6]' or '2 4 6' -> [2, 4, 6]; anything else is a `LayerMapError`."""
+    body = spec.strip().removeprefix("[").removesuffix("]").replace(",", " ").split()
+    try:
+        layers = [int(x) for x in body]
+    except ValueError:
+        layers = []
+    if not layers:
+        raise LayerMapError(
+            f"layer_map={spec!r}: one of {', '.join(KINDS)} or teacher layers, one per student "
+            "block, e.g. --config.distill.layer_map=3,6,9,12"
+        )
+    return layers
+
+
 def layer_map(
     spec: str | Sequence[int], student_layers: int, teacher_layers: int
 ) -> tuple[int, ...]:
@@ -39,9 +56,9 @@ def layer_map(
     s, t = int(student_layers), int(teacher_layers)
     if s < 1 or t < 1:
         raise LayerMapError(f"layer counts must be positive, got student {s}, teacher {t}")
+    if isinstance(spec, str) and spec not in KINDS:
+        spec = parse_list(spec)
     if isinstance(spec, str):
-        if spec not in KINDS:
-            raise LayerMapError(f"layer_map={spec!r}: one of {KINDS} or a list of teacher layers")
         if spec == "identity":
             if s != t:
                 raise LayerMapError(
@@ -81,3 +98,14 @@ def layer_map(
 def all_hidden(output) -> tuple:
     """(embedding output, block 1 output, ..., block L output) of an `EncoderOutput`."""
     return (output.embedding_output, *output.hidden_states)
+
+
+def from_config(spec, student_layers: int, teacher_layers: int) -> tuple[int, ...]:
+    """`layer_map` of `config.distill.layer_map` (a kind, a list, or a list as a string);
+    an impossible map is a `ValueError` that names the config field."""
+    if not isinstance(spec, str):
+        spec = tuple(spec)
+    try:
+        return layer_map(spec, student_layers, teacher_layers)
+    except LayerMapError as e:
+        raise LayerMapError(f"config.distill.layer_map={spec!r}: {e}") from None

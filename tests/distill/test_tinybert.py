@@ -274,3 +274,42 @@ def test_general_then_task_distillation_through_the_cli(tmp_path):
     (augmented,) = (tmp_path / "cache").glob("augment-stdlib-*")
     rows = (augmented / "train.tsv").read_text().splitlines()
     assert len(rows) == 1 + 1452 + 8 * 2  # header, originals, N = 2 variants of 8 rows
+
+
+@pytest.mark.parametrize("value", ["2,4", "[2, 4]", "[2,4]", "2 4"])
+def test_an_explicit_layer_map_is_accepted_from_the_command_line(value):
+    from absl import flags
+
+    from mbert_jax.train import cli
+
+    argv = ["--config", "configs/tinybert_general.py:runlocal", "--workdir", "unused"]
+    argv.append(f"--config.distill.layer_map={value}")
+    fv = flags.FlagValues()
+    cli._define_common(fv, argv)
+    cli._parse(fv, "mbert-jax train", argv)
+    c = fv.config
+    c.student = model_block("tinybert4_micro")
+    c.student.overrides["num_layers"] = 2
+    assert tinybert.TinyBertRecipe(c).mapping == (0, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            "2,x",
+            r"config\.distill\.layer_map='2,x': .*e\.g\. --config\.distill\.layer_map=3,6,9,12",
+        ),
+        (
+            "2,4,6",
+            r"config\.distill\.layer_map='2,4,6': .*one teacher layer per student block \(2\)",
+        ),
+        ("2,9", r"teacher layers are 1\.\.6 \(0 is the embedding\), got \[9\]"),
+    ],
+)
+def test_a_bad_layer_map_names_the_field_and_the_fix(value, message):
+    c = config()
+    c.student.overrides["num_layers"] = 2
+    c.distill.layer_map = value
+    with pytest.raises(ValueError, match=message):
+        tinybert.TinyBertRecipe(c)

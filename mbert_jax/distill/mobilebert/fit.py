@@ -33,7 +33,6 @@ import numpy as np
 
 from mbert_jax.distill import embedding_init
 from mbert_jax.distill import layer_map as layer_map_lib
-from mbert_jax.distill.mobilebert.stages import parse_layer_map
 from mbert_jax.models import ModelConfig, io, variants
 from mbert_jax.models.variants import block_overrides
 from mbert_jax.tree import flat
@@ -226,12 +225,7 @@ def check_fit(
             f"config.data.max_seq_length={max_seq_length} exceeds the position tables "
             f"({longest}); lower it"
         )
-    try:
-        mapping = layer_map_lib.layer_map(
-            parse_layer_map(distill.layer_map), student.num_layers, teacher.num_layers
-        )
-    except layer_map_lib.LayerMapError as e:
-        raise ValueError(f"config.distill.layer_map={distill.layer_map!r}: {e}") from None
+    mapping = layer_map_lib.from_config(distill.layer_map, student.num_layers, teacher.num_layers)
     return Fit(
         layer_map=mapping,
         embeddings=embeddings,

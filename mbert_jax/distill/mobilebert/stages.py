@@ -194,19 +194,6 @@ def validate_distill_config(d) -> None:
             fail(f"{field}.kind", f"{d[field].kind!r} is not one of {SCHEDULES}")
 
 
-def parse_layer_map(spec: str):
-    """`config.distill.layer_map` as `layer_map.layer_map` takes it: a kind or a list."""
-    spec = str(spec).strip()
-    if spec and (spec[0].isdigit() or "," in spec):
-        try:
-            return [int(x) for x in spec.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(
-                f"config.distill.layer_map={spec!r}: a kind or comma-separated teacher layers"
-            ) from None
-    return spec
-
-
 def layers_pattern(block_indices) -> str:
     """Regex over the parameters of the given 0-based blocks."""
     return "encoder/layers_(" + "|".join(str(i) for i in block_indices) + ")/.*"

@@ -65,9 +65,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mbert_jax.distill import embedding_init
+from mbert_jax.distill import embedding_init, layer_map
 from mbert_jax.distill import teacher as teacher_lib
-from mbert_jax.distill.layer_map import layer_map
 from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.distill.tinybert.losses import (
     INTERMEDIATE_LOSSES,
@@ -141,11 +140,7 @@ class TinyBertRecipe(Recipe):
         self.student_config = self._student_config(vocab_size, num_labels)
         self.student = Model(self.student_config, heads=heads)
         s, t = self.student_config, self.teacher_spec.config
-        self.mapping = layer_map(
-            d.layer_map if isinstance(d.layer_map, str) else tuple(d.layer_map),
-            s.num_layers,
-            t.num_layers,
-        )
+        self.mapping = layer_map.from_config(d.layer_map, s.num_layers, t.num_layers)
         if s.num_heads != t.num_heads and active(d.loss_weights).get("attention"):
             raise ValueError(
                 f"the attention loss compares maps head by head: the student has {s.num_heads} "
