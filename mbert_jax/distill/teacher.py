@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from safetensors import safe_open
 
 from mbert_jax.models import Model, ModelConfig, io, matmul, resolve
 from mbert_jax.models.config import DTYPES
@@ -385,8 +384,7 @@ def read_params(directory: str | Path, prefixes: tuple[str, ...]) -> dict[str, n
 
     Only those tensors are read from params.safetensors.
     """
-    with safe_open(str(Path(directory) / io.PARAMS_FILE), framework="numpy") as f:
-        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}  # noqa: SIM118
+    return io.read_safetensors(Path(directory) / io.PARAMS_FILE, prefixes)
 
 
 # ------------------------------------------------------------------------ data

@@ -480,12 +480,22 @@ def task_metadata(flatbuffer: bytes) -> dict | None:
 def write_atomic(path: str | os.PathLike, make: Callable[[], bytes]) -> Path:
     """Write `make()` to `path` through a temporary sibling; nothing is left if `make` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = make()
-    fd, tmp = files.temp_file(path)
+    if path.is_dir():
+        raise ExportError(
+            f"{path} is a directory; give --out a file name, e.g. {path}/model.tflite"
+        )
+    try:  # before `make` (a conversion can take minutes): a path that cannot be written
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = files.temp_file(path)
+    except OSError as e:
+        where = next((p for p in path.parents if p.exists()), path.parent)
+        why = "is not a directory" if where.exists() and not where.is_dir() else e.strerror
+        raise ExportError(
+            f"{path}: cannot write here ({where} {why}); choose another --out"
+        ) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(make())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -650,7 +650,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
     out = {}
-    with safe_open(str(path), framework="np") as f:
+    with io.reading(path), safe_open(str(path), framework="np") as f:
         for k in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
             try:
                 out[k] = f.get_tensor(k)
@@ -668,7 +668,8 @@ def _read_bin(path: Path) -> dict[str, np.ndarray]:
             f"{path} is a PyTorch pickle; reading it needs torch (pip install torch), or "
             "re-save the checkpoint with safetensors"
         ) from e
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    with io.reading(path):
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 

@@ -12,6 +12,7 @@ temporary sibling directory that is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from mbert_jax import files, tree
 from mbert_jax.models.config import ModelConfig
@@ -67,6 +69,39 @@ def save_model(
     return directory
 
 
+class DamagedFileError(ValueError):
+    """A weight file that exists but cannot be read (truncated, overwritten, not safetensors)."""
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike):
+    """Turn the reader's error on a damaged weight file into a one-line `DamagedFileError`."""
+    try:
+        yield
+    except DamagedFileError:
+        raise
+    except Exception as e:
+        # safetensors raises its own SafetensorError; torch a RuntimeError or
+        # UnpicklingError; a file cut short mid-read an OSError.
+        if isinstance(e, FileNotFoundError | ImportError) or (
+            not isinstance(e, OSError | RuntimeError | EOFError)
+            and type(e).__name__ not in ("SafetensorError", "UnpicklingError")
+        ):
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DamagedFileError(
+            f"{path}: cannot be read ({reason}); the file is damaged or incomplete (an "
+            "interrupted copy or save?): copy it again, or save the model again"
+        ) from None
+
+
+def read_safetensors(path: str | os.PathLike, prefixes: tuple[str, ...] = ()) -> dict:
+    """The tensors of a safetensors file (only those under `prefixes`, when given), flat."""
+    with reading(path), safe_open(str(path), framework="numpy") as f:
+        keys = [k for k in f.keys() if not prefixes or k.startswith(prefixes)]  # noqa: SIM118
+        return {k: f.get_tensor(k) for k in keys}
+
+
 def is_model_dir(directory: str | os.PathLike) -> bool:
     d = Path(directory)
     return (d / CONFIG_FILE).is_file() and (d / PARAMS_FILE).is_file()
@@ -87,7 +122,7 @@ def load_config(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, .
 def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, tuple[str, ...], dict]:
     """Read a model directory: `(config, heads, params)` with numpy parameters."""
     config, heads = load_config(directory)
-    return config, heads, unflatten(load_file(str(Path(directory) / PARAMS_FILE)))
+    return config, heads, unflatten(read_safetensors(Path(directory) / PARAMS_FILE))
 
 
 def vocab_path(directory: str | os.PathLike) -> Path | None:

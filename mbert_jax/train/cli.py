@@ -157,6 +157,8 @@ def run_config(config: ml_collections.ConfigDict, workdir: str):
     try:
         # The trainer checks what it needs (steps, batch and mesh, positions) here.
         trainer = loop.Trainer(config, recipes.build(config), workdir_path)
+    except loop.TRAINING_ERRORS as e:  # e.g. a damaged teacher file
+        raise SystemExit(f"error: {e}") from None
     except (ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"config error: {e}") from None
     workdir_path.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ TRAINING_ERRORS = (
     ckpt.CheckpointMismatchError,
     ckpt.CheckpointWriteError,
     ckpt.NoRestorableCheckpointError,
+    io.DamagedFileError,
 )
 
 

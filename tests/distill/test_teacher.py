@@ -104,3 +104,31 @@ def test_a_bf16_predecessor_runs_in_the_mixed_forward():
     choose = jnp.asarray([True, False, True])
     logits = jax.jit(lambda p, q: replacer.logits(p, q, batch, choose, train=False))(params, held)
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+
+
+def test_a_truncated_teacher_file_is_one_line_naming_it_and_no_run_starts(stored, tmp_path):
+    import shutil
+
+    from mbert_jax.train import cli
+
+    d, cfg, _ = stored
+    damaged = tmp_path / "bert"
+    shutil.copytree(d / "bert", damaged)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = [f"w{i}" for i in range(cfg.vocab_size - len(specials))]
+    (damaged / io.VOCAB_FILE).write_text("\n".join(specials + words) + "\n")
+    params = damaged / io.PARAMS_FILE
+    params.write_bytes(params.read_bytes()[:-1000])
+    block = teacher_lib.teacher_block(path=str(damaged))
+    with pytest.raises(io.DamagedFileError, match=r"params\.safetensors: cannot be read \("):
+        teacher_lib.load_teacher(block, heads=("mlm",)).read()
+    module, arg = cli.load_config_module("configs/tinybert_general.py:runlocal")
+    config = cli.apply_overrides(module.get_config(arg), {"teacher.path": str(damaged)})
+    workdir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run_config(config, str(workdir))
+    text = str(exit_info.value.code)
+    assert text.startswith(f"error: {params}: cannot be read (") and "\n" not in text, text
+    # The teacher is read once the run starts: no step is saved and no model written.
+    ckpts = workdir / "checkpoints"
+    assert not (ckpts.exists() and any(ckpts.iterdir())) and not (workdir / "model").exists()

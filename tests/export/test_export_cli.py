@@ -206,3 +206,74 @@ def test_write_atomic_removes_its_temporary_file_when_the_rename_fails(tmp_path,
     monkeypatch.undo()
     tflite.write_atomic(out, lambda: b"abc")
     assert out.read_bytes() == b"abc" and [p.name for p in tmp_path.iterdir()] == ["x.bin"]
+
+
+def read_only_dir(path, monkeypatch):
+    """A directory this process cannot write in: mode 0555, or (root writes anyway) a
+    simulated refusal of the same kind."""
+    path.mkdir()
+    path.chmod(0o555)
+    probe = path / "probe"
+    try:
+        probe.write_bytes(b"")
+    except PermissionError:
+        return path
+    probe.unlink()
+
+    def refuse(final):
+        raise PermissionError(13, "Permission denied", str(final))
+
+    monkeypatch.setattr(tflite.files, "temp_file", refuse)
+    return path
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("under_a_file", "cannot write here ({parent} is not a directory); choose another --out"),
+        ("a_directory", "{out} is a directory; give --out a file name"),
+        ("read_only", "cannot write here ({parent} Permission denied); choose another --out"),
+    ],
+)
+def test_an_out_that_cannot_be_written_is_one_line_before_converting(
+    model_dirs, tmp_path, monkeypatch, capsys, where, message
+):
+    def never(*args, **kwargs):
+        raise AssertionError("converted although --out cannot be written")
+
+    monkeypatch.setattr(tflite, "convert", never)
+    if where == "under_a_file":
+        parent = tmp_path / "file"
+        parent.write_text("x")
+        out = parent / "x.tflite"
+    elif where == "a_directory":
+        out = parent = tmp_path / "dir"
+        out.mkdir()
+    else:
+        parent = read_only_dir(tmp_path / "ro", monkeypatch)
+        out = parent / "x.tflite"
+    before = sorted(tmp_path.rglob("*"))
+    directory = model_dirs["mobilebert_micro"][0]
+    assert export("--checkpoint", directory, "--task", "classification", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert message.format(parent=parent, out=out) in err
+    assert sorted(tmp_path.rglob("*")) == before
+    parent.chmod(0o755)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001], ids=["cut_in_the_data", "cut_in_the_header"])
+def test_a_truncated_params_file_is_one_line(model_dirs, tmp_path, capsys, keep):
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(model_dirs["mobilebert_micro"][0], directory)
+    params = directory / "params.safetensors"
+    params.write_bytes(params.read_bytes()[: max(int(params.stat().st_size * keep), 4)])
+    out = tmp_path / "o" / "x.tflite"
+    assert export("--checkpoint", directory, "--task", "classification", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"error: {params}: cannot be read (" in err
+    assert "the file is damaged or incomplete" in err and "save the model again" in err
+    assert not out.exists()
