@@ -248,8 +248,7 @@ class DistilBertRecipe(Recipe):
 
     def loss(self, stage, params, teacher_params, batch, rng):
         metrics = self.compute_losses(params, teacher_params, batch, train=True, rng=rng)
-        objective = sum(w * metrics[k].mean() for k, w in stage.loss_weights.items())
-        return objective, metrics
+        return self.objective(stage, metrics), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
         return self.compute_losses(params, teacher_params, batch, train=False)

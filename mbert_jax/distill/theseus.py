@@ -307,7 +307,7 @@ class TheseusRecipe(Recipe):
         metrics["replaced_modules"] = LossSum(
             jnp.sum(choose.astype(jnp.float32)), jnp.asarray(self.num_modules, jnp.float32)
         )
-        return metrics["loss"].mean(), metrics
+        return self.objective(stage, metrics), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
         return task_metrics(self.successor_outputs(params, batch, train=False), batch, self.kind)

@@ -118,7 +118,7 @@ class FinetuneRecipe(Recipe):
     def loss(self, stage, params, teacher_params, batch, rng):
         out = task_forward(self.model, params, batch, train=True, rng=rng)
         metrics = self._metrics(out, batch)
-        return metrics["loss"].mean(), metrics
+        return self.objective(stage, metrics), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
         return self._metrics(task_forward(self.model, params, batch, train=False), batch)

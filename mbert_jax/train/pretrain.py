@@ -123,8 +123,7 @@ class PretrainRecipe(Recipe):
     def loss(self, stage, params, teacher_params, batch, rng):
         out = forward(self.model, stop_frozen(params, stage.rules), batch, train=True, rng=rng)
         metrics = pretraining_metrics(out, batch, self.use_nsp)
-        objective = sum(w * metrics[k].mean() for k, w in stage.loss_weights.items())
-        return objective, metrics
+        return self.objective(stage, metrics), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
         return pretraining_metrics(

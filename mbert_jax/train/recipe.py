@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from mbert_jax.losses import LossSum
 
@@ -99,8 +100,25 @@ class Recipe:
         batch: dict[str, jax.Array],
         rng: jax.Array,
     ) -> tuple[jax.Array, Metrics]:
-        """The stage objective (a scalar) and metrics as `LossSum`s (training mode)."""
+        """The stage objective (a scalar) and metrics as `LossSum`s (training mode).
+
+        The objective must be `self.objective(stage, metrics)`: gradient
+        accumulation (`step.py`) recomputes it from each micro-batch's metrics.
+        """
         raise NotImplementedError
+
+    def objective(self, stage: Stage, metrics: Metrics) -> jax.Array:
+        """The stage objective: `sum(w * metrics[k].mean())` over `stage.loss_weights`.
+
+        An override must stay linear in the metrics' totals (a weighted sum
+        of means with constant weights): gradient accumulation (`step.py`)
+        calls it on each micro-batch's totals over the whole batch's counts
+        and sums the results, which is exact only then.
+        """
+        objective = jnp.zeros((), jnp.float32)
+        for name, weight in stage.loss_weights.items():
+            objective = objective + weight * metrics[name].mean()
+        return objective
 
     def evaluate(
         self, stage: Stage, params: Any, teacher_params: Any, batch: dict[str, jax.Array]

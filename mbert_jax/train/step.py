@@ -6,7 +6,13 @@ donated. Pieces, in order:
 
 - `compute_grads`: value-and-grad of the recipe's stage objective over the
   trainable params only (the teacher is an argument, never differentiated),
-  accumulated over `accum_steps` micro-batches with a `lax.scan`;
+  accumulated over `accum_steps` micro-batches with a `lax.scan`, exactly:
+  the result is the whole batch's objective and its gradient, however the
+  real (unpadded, masked) items fall into the micro-batches. A first scan
+  takes the whole batch's metric counts (they depend only on the batch's
+  masks; XLA drops the forward, whose outputs it does not use); each
+  micro-batch's objective is then `Recipe.objective` of its metric totals
+  over those counts (held constant), and these sum to the whole batch's;
 - `apply_updates`: the stage's optax chain; a non-finite objective or
   gradient never enters the state (the update is dropped and the step is
   flagged in the metrics, so the loop can stop or skip);
@@ -52,6 +58,10 @@ def tree_add(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
+def zeros_like_shapes(shapes):
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -70,20 +80,36 @@ def make_train_step(recipe: Recipe, stage: Stage, tx: optax.GradientTransformati
     def compute_grads(params, teacher_params, batch, rng, step):
         if accum_steps == 1:
             return grad_fn(params, teacher_params, batch, rng, step)
-        micro = split_microbatches(batch, accum_steps)
+        micro = (split_microbatches(batch, accum_steps), jnp.arange(accum_steps))
+        first = jax.tree.map(lambda x: x[0], micro[0])
+
+        def counts(mb, i):
+            _, metrics = objective(params, teacher_params, mb, jax.random.fold_in(rng, i), step)
+            return {k: m.count for k, m in metrics.items()}
+
+        def add_counts(total, xs):
+            return tree_add(total, counts(*xs)), None
+
+        whole, _ = jax.lax.scan(
+            add_counts, zeros_like_shapes(jax.eval_shape(counts, first, 0)), micro
+        )
+        whole = jax.lax.stop_gradient(whole)
+
+        def share(params, mb, i):
+            """This micro-batch's share of the whole batch's objective."""
+            _, metrics = objective(params, teacher_params, mb, jax.random.fold_in(rng, i), step)
+            parts = {k: LossSum(m.total, whole[k]) for k, m in metrics.items()}
+            return recipe.objective(stage, parts), metrics
+
+        share_grad = jax.value_and_grad(share, has_aux=True)
 
         def body(carry, xs):
-            mb, i = xs
-            grads = grad_fn(params, teacher_params, mb, jax.random.fold_in(rng, i), step)
-            return tree_add(carry, grads), None
+            return tree_add(carry, share_grad(params, *xs)), None
 
-        first = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(grad_fn, params, teacher_params, first, rng, step)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        ((obj, metrics), grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
-        # Mean of the micro-batch objectives and gradients; metric sums stay sums.
-        scale = 1.0 / accum_steps
-        return (obj * scale, metrics), jax.tree.map(lambda g: g * scale, grads)
+        # Sums: the shares add up to the objective, metric sums stay exact sums.
+        zeros = zeros_like_shapes(jax.eval_shape(share_grad, params, first, 0))
+        result, _ = jax.lax.scan(body, zeros, micro)
+        return result
 
     def apply_updates(state: TrainState, grads, finite):
         def update(_):

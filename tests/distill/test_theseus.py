@@ -255,8 +255,10 @@ class _StepProbe(Recipe):
     loss_uses_step = True
 
     def loss(self, stage, params, teacher_params, batch, rng, step=None):
+        one = jnp.ones(())
         value = jnp.square(params["w"] - step.astype(jnp.float32))
-        return value, {"seen_step": LossSum(step.astype(jnp.float32), jnp.ones(()))}
+        metrics = {"loss": LossSum(value, one), "seen_step": LossSum(step.astype(jnp.float32), one)}
+        return self.objective(stage, metrics), metrics
 
 
 @pytest.mark.parametrize("accum", [1, 2])

@@ -314,10 +314,7 @@ class MobileBertRecipe(Recipe):
             rng=rng,
             report=False,
         )
-        objective = jnp.zeros((), jnp.float32)
-        for name, weight in stage.loss_weights.items():
-            objective = objective + weight * metrics[name].mean()
-        return objective, metrics
+        return self.objective(stage, metrics), metrics
 
     def evaluate(self, stage: Stage, params, teacher_params, batch):
         o = stage.options
