@@ -169,6 +169,10 @@ class Trainer:
         self.skips = SkipCounter()
         self.is_lead = jax.process_index() == 0
         self.mesh = mesh_lib.make_mesh(config.mesh, devices)
+        axes = " ".join(f"{k}={v}" for k, v in self.mesh.shape.items())
+        log.info(
+            "mesh %s over %d %s devices", axes, self.mesh.size, self.mesh.devices.flat[0].platform
+        )
         self.rules = sharding_lib.rules_from_config(config.get("sharding_rules"))
         batch_axis = sharding_lib.batch_axis_size(self.mesh, self.rules)
         if config.data.global_batch_size % batch_axis:

@@ -443,9 +443,15 @@ def train(config_file, workdir, env, *extra):
 
 @pytest.mark.slow
 def test_runlocal_pkt_through_the_cli(tmp_path, env):
-    p = train("mobilebert_pkt.py", tmp_path, env)
-    assert "RANDOMLY INITIALIZED" in p.stderr
+    # With the paper's optimizer (LAMB; runlocal configs use AdamW), data-parallel on 2
+    # devices, through every stage boundary.
+    two = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    p = train("mobilebert_pkt.py", tmp_path, two, "--config.optimizer.name=lamb")
+    assert "RANDOMLY INITIALIZED" in p.stderr and "over 2 cpu devices" in p.stderr
     rows = read_metrics(tmp_path, "train")
+    assert all(np.isfinite(r["objective"]) and r["grad_norm"] > 0 for r in rows)
+    resolved = json.loads((tmp_path / "config.json").read_text())
+    assert resolved["optimizer"]["name"] == "lamb"
     assert [r["stage"] for r in rows] == ["pkt_layer_1"] * 2 + ["pkt_layer_2"] * 2 + ["pd"] * 2
     assert all("fmt_layer_1" in r and "fmt_layer_2" not in r for r in rows[:2])
     assert all("fmt_layer_2" in r and "fmt_layer_1" not in r for r in rows[2:4])

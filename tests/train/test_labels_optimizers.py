@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from mbert_jax.train.labels import make_labels, trained_fraction
@@ -138,3 +139,40 @@ def test_bad_optimizer_config_names_the_field():
     cfg.schedule.kind = "exp"
     with pytest.raises(ValueError, match="config.optimizer.schedule.kind"):
         validate_optimizer_config(ml_collections.ConfigDict(cfg))
+
+
+def lamb_by_hand(params, grads_seq, lr, b1, b2, eps, wd):
+    """Two-leaf LAMB in numpy (Adam moments with bias correction, decay and the trust
+    ratio ||p|| / ||u|| for the matrix; a plain Adam step for the vector)."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    for t, grads in enumerate(grads_seq, 1):
+        for k in p:
+            g = np.asarray(grads[k], np.float64)
+            m[k] = b1 * m[k] + (1 - b1) * g
+            v[k] = b2 * v[k] + (1 - b2) * g * g
+            u = (m[k] / (1 - b1**t)) / (np.sqrt(v[k] / (1 - b2**t)) + eps)
+            if p[k].ndim > 1:
+                u = u + wd * p[k]
+                u = u * (np.linalg.norm(p[k]) / np.linalg.norm(u))
+            p[k] = p[k] - lr * u
+    return p
+
+
+def test_lamb_matches_a_numpy_implementation_with_decay_on_random_values():
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.normal(size=(5, 3)), "bias": rng.normal(size=(3,))}
+    grads_seq = [{k: rng.normal(size=x.shape) for k, x in params.items()} for _ in range(3)]
+    cfg = _opt(name="lamb", learning_rate=0.05, weight_decay=0.1, b1=0.8, b2=0.95, eps=1e-6)
+    f32 = {k: jnp.asarray(x, jnp.float32) for k, x in params.items()}
+    tx, _ = make_optimizer(cfg, make_labels(f32, [(".*", 1.0)]), steps=10)
+    state, got = tx.init(f32), f32
+    for grads in grads_seq:
+        updates, state = tx.update({k: jnp.asarray(g, jnp.float32) for k, g in grads.items()},
+                                   state, got)  # fmt: skip
+        got = optax.apply_updates(got, updates)
+    want = lamb_by_hand(params, grads_seq, 0.05, 0.8, 0.95, 1e-6, 0.1)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=2e-5, atol=1e-6)
+    assert not np.allclose(want["kernel"], params["kernel"])
