@@ -95,3 +95,14 @@ def test_run_config_errors_are_one_line_before_anything_is_written(tmp_path, ove
     assert text.startswith("config error: ") and "\n" not in text
     assert message in text
     assert not workdir.exists()
+
+
+def test_sweep_run_with_a_bad_override_is_named_in_one_line(tmp_path):
+    config = tmp_path / "bad.py"
+    config.write_text(CONFIG.replace('add(name="short")', 'add(name="bad", **{"train.nope": 1})'))
+    argv = ["--config", f"{config}:runlocal", "--workdir", str(tmp_path / "sweep")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.sweep_main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("sweep run 1/2 (bad): ") and "'train.nope'" in message
+    assert "\n" not in message
