@@ -152,3 +152,10 @@ def test_a_real_sweep_writes_one_row_per_run_equal_to_its_results(tmp_path):
         for split in ("train", "eval"):
             for k, v in results[split].items():
                 assert float(row[f"{split}_{k}"]) == pytest.approx(v, rel=1e-12)
+    # a rerun (e.g. after an interruption) finds both runs finished: no retraining, same table
+    table = (workdir / "results.md").read_text()
+    mtimes = {p: p.stat().st_mtime for p in workdir.glob("*/results.json")}
+    assert cli.sweep_main(["--config", str(config), "--workdir", str(workdir)]) == 0
+    assert (workdir / "results.md").read_text() == table
+    assert len(list((workdir / "steps=3" / "checkpoints").iterdir())) >= 1
+    assert len(mtimes) == 2
