@@ -274,7 +274,10 @@ def sweep_main(argv: list[str]) -> int:
     for i, overrides in enumerate(runs):
         name = run_name(overrides)
         print(f"=== sweep run {i + 1}/{len(runs)}: {name}", flush=True)
-        config = apply_overrides(fv.config, overrides)
+        try:
+            config = apply_overrides(fv.config, overrides)
+        except SystemExit as e:  # one line naming the run; finished rows stay in results.md
+            raise SystemExit(f"sweep run {i + 1}/{len(runs)} ({name}): {e}") from None
         result = run_config(config, str(workdir / name))
         row: dict[str, Any] = {"run": name, **{k: v for k, v in overrides.items() if k != "name"}}
         row.update({f"eval_{k}": v for k, v in result.final_eval.items()})

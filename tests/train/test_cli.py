@@ -1,4 +1,4 @@
-"""`mbert-jax train|sweep|plan`: `--help`, dashed flag names and sweep dry runs (no training)."""
+"""`mbert-jax train|sweep|plan`: `--help`, dashed flags, sweep dry runs, one tiny real sweep."""
 
 import shlex
 
@@ -135,3 +135,67 @@ def test_a_corpus_without_text_is_one_line_and_leaves_no_cache(
     assert not workdir.exists()
     assert not any((tmp_path / "cache").glob("corpus-*"))
     assert not any((tmp_path / "cache").glob("vocab-*"))
+
+
+def test_sweep_run_with_a_bad_override_is_named_in_one_line(tmp_path):
+    config = tmp_path / "bad.py"
+    config.write_text(CONFIG.replace('add(name="short")', 'add(name="bad", **{"train.nope": 1})'))
+    argv = ["--config", f"{config}:runlocal", "--workdir", str(tmp_path / "sweep")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.sweep_main(argv)
+    message = str(exit_info.value.code)
+    assert message.startswith("sweep run 1/2 (bad): ") and "'train.nope'" in message
+    assert "\n" not in message
+
+
+REAL_SWEEP = """
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("p", PATH)
+_m = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_m)
+
+
+def get_config(arg=None):
+    c = _m.get_config("runlocal,data=synthetic")
+    c.train.steps = 2
+    c.train.log_every = 1
+    c.train.eval_every = 0
+    c.model.overrides.num_layers = 1
+    return c
+
+
+def sweep(add):
+    add(**{"train.steps": 2})
+    add(**{"train.steps": 3})
+"""
+
+
+@pytest.mark.slow
+def test_a_real_sweep_writes_one_row_per_run_equal_to_its_results(tmp_path):
+    import csv
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "real.py"
+    config.write_text(REAL_SWEEP.replace("PATH", repr(str(root / "configs/pretrain_ibbert.py"))))
+    workdir = tmp_path / "sweep"
+    assert cli.sweep_main(["--config", str(config), "--workdir", str(workdir)]) == 0
+    with (workdir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["steps=2", "steps=3"]
+    assert len((workdir / "results.md").read_text().splitlines()) == 2 + len(rows)
+    for row in rows:
+        results = json.loads((workdir / row["run"] / "results.json").read_text())
+        assert int(row["train.steps"]) == results["step"]
+        for split in ("train", "eval"):
+            for k, v in results[split].items():
+                assert float(row[f"{split}_{k}"]) == pytest.approx(v, rel=1e-12)
+    # a rerun (e.g. after an interruption) finds both runs finished: no retraining, same table
+    table = (workdir / "results.md").read_text()
+    mtimes = {p: p.stat().st_mtime for p in workdir.glob("*/results.json")}
+    assert cli.sweep_main(["--config", str(config), "--workdir", str(workdir)]) == 0
+    assert (workdir / "results.md").read_text() == table
+    assert len(list((workdir / "steps=3" / "checkpoints").iterdir())) >= 1
+    assert len(mtimes) == 2
