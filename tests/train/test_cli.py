@@ -175,6 +175,7 @@ def sweep(add):
 def test_a_real_sweep_writes_one_row_per_run_equal_to_its_results(tmp_path):
     import csv
     import json
+    import shutil
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
@@ -192,10 +193,22 @@ def test_a_real_sweep_writes_one_row_per_run_equal_to_its_results(tmp_path):
         for split in ("train", "eval"):
             for k, v in results[split].items():
                 assert float(row[f"{split}_{k}"]) == pytest.approx(v, rel=1e-12)
-    # a rerun (e.g. after an interruption) finds both runs finished: no retraining, same table
+    # A rerun after the sweep was killed before its second run: the finished run is not
+    # trained again (its files are untouched), the missing one is, and the table is whole.
     table = (workdir / "results.md").read_text()
-    mtimes = {p: p.stat().st_mtime for p in workdir.glob("*/results.json")}
+    first = workdir / rows[0]["run"]
+
+    def contents(d):  # bytes of every file; times of the checkpoint, model and results
+        kept = ("checkpoints", "model", "results.json")
+        return {
+            p: (p.read_bytes(), p.stat().st_mtime_ns if p.relative_to(d).parts[0] in kept else 0)
+            for p in d.rglob("*")
+            if p.is_file() and "tensorboard" not in p.parts
+        }
+
+    files = contents(first)
+    shutil.rmtree(workdir / rows[1]["run"])
     assert cli.sweep_main(["--config", str(config), "--workdir", str(workdir)]) == 0
+    assert contents(first) == files
+    assert (workdir / rows[1]["run"] / "results.json").is_file()
     assert (workdir / "results.md").read_text() == table
-    assert len(list((workdir / "steps=3" / "checkpoints").iterdir())) >= 1
-    assert len(mtimes) == 2
