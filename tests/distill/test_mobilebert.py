@@ -425,8 +425,8 @@ def env(tmp_path_factory):
     return e
 
 
-def train(config_file, workdir, env, *extra):
-    cmd = [
+def train_command(config_file, workdir, *extra):
+    return [
         sys.executable, "-m", "mbert_jax", "train",
         "--config", f"configs/{config_file}:runlocal,data=synthetic,layers=2",
         "--workdir", str(workdir),
@@ -436,6 +436,10 @@ def train(config_file, workdir, env, *extra):
         "--config.train.log_every=1", "--config.train.eval_every=100",
         *extra,
     ]  # fmt: skip
+
+
+def train(config_file, workdir, env, *extra):
+    cmd = train_command(config_file, workdir, *extra)
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     return p
@@ -491,3 +495,57 @@ def test_runlocal_jkt_and_akt_through_the_cli(tmp_path, env, config_file, stages
     assert len({r["stage"] for r in rows}) == stages
     assert rows[-1]["step"] == 4
     assert io.is_model_dir(tmp_path / "model")
+
+
+def committed_steps(workdir) -> list[int]:
+    d = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+PKT4 = ("--config.distill.layer_steps=4", "--config.distill.pd_steps=4",
+        "--config.train.checkpoint_every=1")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pkt4_reference(tmp_path_factory, env):
+    """An uninterrupted PKT run: 4 steps of each of pkt_layer_1, pkt_layer_2 and pd."""
+    workdir = tmp_path_factory.mktemp("pkt4_reference")
+    train("mobilebert_pkt.py", workdir, env, *PKT4)
+    return {r["step"]: r for r in read_metrics(workdir, "train")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [4, 6], ids=["at_the_stage_boundary", "inside_a_stage"])
+def test_a_pkt_run_killed_and_run_again_gives_the_uninterrupted_losses(
+    tmp_path, env, pkt4_reference, kill_after
+):
+    """SIGKILL (nothing flushed, a save possibly half-written) once checkpoint `kill_after`
+    is committed: step 4 ends pkt_layer_1, step 6 is inside pkt_layer_2. The same command
+    again resumes from the newest complete checkpoint and logs the same losses."""
+    import signal
+    import time
+
+    cmd = train_command("mobilebert_pkt.py", tmp_path, *PKT4)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while kill_after not in committed_steps(tmp_path) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint committed in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    last = committed_steps(tmp_path)[-1]
+    assert kill_after <= last < 12
+    p = train("mobilebert_pkt.py", tmp_path, env, *PKT4)
+    resumed_from = committed_steps(tmp_path)  # all steps now; the log names the one used
+    assert f"resuming from {tmp_path.absolute()}/checkpoints/" in p.stderr, p.stderr[-2000:]
+    assert resumed_from[-1] == 12
+    rows = read_metrics(tmp_path, "train")
+    assert [r["step"] for r in rows] == list(range(1, 13))  # each step once
+    for r in rows:
+        want = pkt4_reference[r["step"]]
+        assert r["stage"] == want["stage"]
+        assert r["objective"] == pytest.approx(want["objective"], rel=1e-6), r["step"]
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 12
