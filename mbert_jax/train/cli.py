@@ -273,12 +273,14 @@ def sweep_main(argv: list[str]) -> int:
     rows = []
     for i, overrides in enumerate(runs):
         name = run_name(overrides)
-        print(f"=== sweep run {i + 1}/{len(runs)}: {name}", flush=True)
-        try:
-            config = apply_overrides(fv.config, overrides)
-        except SystemExit as e:  # one line naming the run; finished rows stay in results.md
-            raise SystemExit(f"sweep run {i + 1}/{len(runs)} ({name}): {e}") from None
-        result = run_config(config, str(workdir / name))
+        which = f"sweep run {i + 1}/{len(runs)} ({name})"
+        print(f"=== {which}", flush=True)
+        try:  # a failure is one line naming the run; finished rows stay in results.md
+            result = run_config(apply_overrides(fv.config, overrides), str(workdir / name))
+        except SystemExit as e:
+            raise SystemExit(f"{which}: {e}") from None
+        if result is None:  # preempted: its checkpoint is saved
+            raise SystemExit(f"{which}: stopped before the end; run the same sweep again to resume")
         row: dict[str, Any] = {"run": name, **{k: v for k, v in overrides.items() if k != "name"}}
         row.update({f"eval_{k}": v for k, v in result.final_eval.items()})
         row.update({f"train_{k}": v for k, v in result.final_train.items()})

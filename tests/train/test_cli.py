@@ -212,3 +212,25 @@ def test_a_real_sweep_writes_one_row_per_run_equal_to_its_results(tmp_path):
     assert contents(first) == files
     assert (workdir / rows[1]["run"] / "results.json").is_file()
     assert (workdir / "results.md").read_text() == table
+
+
+@pytest.mark.slow
+def test_a_sweep_run_that_fails_after_a_finished_one_keeps_its_row(tmp_path):
+    import csv
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    config = tmp_path / "fails.py"
+    text = REAL_SWEEP.replace("PATH", repr(str(root / "configs/pretrain_ibbert.py")))
+    config.write_text(text.replace('add(**{"train.steps": 3})', 'add(**{"train.steps": -1})'))
+    workdir = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.sweep_main(["--config", str(config), "--workdir", str(workdir)])
+    message = str(exit_info.value.code)
+    assert message.startswith("sweep run 2/2 (steps=-1): config error: ") and "\n" not in message
+    assert "config.train.steps=-1" in message
+    with open(workdir / "results.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert row["run"] == "steps=2" and (workdir / "steps=2" / "results.json").is_file()
+    assert "steps=2" in (workdir / "results.md").read_text()
+    assert not (workdir / "steps=-1").exists()
