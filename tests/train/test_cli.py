@@ -6,6 +6,16 @@ import pytest
 
 from mbert_jax.train import cli, plan
 
+
+@pytest.fixture(autouse=True)
+def process_setup_left_alone(monkeypatch):
+    """`sweep_main` sets up the process (the mbert_jax logger stops propagating, a compile
+    cache); in-process here, that would blind `caplog` in the tests that follow on this
+    worker. The sweeps run without it."""
+    monkeypatch.setattr(cli, "setup_logging", lambda: None)
+    monkeypatch.setattr(cli, "setup_compilation_cache", lambda: None)
+
+
 CONFIG = """
 import ml_collections
 

@@ -224,7 +224,8 @@ def test_a_full_disk_stops_with_one_line_and_resumes(small_tmpfs, env, reference
     p = run(train_cmd(workdir), env, check=False)
     assert p.returncode == 1
     said = [line for line in p.stderr.splitlines() if not line.startswith("[")]
-    assert len(said) == 2, p.stderr[-3000:]  # the stage line and the error
+    assert len(said) == 3, p.stderr[-3000:]  # the mesh line, the stage line and the error
+    assert " mesh data=1 fsdp=1 tensor=1 over 1 cpu devices" in said[0]
     assert said[-1].startswith(
         f"error: no space left on device for checkpoint {workdir}/checkpoints/6: it needs about "
         f"4.9 MB on the file system at {small_tmpfs} (tmpfs, "
