@@ -69,16 +69,16 @@ def save_model(
     return directory
 
 
-class DamagedFileError(ValueError):
-    """A weight file that exists but cannot be read (truncated, overwritten, not safetensors)."""
+class UnreadableFileError(ValueError):
+    """A weight file that exists but cannot be read (truncated, overwritten, not readable)."""
 
 
 @contextlib.contextmanager
 def reading(path: str | os.PathLike):
-    """Turn the reader's error on a damaged weight file into a one-line `DamagedFileError`."""
+    """Turn the reader's error on a damaged weight file into a one-line `UnreadableFileError`."""
     try:
         yield
-    except DamagedFileError:
+    except UnreadableFileError:
         raise
     except Exception as e:
         # safetensors raises its own SafetensorError; torch a RuntimeError or
@@ -88,8 +88,12 @@ def reading(path: str | os.PathLike):
             and type(e).__name__ not in ("SafetensorError", "UnpicklingError")
         ):
             raise
+        if isinstance(e, PermissionError):
+            raise UnreadableFileError(
+                f"{path}: cannot be read (permission denied); make it readable (chmod a+r)"
+            ) from None
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DamagedFileError(
+        raise UnreadableFileError(
             f"{path}: cannot be read ({reason}); the file is damaged or incomplete (an "
             "interrupted copy or save?): copy it again, or save the model again"
         ) from None

@@ -55,7 +55,7 @@ TRAINING_ERRORS = (
     ckpt.CheckpointMismatchError,
     ckpt.CheckpointWriteError,
     ckpt.NoRestorableCheckpointError,
-    io.DamagedFileError,
+    io.UnreadableFileError,
 )
 
 

@@ -120,7 +120,7 @@ def test_a_truncated_teacher_file_is_one_line_naming_it_and_no_run_starts(stored
     params = damaged / io.PARAMS_FILE
     params.write_bytes(params.read_bytes()[:-1000])
     block = teacher_lib.teacher_block(path=str(damaged))
-    with pytest.raises(io.DamagedFileError, match=r"params\.safetensors: cannot be read \("):
+    with pytest.raises(io.UnreadableFileError, match=r"params\.safetensors: cannot be read \("):
         teacher_lib.load_teacher(block, heads=("mlm",)).read()
     module, arg = cli.load_config_module("configs/tinybert_general.py:runlocal")
     config = cli.apply_overrides(module.get_config(arg), {"teacher.path": str(damaged)})
