@@ -298,9 +298,19 @@ def check_read(report: InputReport) -> None:
         _refuse_empty(report)
 
 
+# What to change when a source gave no text, by the start of its `source_name`.
+_EMPTY_FIX = {
+    "text files": "give files with text in data.text_files",
+    "datasets": "check data.hf_split and data.text_field",
+    "tfds": "check data.tfds_split and data.text_field",
+}
+
+
 def _refuse_empty(report: InputReport):
     summary = "; ".join(line.strip() for line in report.summary().splitlines())
-    raise CorpusError(f"no text to train on ({summary}); give files with text in data.text_files")
+    fix = next((f for k, f in _EMPTY_FIX.items() if report.source.startswith(k)), None)
+    fix = fix or "give data.source a source with text"
+    raise CorpusError(f"no text to train on ({summary}); {fix}")
 
 
 def fingerprint(config) -> dict:

@@ -181,3 +181,25 @@ def test_tfds_by_name_from_a_local_data_dir(tmp_path):
     assert corpus.fingerprint(c)["files"]
     with pytest.raises(corpus.CorpusError, match="cannot open TFDS dataset 'absent_corpus'"):
         read(cfg(source="tfds", tfds_name="absent_corpus", tfds_data_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "source, fix",
+    [
+        ("text files a/*.txt", "give files with text in data.text_files"),
+        ("datasets ds [train]", "check data.hf_split and data.text_field"),
+        ("tfds wiki [train]", "check data.tfds_split and data.text_field"),
+    ],
+)
+def test_a_source_without_text_is_refused_with_its_own_fix(source, fix):
+    report = InputReport(source=source)
+    report.count("rows", 0)
+    report.note("empty rows skipped", "ds:0", 3)
+    with pytest.raises(corpus.CorpusError) as e:
+        corpus.check_read(report)
+    message = str(e.value)
+    assert message.startswith(f"no text to train on ({source}: ") and message.endswith(fix)
+    assert "3 x empty rows skipped" in message and "\n" not in message
+    report.count("rows", 5)
+    report.count("tokens", 40)
+    corpus.check_read(report)  # some text: accepted
