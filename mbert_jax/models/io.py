@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from mbert_jax import files, tree
@@ -73,25 +74,24 @@ class UnreadableFileError(ValueError):
     """A weight file that exists but cannot be read (truncated, overwritten, not readable)."""
 
 
+# What readers raise on a file that is there but cannot be read: safetensors its
+# SafetensorError, torch a RuntimeError or UnpicklingError, a file cut short
+# mid-read an OSError or EOFError.
+_READ_ERRORS = (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, EOFError)
+
+
 @contextlib.contextmanager
 def reading(path: str | os.PathLike):
-    """Turn the reader's error on a damaged weight file into a one-line `UnreadableFileError`."""
+    """A reader's error on an unreadable weight file as a one-line `UnreadableFileError`."""
     try:
         yield
-    except UnreadableFileError:
+    except FileNotFoundError:
         raise
-    except Exception as e:
-        # safetensors raises its own SafetensorError; torch a RuntimeError or
-        # UnpicklingError; a file cut short mid-read an OSError.
-        if isinstance(e, FileNotFoundError | ImportError) or (
-            not isinstance(e, OSError | RuntimeError | EOFError)
-            and type(e).__name__ not in ("SafetensorError", "UnpicklingError")
-        ):
-            raise
-        if isinstance(e, PermissionError):
-            raise UnreadableFileError(
-                f"{path}: cannot be read (permission denied); make it readable (chmod a+r)"
-            ) from None
+    except PermissionError:
+        raise UnreadableFileError(
+            f"{path}: cannot be read (permission denied); make it readable (chmod a+r)"
+        ) from None
+    except _READ_ERRORS as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnreadableFileError(
             f"{path}: cannot be read ({reason}); the file is damaged or incomplete (an "
