@@ -86,6 +86,9 @@ def get_config(arg=None):
     return config
 
 
+sweep_metrics = ("eval_mlm_accuracy",)  # the student's held-out masked-token accuracy
+
+
 def sweep(add):
     """The paper's ablation (Table 4): without each term of the triple loss."""
     add(name="triple_loss")

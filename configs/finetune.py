@@ -81,6 +81,9 @@ def get_config(arg=None):
     return config
 
 
+sweep_metrics = ("eval_accuracy",)  # classification tasks; others: --metrics (e.g. eval_f1)
+
+
 def sweep(add):
     """The BERT paper's fine-tuning grid."""
     for lr in (2e-5, 3e-5, 5e-5):

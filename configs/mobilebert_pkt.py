@@ -71,6 +71,9 @@ def get_config(arg=None):
     return common.mobilebert("pkt", arg)
 
 
+sweep_metrics = ("eval_mlm_accuracy",)  # the student's, after PD
+
+
 def sweep(add):
     """PKT vs JKT vs AKT (the paper's Table), and PKT's lower-layer modes."""
     common.mobilebert_ablation(add)

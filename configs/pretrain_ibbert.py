@@ -60,6 +60,9 @@ def get_config(arg=None):
     return config
 
 
+sweep_metrics = ("eval_mlm_accuracy",)
+
+
 def sweep(add):
     """Teacher learning rate."""
     for lr in (1e-3, 2e-3, 4e-3):

@@ -83,6 +83,9 @@ def get_config(arg=None):
     return config
 
 
+sweep_metrics = ("eval_accuracy",)  # the successor's dev accuracy
+
+
 def sweep(add, arg=None):
     """The paper's replacement-rate study: the linear curriculum vs constant rates.
 

@@ -81,6 +81,9 @@ def get_config(arg=None):
     return config
 
 
+sweep_metrics = ("eval_hidden", "eval_attention")  # layer losses: a task metric needs --finetune
+
+
 def sweep(add):
     """TinyBERT's ablation (paper Table 6): drop one layer-wise loss at a time."""
     add(name="all")

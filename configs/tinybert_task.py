@@ -114,6 +114,9 @@ def get_config(arg=None):
     return config
 
 
+sweep_metrics = ("eval_accuracy",)  # the student's dev accuracy
+
+
 def sweep(add):
     """TinyBERT's ablation (paper Table 6): without each loss, and without augmentation.
 

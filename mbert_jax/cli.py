@@ -136,7 +136,7 @@ def baseline_main(argv: list[str]) -> int:
 COMMANDS = {
     "describe": (describe_main, "parameter counts and FLOPs of model variants", False),
     "train": (train_main, "run one experiment config (pretraining, distillation, ...)", True),
-    "sweep": (sweep_main, "run the ablation grid a config declares", True),
+    "sweep": (sweep_main, "run a config's ablation grid over seeds; mean ± SE table", True),
     "plan": (plan_main, "per-device memory and FLOPs of a pod job, on simulated devices", True),
     "quickstart": (quickstart_main, "a compression recipe end to end, on this machine", False),
     "export": (export_main, "export a model to TFLite or transformers, verified", False),

@@ -53,3 +53,18 @@ def temp_file(final: str | os.PathLike) -> tuple[int, str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
     os.fchmod(fd, 0o666 & ~umask())
     return fd, tmp
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary sibling: readers see the old file or the new."""
+    path = Path(path)
+    fd, tmp = temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

@@ -15,7 +15,14 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from mbert_jax.train.cli import apply_overrides, load_config_module, sweep_runs
+from mbert_jax.train.sweep import (
+    Metric,
+    apply_overrides,
+    expand,
+    load_config_module,
+    run_config_of,
+    sweep_runs,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NOT_EXPERIMENTS = {"__init__.py", "common.py"}
@@ -119,6 +126,13 @@ def test_every_sweep_run_is_accepted_by_the_locked_config(name, arg):
             assert node == value or tuple(node) == tuple(value), (name, key)
         names.add(overrides.get("name", str(sorted(overrides.items()))))
     assert len(names) == len(runs), f"{name}: two sweep runs share a name"
+    # Seeds keep the settings apart and raise both seeds; the headline metrics parse.
+    seeded = expand(runs, seeds=2)
+    assert len({r.name for r in seeded}) == 2 * len(runs)
+    config = run_config_of(base, seeded[1])
+    assert config.train.seed == base.train.seed + 1 and config.data.seed == base.data.seed + 1
+    declared = getattr(module, "sweep_metrics", None)
+    assert declared and all(Metric.parse(m).name.startswith("eval_") for m in declared), name
 
 
 def test_a_sweep_override_of_a_missing_field_is_refused():

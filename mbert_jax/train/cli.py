@@ -1,7 +1,7 @@
 """`mbert-jax train` and `mbert-jax sweep`.
 
     mbert-jax train --config configs/X.py[:args] --workdir DIR [--config.a.b=value ...]
-    mbert-jax sweep --config configs/X.py[:args] --workdir DIR [--dry-run]
+    mbert-jax sweep --config configs/X.py[:args] --workdir DIR [--seeds N] [--dry-run]
 
 Flag names take `-` or `_` (`--dry-run` is `--dry_run`); `--help` lists the
 flags.
@@ -9,27 +9,24 @@ flags.
 Config files follow big_vision: `get_config(arg)` returns a locked
 `ConfigDict`; `sweep(add)` (optional) declares the ablation grid by calling
 `add(**{"field.path": value, ...})` once per run (`sweep(add, arg)` also gets
-the config's `:args` string, for values that depend on them). Every config error (unknown
+the config's `:args` string, for values that depend on them; `mbert_jax/train/sweep.py`).
+Every config error (unknown
 field, wrong type, impossible combination) is reported before anything
 compiles.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import inspect
 import logging
 import os
-import re
-import shlex
 import sys
 from pathlib import Path
-from typing import Any
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
+
+from mbert_jax.train import sweep
 
 log = logging.getLogger("mbert_jax")
 
@@ -170,134 +167,96 @@ def run_config(config: ml_collections.ConfigDict, workdir: str):
 
 
 # ---------------------------------------------------------------------------- sweep
-def load_config_module(spec: str):
-    """(module, arg) of `path/to/config.py[:arg]`."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise SystemExit(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module, (arg or None)
+SWEEP_USAGE = """\
+    mbert-jax sweep --config configs/X.py[:args] --workdir DIR [--seeds N]
+        [--metrics a,b] [--finetune configs/finetune.py[:args]] [--dry-run]
 
+Runs every setting the config's `sweep(add)` declares, each `--seeds` times
+(`train.seed` and `data.seed` raised by 0..N-1; the held-out split and its
+masks stay fixed), in DIR/<setting> (DIR/<setting>/seed<k> with seeds > 1).
+Options after the colon and `--config.*` overrides apply to every run.
 
-def sweep_runs(module, arg) -> list[dict[str, Any]]:
-    if not hasattr(module, "sweep"):
-        raise SystemExit(f"{module.__file__} declares no sweep(add) function")
-    runs: list[dict[str, Any]] = []
+Each run reports its final evaluation, over the whole held-out split. With
+`--finetune CONFIG`, each run's model/ is then fine-tuned by CONFIG in
+<run>/finetune (same seed) and its metrics join the row as finetune_eval_*.
 
-    def add(**overrides):
-        runs.append(overrides)
+After every run, from every finished run: DIR/results.md (the settings, the
+varied fields and the headline metrics as mean +- standard error, best first;
+settings within two standard errors of the best marked), results.png (the
+headline metrics with error bars), results.csv (every run and metric) and
+summary.csv (mean and standard error of every metric per setting). Headline
+metrics: --metrics, else the config's `sweep_metrics` (and the fine-tuning
+config's, prefixed finetune_), else eval_objective. Accuracy, F1, exact
+match, precision, recall and correlations rank highest first, every other
+metric (the losses) lowest first; `name:max` or `name:min` says which.
 
-    if len(inspect.signature(module.sweep).parameters) > 1:
-        module.sweep(add, arg)
-    else:
-        module.sweep(add)
-    if not runs:
-        raise SystemExit(f"the sweep of {module.__file__} adds no runs")
-    return runs
-
-
-def run_name(overrides: dict[str, Any]) -> str:
-    if "name" in overrides:
-        return str(overrides["name"])
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in overrides.items()]
-    return re.sub(r"[^A-Za-z0-9=._,-]+", "_", ",".join(parts)) or "default"
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
-    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
-    for key, value in overrides.items():
-        if key == "name":
-            continue
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node:
-                raise SystemExit(f"sweep override {key!r}: config has no field {p!r}")
-            node = node[p]
-        if leaf not in node:
-            raise SystemExit(f"sweep override {key!r}: config has no field {leaf!r}")
-        node[leaf] = value
-    config.lock()
-    return config
-
-
-def write_results(workdir: Path, rows: list[dict[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    with (workdir / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    (workdir / "results.md").write_text("\n".join(lines) + "\n")
+Resume: run the same command again. Finished runs (DIR/<run>/sweep.json)
+are kept, an interrupted run resumes from its checkpoint, and the tables are
+rewritten; a finished run made with other settings stops the sweep with one
+line. `--dry-run` prints one `mbert-jax train` command per run instead.
+"""
 
 
 def sweep_main(argv: list[str]) -> int:
     argv = normalize_argv(argv)
     fv = flags.FlagValues()
     _define_common(fv, argv)
+    flags.DEFINE_integer(
+        "seeds", 1, "runs per setting, with train.seed and data.seed +0..N-1", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "metrics", "", "headline metrics, comma-separated (default: the config's)", flag_values=fv
+    )
+    flags.DEFINE_string(
+        "finetune", "", "config file[:args] that fine-tunes each run's model", flag_values=fv
+    )
     flags.DEFINE_bool("dry_run", False, "print one train command per run instead", flag_values=fv)
-    _parse(fv, "mbert-jax sweep", argv)
+    _parse(fv, "mbert-jax sweep", argv, doc=SWEEP_USAGE)
     spec = config_flags.get_config_filename(fv["config"])
-    module, arg = load_config_module(spec)
-    runs = sweep_runs(module, arg)
+    module, arg = sweep.load_config_module(spec)
+    runs = sweep.expand(sweep.sweep_runs(module, arg), fv.seeds)
     workdir = Path(fv.workdir)
-    base_overrides = config_flags.get_override_values(fv["config"])
+    followup = None
+    if fv.finetune:
+        ft_module, ft_arg = sweep.load_config_module(fv.finetune)
+        try:
+            ft_config = ft_module.get_config(ft_arg)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(
+                f"mbert-jax sweep: --finetune {fv.finetune}: config error: {e}"
+            ) from None
+        if "init_from" not in ft_config:
+            raise SystemExit(
+                f"mbert-jax sweep: --finetune {fv.finetune} has no init_from field to start "
+                "from each run's model; give a fine-tuning config such as configs/finetune.py"
+            )
+        ft_metrics = tuple(f"finetune_{m}" for m in getattr(ft_module, "sweep_metrics", ()))
+        followup = sweep.Followup(fv.finetune, ft_config, ft_metrics)
     if fv.dry_run:
-        for overrides in runs:
-            sets = {
-                **_flatten(base_overrides),
-                **{k: v for k, v in overrides.items() if k != "name"},
-            }
-            cmd = [
-                "mbert-jax",
-                "train",
-                "--config",
-                spec,
-                "--workdir",
-                str(workdir / run_name(overrides)),
-            ]
-            cmd += [f"--config.{k}={v}" for k, v in sets.items()]
-            print(shlex.join(cmd))
+        base_overrides = config_flags.get_override_values(fv["config"])
+        for line in sweep.dry_run_commands(
+            runs, fv.config, spec, workdir, base_overrides, followup
+        ):
+            print(line)
         return 0
+    if fv.metrics:
+        metrics = tuple(m.strip() for m in fv.metrics.split(",") if m.strip())
+    else:
+        metrics = (*(followup.metrics if followup else ()), *getattr(module, "sweep_metrics", ()))
+    for m in metrics:
+        sweep.Metric.parse(m)  # a bad direction fails before anything runs
     setup_logging()
     setup_compilation_cache()
-    rows = []
-    for i, overrides in enumerate(runs):
-        name = run_name(overrides)
-        which = f"sweep run {i + 1}/{len(runs)} ({name})"
-        print(f"=== {which}", flush=True)
-        try:  # a failure is one line naming the run; finished rows stay in results.md
-            result = run_config(apply_overrides(fv.config, overrides), str(workdir / name))
-        except SystemExit as e:
-            raise SystemExit(f"{which}: {e}") from None
-        if result is None:  # preempted: its checkpoint is saved
-            raise SystemExit(f"{which}: stopped before the end; run the same sweep again to resume")
-        row: dict[str, Any] = {"run": name, **{k: v for k, v in overrides.items() if k != "name"}}
-        row.update({f"eval_{k}": v for k, v in result.final_eval.items()})
-        row.update({f"train_{k}": v for k, v in result.final_train.items()})
-        rows.append(row)
-        write_results(workdir, rows)
+    rows = sweep.run_sweep(runs, fv.config, workdir, run_config, metrics=metrics, followup=followup)
+    missing = [m for m in metrics if sweep.Metric.parse(m).name not in sweep.reported(rows)]
+    if missing:
+        log.warning(
+            "sweep: no run reports the metric(s) %s; reported: %s",
+            ", ".join(missing),
+            ", ".join(sweep.reported(rows)),
+        )
     print((workdir / "results.md").read_text())
     return 0
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def default_train_config() -> ml_collections.ConfigDict:
             "accum_steps": 1,  # gradient accumulation: micro-batches per step
             "log_every": 50,
             "eval_every": 500,  # 0: only at the end
-            "eval_steps": 20,  # held-out batches per evaluation (0: all)
+            "eval_steps": 20,  # held-out batches per periodic evaluation (0: all)
+            "final_eval_steps": 0,  # held-out batches of the final evaluation (0: all)
             "checkpoint_every": 1000,
             "keep_checkpoints": 3,
             "nan_policy": "stop",  # "stop": fail naming the step and term; "skip": drop the step

@@ -412,7 +412,12 @@ class Trainer:
                         if (cfg.eval_every and step % cfg.eval_every == 0) or step == total_steps:
                             steps = fns.eval_step, fns.predict_step
                             final_eval = self._evaluate(
-                                *steps, state.params, teacher_params, step, writer
+                                *steps,
+                                state.params,
+                                teacher_params,
+                                step,
+                                writer,
+                                final=step == total_steps,
                             )
                         if stop.requested or last or step % cfg.checkpoint_every == 0:
                             self._check_finite(window)
@@ -543,17 +548,25 @@ class Trainer:
                     "(or raise the limit; 0: no limit)"
                 )
 
-    def _evaluate(self, eval_step, predict_step, params, teacher_params, step, writer) -> dict:
+    def _evaluate(
+        self, eval_step, predict_step, params, teacher_params, step, writer, final=False
+    ) -> dict:
         """Held-out metrics: `LossSum`s from the jitted step, plus the recipe's official
         host-side metrics over the whole split when it has an `evaluator`, then the
-        values the recipe derives (`Recipe.summarize`)."""
+        values the recipe derives (`Recipe.summarize`).
+
+        A periodic evaluation reads `train.eval_steps` batches; the `final` one
+        (the run's reported figures) reads `train.final_eval_steps` (0: the whole
+        held-out split, the same batches and masks for every run on that data).
+        """
         batches = self.recipe.eval_data(jax.process_index(), jax.process_count())
         if batches is None:
             return {}
         evaluator = self.recipe.evaluator()
+        limit = self.train_cfg.get("final_eval_steps", 0) if final else self.train_cfg.eval_steps
         results = []
         for i, host_batch in enumerate(batches):
-            if evaluator is None and self.train_cfg.eval_steps and i >= self.train_cfg.eval_steps:
+            if evaluator is None and limit and i >= limit:
                 break
             batch = sharding_lib.global_batch(host_batch, self.mesh, self.rules)
             results.append(eval_step(params, teacher_params, batch))
@@ -597,7 +610,7 @@ class Trainer:
             teacher_params, teacher_shardings = self._teacher()
             params = self._init_params(param_shardings)
             steps = self._eval_functions(self.stages[0], param_shardings, teacher_shardings)
-            values = self._evaluate(*steps, params, teacher_params, 0, writer)
+            values = self._evaluate(*steps, params, teacher_params, 0, writer, final=True)
         writer.close()
         if self.is_lead and self.workdir is not None:
             self._write_results(0, {}, values)
