@@ -62,7 +62,7 @@ def config_models(spec: str):
     from mbert_jax.distill import teacher as teacher_lib
     from mbert_jax.distill.mobilebert.fit import student_block
     from mbert_jax.models.variants import from_block
-    from mbert_jax.train.cli import load_config_module
+    from mbert_jax.train.config import load_config_module
 
     module, arg = load_config_module(spec)
     config = module.get_config(arg)

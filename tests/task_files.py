@@ -27,7 +27,7 @@ from mbert_jax.data.tokenizer import train_wordpiece
 from mbert_jax.models import Model, io, variants
 from mbert_jax.models.model import init_params
 from mbert_jax.train.cli import run_config
-from mbert_jax.train.sweep import apply_overrides, load_config_module
+from mbert_jax.train.config import apply_overrides, load_config_module
 
 SEQ = 32
 TOPICS = {

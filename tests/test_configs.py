@@ -15,14 +15,8 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from mbert_jax.train.sweep import (
-    Metric,
-    apply_overrides,
-    expand,
-    load_config_module,
-    run_config_of,
-    sweep_runs,
-)
+from mbert_jax.train.config import apply_overrides, load_config_module
+from mbert_jax.train.sweep import Metric, expand, run_config_of, sweep_runs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NOT_EXPERIMENTS = {"__init__.py", "common.py"}

@@ -35,7 +35,7 @@ from mbert_jax.distill.mobilebert import recipe as mobilebert_recipe
 from mbert_jax.distill.mobilebert.fit import TEACHER_HEADS
 from mbert_jax.models import Model, hf, io, resolve
 from mbert_jax.train.cli import run_config
-from mbert_jax.train.sweep import load_config_module
+from mbert_jax.train.config import load_config_module
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4

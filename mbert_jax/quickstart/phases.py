@@ -19,7 +19,7 @@ from pathlib import Path
 import ml_collections
 
 from mbert_jax.models import io
-from mbert_jax.train.cli import load_config_module
+from mbert_jax.train.config import load_config_module
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

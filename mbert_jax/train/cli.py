@@ -27,6 +27,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mbert_jax.train import sweep
+from mbert_jax.train.config import load_config_module
 
 log = logging.getLogger("mbert_jax")
 
@@ -213,12 +214,12 @@ def sweep_main(argv: list[str]) -> int:
     flags.DEFINE_bool("dry_run", False, "print one train command per run instead", flag_values=fv)
     _parse(fv, "mbert-jax sweep", argv, doc=SWEEP_USAGE)
     spec = config_flags.get_config_filename(fv["config"])
-    module, arg = sweep.load_config_module(spec)
+    module, arg = load_config_module(spec)
     runs = sweep.expand(sweep.sweep_runs(module, arg), fv.seeds)
     workdir = Path(fv.workdir)
     followup = None
     if fv.finetune:
-        ft_module, ft_arg = sweep.load_config_module(fv.finetune)
+        ft_module, ft_arg = load_config_module(fv.finetune)
         try:
             ft_config = ft_module.get_config(ft_arg)
         except (ValueError, KeyError, TypeError) as e:

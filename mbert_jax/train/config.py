@@ -11,11 +11,16 @@
 
 Configs are locked after `get_config`, so a misspelled `--config.x=y`
 override fails before anything compiles, naming the field.
+`load_config_module` reads a `configs/X.py[:arg]` file and `apply_overrides`
+sets `field.path: value` pairs on a locked copy (sweeps, quickstart, tests).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+from pathlib import Path
+from typing import Any
 
 import ml_collections
 
@@ -105,3 +110,33 @@ def parse_arg(arg: str | None, **defaults):
         else:
             options[key] = type(default)(value)
     return options
+
+
+def load_config_module(spec: str):
+    """(module, arg) of `path/to/config.py[:arg]`."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise SystemExit(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module, (arg or None)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
+    """A locked copy of `config` with the `field.path: value` overrides (`name` ignored)."""
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    for key, value in overrides.items():
+        if key == "name":
+            continue
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            if p not in node:
+                raise SystemExit(f"sweep override {key!r}: config has no field {p!r}")
+            node = node[p]
+        if leaf not in node:
+            raise SystemExit(f"sweep override {key!r}: config has no field {leaf!r}")
+        node[leaf] = value
+    config.lock()
+    return config

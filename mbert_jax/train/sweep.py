@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import inspect
 import io
 import json
-import logging
 import math
 import re
 import shlex
@@ -47,8 +45,7 @@ from typing import Any
 import ml_collections
 
 from mbert_jax import files
-
-log = logging.getLogger("mbert_jax")
+from mbert_jax.train.config import apply_overrides
 
 MARKER = "sweep.json"  # in a run directory: the run finished; its settings and row
 # Metric names holding one of these rank highest first; every other metric (the
@@ -61,17 +58,6 @@ HIGHER_IS_BETTER = (
 
 
 # --------------------------------------------------------------------------- runs
-def load_config_module(spec: str):
-    """(module, arg) of `path/to/config.py[:arg]`."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise SystemExit(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module, (arg or None)
-
-
 def sweep_runs(module, arg) -> list[dict[str, Any]]:
     """The settings `module.sweep` adds: one dict of overrides (and optional `name`) each."""
     if not hasattr(module, "sweep"):
@@ -95,25 +81,6 @@ def run_name(overrides: dict[str, Any]) -> str:
         return str(overrides["name"])
     parts = [f"{k.split('.')[-1]}={v}" for k, v in overrides.items()]
     return re.sub(r"[^A-Za-z0-9=._,-]+", "_", ",".join(parts)) or "default"
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
-    """A locked copy of `config` with the `field.path: value` overrides (`name` ignored)."""
-    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
-    for key, value in overrides.items():
-        if key == "name":
-            continue
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            if p not in node:
-                raise SystemExit(f"sweep override {key!r}: config has no field {p!r}")
-            node = node[p]
-        if leaf not in node:
-            raise SystemExit(f"sweep override {key!r}: config has no field {leaf!r}")
-        node[leaf] = value
-    config.lock()
-    return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,7 +509,8 @@ def plot(summaries: Sequence[Summary], metrics: Sequence[Metric]) -> bytes:
         errors = [s.se[metric] if math.isfinite(s.se[metric]) else 0.0 for s in shown]
         ax.errorbar(x, means, yerr=errors, fmt="o", capsize=4, color="C0", label="mean ± SE")
         for xi, s in zip(x, shown):
-            ax.plot([xi] * len(s.values[metric]), s.values[metric], ".", color="C1", alpha=0.6)
+            label = "single runs" if xi == 0 else None
+            ax.plot([xi] * len(s.values[metric]), s.values[metric], ".", color="C1", label=label)
         ax.set_xticks(x, [s.setting for s in shown], rotation=30, ha="right")
         ax.set_ylabel(metric)
         ax.grid(axis="y", alpha=0.3)

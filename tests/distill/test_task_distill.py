@@ -44,7 +44,7 @@ from mbert_jax.data import load_tokenizer
 from mbert_jax.distill.tinybert import recipe as tinybert_lib
 from mbert_jax.models import Model, init_params, io, variants
 from mbert_jax.train import forward
-from mbert_jax.train.cli import apply_overrides, load_config_module
+from mbert_jax.train.config import apply_overrides, load_config_module
 from mbert_jax.train.labels import make_labels
 
 KINDS = ("multiclass", "regression", "pairs", "tagging", "squad")

@@ -109,7 +109,8 @@ def test_a_bf16_predecessor_runs_in_the_mixed_forward():
 def test_a_truncated_teacher_file_is_one_line_naming_it_and_no_run_starts(stored, tmp_path):
     import shutil
 
-    from mbert_jax.train import cli, sweep
+    from mbert_jax.train import cli
+    from mbert_jax.train import config as config_lib
 
     d, cfg, _ = stored
     damaged = tmp_path / "bert"
@@ -122,8 +123,8 @@ def test_a_truncated_teacher_file_is_one_line_naming_it_and_no_run_starts(stored
     block = teacher_lib.teacher_block(path=str(damaged))
     with pytest.raises(io.UnreadableFileError, match=r"params\.safetensors: cannot be read \("):
         teacher_lib.load_teacher(block, heads=("mlm",)).read()
-    module, arg = sweep.load_config_module("configs/tinybert_general.py:runlocal")
-    config = sweep.apply_overrides(module.get_config(arg), {"teacher.path": str(damaged)})
+    module, arg = config_lib.load_config_module("configs/tinybert_general.py:runlocal")
+    config = config_lib.apply_overrides(module.get_config(arg), {"teacher.path": str(damaged)})
     workdir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         cli.run_config(config, str(workdir))

@@ -4,7 +4,8 @@ import shlex
 
 import pytest
 
-from mbert_jax.train import cli, plan, sweep
+from mbert_jax.train import cli, plan
+from mbert_jax.train import config as config_lib
 
 
 @pytest.fixture(autouse=True)
@@ -96,8 +97,10 @@ def test_dashed_flag_names_are_normalized():
     ids=["negative_steps", "sequences_longer_than_the_positions", "mesh_of_other_devices"],
 )
 def test_run_config_errors_are_one_line_before_anything_is_written(tmp_path, overrides, message):
-    module, arg = sweep.load_config_module("configs/pretrain_ibbert.py:runlocal,data=synthetic")
-    config = sweep.apply_overrides(module.get_config(arg), overrides)
+    module, arg = config_lib.load_config_module(
+        "configs/pretrain_ibbert.py:runlocal,data=synthetic"
+    )
+    config = config_lib.apply_overrides(module.get_config(arg), overrides)
     workdir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         cli.run_config(config, str(workdir))
@@ -124,7 +127,7 @@ def test_a_corpus_without_text_is_one_line_and_leaves_no_cache(
 ):
     corpus_file = tmp_path / "corpus.txt"
     corpus_file.write_bytes(content)
-    module, arg = sweep.load_config_module("configs/pretrain_ibbert.py:runlocal")
+    module, arg = config_lib.load_config_module("configs/pretrain_ibbert.py:runlocal")
     overrides = {
         "data.source": "text",
         "data.text_files": str(corpus_file),
@@ -134,7 +137,7 @@ def test_a_corpus_without_text_is_one_line_and_leaves_no_cache(
         vocab = tmp_path / "vocab.txt"
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ok", "line"]))
         overrides["data.vocab_file"] = str(vocab)
-    config = sweep.apply_overrides(module.get_config(arg), overrides)
+    config = config_lib.apply_overrides(module.get_config(arg), overrides)
     workdir = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_info:
         cli.run_config(config, str(workdir))

@@ -282,6 +282,12 @@ def test_a_real_sweep_over_two_seeds_reports_what_its_runs_measured(tmp_path):
     table = (workdir / "results.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("|"))
     assert header == "| setting | train.steps | seeds | eval_mlm_accuracy | eval_mlm |"
+    # Started again: every run is finished, none is touched, the tables are the same.
+    runs = [p for p in workdir.rglob("*") if p.is_file() and p.parent != workdir]
+    before = {p: p.stat().st_mtime_ns for p in runs}
+    assert cli.sweep_main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in runs} == before
+    assert (workdir / "results.md").read_text() == table
 
 
 @pytest.mark.slow
