@@ -103,9 +103,15 @@ sweep_metrics = ("eval_relation:min",)
 
 
 def sweep(add, arg=None):
-    """MiniLMv2: the number of relation heads, then the teacher layer (last vs upper-middle)."""
+    """MiniLMv2: the number of relation heads, then the teacher layer below the last.
+
+    The default run (R = 4 at runlocal, 12 at full size) distils the last
+    layer, so it is the baseline of both comparisons. The held-out relation
+    loss compares layers; across R the relations differ, so compare those
+    runs after fine-tuning (`mbert-jax sweep --finetune`).
+    """
     runlocal = "runlocal" in (arg or "")
     for heads in (2, 4, 8) if runlocal else (6, 12, 24, 48):
         add(name=f"relation_heads_{heads}", **{"distill.relation_heads": heads})
-    for layer in (-1, -2, -3):
+    for layer in (-2, -3):
         add(name=f"teacher_layer_{layer}", **{"distill.teacher_layer": layer})
