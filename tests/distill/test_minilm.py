@@ -206,6 +206,7 @@ def train_rows(workdir):
     return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "eval"]
 
 
+@pytest.mark.slow  # 15-25 s on 2 shared cores
 def test_a_narrower_student_with_other_heads_lowers_the_minilmv2_loss(tmp_path):
     """Through the CLI's entry point; the student (48 wide, 6 heads) is saved as a model."""
     c = config(
@@ -265,3 +266,22 @@ def test_a_transformers_teacher_directory_distils_into_minilm(tmp_path, monkeypa
     assert np.isfinite(results["eval"]["relation"])
     cfg, _, _ = io.load_model(tmp_path / "run/model")
     assert (cfg.hidden_size, cfg.num_heads) == (48, 4)
+
+
+@pytest.mark.parametrize(
+    "student, overrides",
+    [("albert_base", {}), ("minilm6", {"student.overrides.remat": True})],
+)
+def test_shared_and_rematerialized_students_give_qkv_and_gradients(student, overrides):
+    """An ALBERT-style student (one shared block) and `remat` blocks return Q/K/V too."""
+    recipe = recipes.build(config(f"runlocal,data=synthetic,student={student}", **overrides))
+    (stage,) = recipe.stages()
+    params = nn.meta.unbox(recipe.init_params(jax.random.PRNGKey(0)))
+    teacher = recipe.load_teacher_params()
+    b = batch()
+    (value, metrics), grads = jax.value_and_grad(
+        lambda p: recipe.loss(stage, p, teacher, b, jax.random.PRNGKey(1)), has_aux=True
+    )(params)
+    assert np.isfinite(float(value)) and float(value) > 0
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
+    assert all(np.isfinite(norms)) and max(norms) > 0
