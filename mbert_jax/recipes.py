@@ -9,6 +9,7 @@ evaluation ones of `train/` and the distillation strategies of `distill/`.
 from __future__ import annotations
 
 from mbert_jax.distill.distilbert import DistilBertRecipe
+from mbert_jax.distill.minilm import MiniLMRecipe
 from mbert_jax.distill.mobilebert.recipe import MobileBertRecipe
 from mbert_jax.distill.theseus import TheseusRecipe
 from mbert_jax.distill.tinybert.recipe import TinyBertRecipe
@@ -25,6 +26,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "distill_tinybert": TinyBertRecipe,
     "distill_distilbert": DistilBertRecipe,
     "distill_theseus": TheseusRecipe,
+    "distill_minilm": MiniLMRecipe,
 }
 
 

@@ -30,6 +30,8 @@ EXAMPLE_VALUES = {
     "mobilebert_pkt.py:student": "tiny",
     "tinybert_general.py:student": "albert_base",
     "tinybert_task.py:student": "tinybert6",
+    "minilm.py:student": "tinybert4",
+    "minilm.py:variant": "minilm",
     "teacher": "/tmp/some/teacher/model",
     "model": "/tmp/some/model",
     "lower": "reduced",

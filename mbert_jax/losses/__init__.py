@@ -12,6 +12,7 @@ official code differs) reproduces the published code's behaviour.
 - `mobilebert`: feature-map, attention, mean and variance transfer.
 - `tinybert`: attention MSE, projected hidden and embedding MSE, prediction CE.
 - `cosine`: DistilBERT's cosine loss and loss weights.
+- `minilm`: MiniLM's attention and value-relation KL, MiniLMv2's Q-Q / K-K / V-V relations.
 """
 
 from mbert_jax.losses.base import LossSum, attention_pair_mask, combine, token_mask
@@ -27,6 +28,11 @@ from mbert_jax.losses.logits import (
     kl_divergence,
     pretraining_distillation_loss,
     soft_cross_entropy,
+)
+from mbert_jax.losses.minilm import (
+    minilm_attention_loss,
+    minilm_value_relation_loss,
+    minilmv2_relation_loss,
 )
 from mbert_jax.losses.mlm import cross_entropy, mlm_loss, nsp_loss
 from mbert_jax.losses.mobilebert import (
@@ -67,6 +73,9 @@ __all__ = [
     "kl_divergence",
     "layer_norm",
     "mean_transfer_loss",
+    "minilm_attention_loss",
+    "minilm_value_relation_loss",
+    "minilmv2_relation_loss",
     "mlm_loss",
     "nsp_loss",
     "pretraining_distillation_loss",

@@ -1,9 +1,10 @@
 """Multi-head self-attention and the attention mask.
 
 The attention maps that distillation needs are the masked, scaled,
-pre-softmax scores (MobileBERT and TinyBERT transfer) and the probabilities;
-the module returns them alongside the context, and XLA drops them when the
-caller does not use them.
+pre-softmax scores (MobileBERT and TinyBERT transfer), the probabilities
+and the per-head queries, keys and values (MiniLM's relations); the module
+returns them alongside the context, and XLA drops them when the caller does
+not use them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class SelfAttention(nn.Module):
     """Scaled dot-product attention over `num_heads` heads of width `head_dim`.
 
     Returns the context [batch, length, heads, head_dim], the masked scaled
-    scores [batch, heads, query, key] and the probabilities (same shape).
+    scores [batch, heads, query, key], the probabilities (same shape) and the
+    projected `(query, key, value)`, each [batch, length, heads, head_dim].
     """
 
     config: ModelConfig
@@ -51,7 +53,7 @@ class SelfAttention(nn.Module):
         value: jax.Array,
         mask: jax.Array,
         deterministic: bool = True,
-    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
         cfg = self.config
         heads, head_dim = cfg.num_heads, cfg.head_dim
         q_name, k_name, v_name = self.input_names
@@ -78,4 +80,4 @@ class SelfAttention(nn.Module):
         dropped = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", dropped, v)
         context = layers.constrain(context, (BATCH, LENGTH, HEADS, KV))
-        return context, scores, probs
+        return context, scores, probs, (q, k, v)

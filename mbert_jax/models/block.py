@@ -58,7 +58,7 @@ class AttentionPart(nn.Module):
             layer_input = q = k = v = prev
             names = (EMBED, EMBED, EMBED)
 
-        context, scores, probs = SelfAttention(cfg, names, name="self_attention")(
+        context, scores, probs, qkv = SelfAttention(cfg, names, name="self_attention")(
             q, k, v, mask, deterministic
         )
         out = layers.dense(cfg, cfg.inner_size, (HEADS, KV, inner), axis=(-2, -1), name="output")(
@@ -67,7 +67,7 @@ class AttentionPart(nn.Module):
         if not cfg.use_bottleneck:
             out = nn.Dropout(rate=cfg.hidden_dropout)(out, deterministic=deterministic)
         out = layers.norm(cfg, inner, name="output_norm")(out + layer_input)
-        return layers.constrain(out, (BATCH, LENGTH, inner)), scores, probs
+        return layers.constrain(out, (BATCH, LENGTH, inner)), scores, probs, qkv
 
 
 class FeedForward(nn.Module):
@@ -112,8 +112,9 @@ class FFNPart(nn.Module):
 class Block(nn.Module):
     """One encoder layer. `shared_attention` / `shared_ffn` are parts shared across layers (ALBERT).
 
-    Returns the block output (the feature map, [batch, length, hidden]) and
-    the attention scores and probabilities ([batch, heads, length, length]).
+    Returns the block output (the feature map, [batch, length, hidden]), the
+    attention scores and probabilities ([batch, heads, length, length]) and
+    the `(query, key, value)` projections ([batch, length, heads, head_dim]).
     """
 
     config: ModelConfig
@@ -129,6 +130,6 @@ class Block(nn.Module):
     def __call__(self, prev: jax.Array, mask: jax.Array, deterministic: bool = True):
         attention = self.attention if self.shared_attention is None else self.shared_attention
         ffn = self.ffn if self.shared_ffn is None else self.shared_ffn
-        x, scores, probs = attention(prev, mask, deterministic)
+        x, scores, probs, qkv = attention(prev, mask, deterministic)
         out = ffn(x, prev, deterministic)
-        return out, scores, probs
+        return out, scores, probs, qkv

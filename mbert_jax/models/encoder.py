@@ -8,9 +8,10 @@ every block, so shared parameters exist once (under `shared_attention` /
 `shared_ffn`).
 
 Intermediates: the forward can return the embedding output, every block's
-output (the feature maps) and every layer's masked pre-softmax scores and
-probabilities. They are ordinary return values, so under `jax.jit` asking
-for none of them costs nothing (XLA removes what is not returned).
+output (the feature maps), every layer's masked pre-softmax scores and
+probabilities, and every layer's per-head queries, keys and values (MiniLM).
+They are ordinary return values, so under `jax.jit` asking for none of them
+costs nothing (XLA removes what is not returned).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class EncoderOutput:
       attention_scores: per block, the masked scaled pre-softmax scores
         [batch, heads, length, length], when asked.
       attention_probs: per block, the attention probabilities, when asked.
+      queries, keys, values: per block, the projected per-head vectors
+        [batch, length, heads, head_dim], when asked (`output_qkv`).
     """
 
     last_hidden_state: jax.Array
@@ -52,6 +55,9 @@ class EncoderOutput:
     hidden_states: tuple[jax.Array, ...] | None = None
     attention_scores: tuple[jax.Array, ...] | None = None
     attention_probs: tuple[jax.Array, ...] | None = None
+    queries: tuple[jax.Array, ...] | None = None
+    keys: tuple[jax.Array, ...] | None = None
+    values: tuple[jax.Array, ...] | None = None
 
 
 def check_inputs(config: ModelConfig, input_ids: Any, token_type_ids: Any = None) -> None:
@@ -125,6 +131,7 @@ class Encoder(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        output_qkv: bool = False,
         num_layers: int | None = None,
         stop_gradient_below: int | None = None,
     ) -> EncoderOutput:
@@ -139,6 +146,7 @@ class Encoder(nn.Module):
           deterministic: disables dropout when True.
           output_hidden_states: also return every block's output.
           output_attentions: also return every layer's scores and probabilities.
+          output_qkv: also return every layer's queries, keys and values.
           num_layers: run only the first `num_layers` blocks (progressive
             transfer stage l runs l blocks); the pooler is skipped when fewer
             than all blocks run.
@@ -162,14 +170,15 @@ class Encoder(nn.Module):
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic, pieces=pieces)
         embedding_output = x
-        hidden, scores, probs = [], [], []
+        hidden, scores, probs, qkv = [], [], [], []
         for i in range(run):
             if stop_gradient_below is not None and i == stop_gradient_below:
                 x = jax.lax.stop_gradient(x)
-            x, s, p = self.layers[i](x, mask, deterministic)
+            x, s, p, layer_qkv = self.layers[i](x, mask, deterministic)
             hidden.append(x)
             scores.append(s)
             probs.append(p)
+            qkv.append(layer_qkv)
         if stop_gradient_below is not None and stop_gradient_below >= run:
             x = jax.lax.stop_gradient(x)
         return EncoderOutput(
@@ -179,4 +188,7 @@ class Encoder(nn.Module):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attention_scores=tuple(scores) if output_attentions else None,
             attention_probs=tuple(probs) if output_attentions else None,
+            queries=tuple(q for q, _, _ in qkv) if output_qkv else None,
+            keys=tuple(k for _, k, _ in qkv) if output_qkv else None,
+            values=tuple(v for _, _, v in qkv) if output_qkv else None,
         )

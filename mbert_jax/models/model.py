@@ -123,6 +123,7 @@ class Model(nn.Module):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        output_qkv: bool = False,
         num_layers: int | None = None,
         stop_gradient_below: int | None = None,
         run_heads: Sequence[str] | None = None,
@@ -143,6 +144,7 @@ class Model(nn.Module):
             deterministic=deterministic,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            output_qkv=output_qkv,
             num_layers=num_layers,
             stop_gradient_below=stop_gradient_below,
         )

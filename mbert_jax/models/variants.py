@@ -67,6 +67,8 @@ VARIANTS: dict[str, dict] = {
     "mobilebert_qat": dict(_MOBILEBERT, hidden_act="relu6"),
     "tinybert4": dict(_BERT, hidden_size=312, num_layers=4, num_heads=12, intermediate_size=1200),
     "tinybert6": dict(_BERT, hidden_size=768, num_layers=6, num_heads=12, intermediate_size=3072),
+    # MiniLM-L6-H384 (Wang et al., 2020; the published 22M model): 12 heads of 32.
+    "minilm6": dict(_BERT, hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
     # DistilBERT: no token-type embeddings, no pooler.
     "distilbert6": dict(
         _BERT,
@@ -120,6 +122,8 @@ MICRO: dict[str, dict] = {
     ),
     "tinybert4": dict(hidden_size=48, num_layers=2, num_heads=4, intermediate_size=192),
     "tinybert6": dict(hidden_size=64, num_layers=3, num_heads=4, intermediate_size=256),
+    # Narrower than bert_base_micro and with other heads (6 of 8): MiniLMv2 needs neither equal.
+    "minilm6": dict(hidden_size=48, num_layers=2, num_heads=6, intermediate_size=192),
     "distilbert6": dict(hidden_size=64, num_layers=3, num_heads=4, intermediate_size=256),
     "albert_base": dict(
         hidden_size=64, num_layers=4, num_heads=4, intermediate_size=256, embedding_size=16
