@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     }
     for name, overrides in streams.items():
         for mode, opts in modes(args.workers):
-            c = config_lib.get_config()
+            c = config_lib.pretraining_data_defaults()
             c.cache_dir = args.cache_dir
             c.global_batch_size = args.batch_size
             c.update(overrides)
@@ -72,11 +72,11 @@ def main(argv=None) -> int:
             )
             rows.append((name, mode, time_iterator(data.train, args.batches)))
             print(f"{name:36s} {mode:24s} {rows[-1][2]:10,.0f} examples/s", flush=True)
-    pre = config_lib.get_config()
+    pre = config_lib.pretraining_data_defaults()
     pre.cache_dir = args.cache_dir
     tok = pipeline.get_tokenizer(pre, log=lambda s: None)
     for mode, opts in modes(0):
-        t = config_lib.get_task_config("stdlib")
+        t = config_lib.task_data_defaults("stdlib")
         t.cache_dir = args.cache_dir
         t.global_batch_size = args.batch_size
         t.update(opts)

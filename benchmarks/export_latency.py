@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from mbert_jax.export.data import synthetic_examples
-from mbert_jax.export.exporter import LoadedModel, export_tflite
+from mbert_jax.export.exporter import LoadedModel, TFLiteOptions, export_tflite
 from mbert_jax.models import Model, param_shapes, variants
 
 MODELS = ("mobilebert", "mobilebert_tiny", "tinybert4")
@@ -138,10 +138,12 @@ def bench_model(name: str, work: Path, seq_len: int, runs: int, threads: tuple[i
         key = mode if builtin_gelu else mode + POLY
         path = work / f"{name}_{key.replace('/', '_')}.tflite"
         t = time.time()
+        options = TFLiteOptions(
+            quantize=mode, seq_len=seq_len, num_verify=8, latency_runs=0, builtin_gelu=builtin_gelu
+        )
         reports[key] = export_tflite(
-            loaded, "classification", path, quantize=mode, seq_len=seq_len,
-            calibration=calibration if mode == "int8" else None, num_verify=8, latency_runs=0,
-            builtin_gelu=builtin_gelu,
+            loaded, "classification", path, options,
+            calibration=calibration if mode == "int8" else None,
         )  # fmt: skip
         files[key] = path
         print(f"  {name} {key}: exported in {time.time() - t:.0f}s", file=sys.stderr)

@@ -22,10 +22,10 @@ def get_config(arg=None):
     config.model = model_block("bert_base")  # unused: the model directory has its config
     config.train.eval_steps = 0  # the whole held-out split
     if arg.task:
-        config.data = data_config.get_task_config(arg.task)
+        config.data = data_config.task_data_defaults(arg.task)
         config.data.global_batch_size = 32
     else:
-        config.data = data_config.get_config()
+        config.data = data_config.pretraining_data_defaults()
         config.data.global_batch_size = 32
         config.data.max_seq_length = 64
         config.data.max_predictions_per_seq = 10

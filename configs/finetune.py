@@ -57,7 +57,7 @@ def get_config(arg=None):
     config = base_config("finetune")
     config.init_from = ""
     config.model = model_block(arg.variant + ("_micro" if arg.runlocal else ""))
-    config.data = data_config.get_task_config(task)
+    config.data = data_config.task_data_defaults(task)
     config.data.global_batch_size = 32
     config.data.max_seq_length = 128
 

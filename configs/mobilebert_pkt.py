@@ -43,7 +43,7 @@ maps drift (`fmt_layer_l` 0.27-0.43: PD does not constrain them). Without
 `teacher=` the teacher is random (a warning says so).
 
 The ablation `sweep` (PKT vs JKT vs AKT; PKT with reduced-rate and same-rate
-lower blocks; `--dry_run` prints the five train commands):
+lower blocks; `--dry-run` prints the five train commands):
 
     mbert-jax sweep --config configs/mobilebert_pkt.py:runlocal,teacher=runs/ibbert_local/model \
         --workdir runs/mobilebert_ablation

@@ -58,7 +58,7 @@ def get_config(arg=None):
     )
     if arg.schedule == "constant":
         config.theseus.replace_steps = 10_000
-    config.data = data_config.get_task_config(task)
+    config.data = data_config.task_data_defaults(task)
     config.data.global_batch_size = 32
     config.data.max_seq_length = 128
 

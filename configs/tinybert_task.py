@@ -85,7 +85,7 @@ def get_config(arg=None):
         mlm_teacher=teacher_block("bert_base" + micro),
         official=arg.official,
     )
-    config.data = data_config.get_task_config(task)
+    config.data = data_config.task_data_defaults(task)
     config.data.global_batch_size = 32
     config.data.max_seq_length = 128
     config.augment.max_seq_length = 128

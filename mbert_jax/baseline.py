@@ -166,7 +166,7 @@ def evaluate(c) -> Result:
     """Naive Bayes trained on the train split of task data config `c`, scored on its dev split.
 
     Args:
-      c: a task data config (`data.get_task_config(task)`, with `data_dir`
+      c: a task data config (`data.task_data_defaults(task)`, with `data_dir`
         for GLUE files); any classification task the data layer reads as
         GLUE TSV (GLUE, `stdlib`, `wordorder`). `c.eval_split` picks the
         scored split (default: the task's dev split).
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default="", help="data.source (default: the task's)")
     parser.add_argument("--eval-split", default="", help="default: the task's dev split")
     args = parser.parse_args(argv)
-    c = data_config.get_task_config(args.task)
+    c = data_config.task_data_defaults(args.task)
     c.data_dir, c.eval_split = args.data_dir, args.eval_split
     c.source = args.source or c.source
     try:

@@ -51,7 +51,7 @@ def test_evaluate_reads_a_task_through_the_data_layer(tmp_path):
     for split, examples in rows.items():
         lines = ["sentence\tlabel"] + [f"{t}\t{y}" for t, y in examples]
         (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
-    c = config_lib.get_task_config("sst2")
+    c = config_lib.task_data_defaults("sst2")
     c.data_dir, c.cache_dir = str(tmp_path), str(tmp_path / "cache")
     r = baseline.evaluate(c)
     assert (r.accuracy, r.train_rows, r.dev_rows) == (1.0, 4, 3)

@@ -66,7 +66,7 @@ def cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory):
     """The embedded corpus's learned vocabulary (2048 tokens), as a vocab.txt."""
-    tok = pipeline.get_tokenizer(data_config.get_config())
+    tok = pipeline.get_tokenizer(data_config.pretraining_data_defaults())
     return tok.save(tmp_path_factory.mktemp("vocab"))
 
 
@@ -148,7 +148,7 @@ def test_a_transformers_directory_is_a_teacher_as_it_is(hf_dirs, cache, vocab, n
     )
     np.testing.assert_array_equal(flat["mlm/output_bias"], state["cls.predictions.bias"].numpy())
     # The data reads the directory's vocabulary.
-    data = teacher_lib.teacher_data_config(data_config.get_config(), path)
+    data = teacher_lib.teacher_data_config(data_config.pretraining_data_defaults(), path)
     assert Path(data.vocab_file).read_text() == Path(vocab).read_text()
     assert data.teacher_vocab_file == data.vocab_file
 
@@ -202,7 +202,7 @@ def test_the_vocabulary_comes_from_tokenizer_json_without_vocab_txt(
     d = resolve.model_dir(src, "config.teacher.path")
     assert io.is_model_dir(d) and io.vocab_path(d) is None
     with pytest.raises(ValueError, match=r"config\.teacher\.path=.*no vocab\.txt"):
-        teacher_lib.teacher_data_config(data_config.get_config(), str(src))
+        teacher_lib.teacher_data_config(data_config.pretraining_data_defaults(), str(src))
 
 
 def test_bad_paths_name_the_field_and_both_forms(hf_dirs, cache, tmp_path):
@@ -244,7 +244,7 @@ def test_init_from_export_and_the_augmentation_read_transformers_directories(hf_
         ].reshape(64, 64),
         state["bert.encoder.layer.0.attention.self.query.weight"].numpy().T,
     )
-    tok = pipeline.get_tokenizer(data_config.get_config())
+    tok = pipeline.get_tokenizer(data_config.pretraining_data_defaults())
     cfg = augment.augment_config(mlm_teacher=teacher_lib.teacher_block(path=path))
     augmenter = augment.build_augmenter(cfg, tok)
     assert augmenter is not None
@@ -283,7 +283,7 @@ def test_distilbert_and_pd_name_the_missing_mlm_head_and_the_way_out(hf_dirs, ca
     with pytest.raises(ValueError, match=r"^config\.augment\.mlm_teacher\.path=.*augmentation"):
         from mbert_jax.distill.tinybert import augment
 
-        tok = pipeline.get_tokenizer(data_config.get_config())
+        tok = pipeline.get_tokenizer(data_config.pretraining_data_defaults())
         augment.build_augmenter(
             augment.augment_config(mlm_teacher=teacher_lib.teacher_block(path=path)), tok
         )
@@ -370,7 +370,9 @@ def test_the_real_minilm_is_a_teacher_as_it_is_and_lacks_an_mlm_head(cache, mini
     assert (teacher.config.hidden_size, teacher.config.num_layers) == (384, 6)
     reference = transformers.BertModel.from_pretrained(path, attn_implementation="eager").eval()
     assert_teacher_matches(teacher, reference, 30522)
-    vocab = teacher_lib.teacher_data_config(data_config.get_config(), str(path)).vocab_file
+    vocab = teacher_lib.teacher_data_config(
+        data_config.pretraining_data_defaults(), str(path)
+    ).vocab_file
     assert Path(vocab).read_text() == (Path(path) / "vocab.txt").read_text()
     with pytest.raises(ValueError, match=r"has heads \[\] but DistilBERT.*fit_mlm_head"):
         distil = load_config_module(f"{ROOT}/configs/distilbert.py")[0].get_config("runlocal")

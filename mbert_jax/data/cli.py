@@ -12,7 +12,7 @@
     mbert-jax data write-wordorder-task DIR
         Write a corpus task's train.tsv / dev.tsv (see corpus_task.py).
 
-`--set key=value` overrides a field of `config.get_config()`; values are
+`--set key=value` overrides a field of `config.pretraining_data_defaults()`; values are
 parsed as the field's type (`--set nsp=false --set max_seq_length=64`).
 """
 
@@ -25,7 +25,7 @@ from mbert_jax.data import corpus_task, default_corpus, pipeline
 
 
 def parse_overrides(pairs: list[str]):
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or key not in c:

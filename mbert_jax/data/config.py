@@ -1,4 +1,7 @@
-"""Data configs: `get_config()` (pretraining / distillation) and `get_task_config()`.
+"""Data configs: `pretraining_data_defaults()` and `task_data_defaults(task)`.
+
+The first is the data block of pretraining and distillation, the second that
+of a downstream task (GLUE, SQuAD, the corpus tasks, the user's own data).
 
 Experiment configs embed one as `config.data` and may override any field.
 `pipeline.build_pretraining_data(config.data, ...)` and
@@ -30,7 +33,7 @@ def _host_fields(c: ml_collections.ConfigDict) -> None:
     c.worker_count = 0  # grain worker processes (0: threads only)
 
 
-def get_config() -> ml_collections.ConfigDict:
+def pretraining_data_defaults() -> ml_collections.ConfigDict:
     """Defaults of the pretraining / distillation data config."""
     c = ml_collections.ConfigDict()
     # Source (see corpus.py): "default" | "text" | "hf" | "tfds".
@@ -75,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     return c
 
 
-def get_task_config(task: str = "mrpc") -> ml_collections.ConfigDict:
+def task_data_defaults(task: str = "mrpc") -> ml_collections.ConfigDict:
     """Defaults of a downstream-task data config (GLUE, SQuAD, the corpus tasks).
 
     Args:
@@ -159,7 +162,7 @@ def _check_host_fields(c) -> None:
 
 
 def validate(c) -> None:
-    """Check a pretraining data config (see `get_config`)."""
+    """Check a pretraining data config (see `pretraining_data_defaults`)."""
     corpus.check_source(c)
     _check_host_fields(c)
     _check(c.max_seq_length >= 8, "max_seq_length", f"must be >= 8, got {c.max_seq_length}")
@@ -184,7 +187,7 @@ def validate(c) -> None:
 
 
 def validate_task(c) -> None:
-    """Check a downstream-task data config (see `get_task_config`)."""
+    """Check a downstream-task data config (see `task_data_defaults`)."""
     _check_host_fields(c)
     _check(c.source in TASK_SOURCES, "source", f"must be one of {TASK_SOURCES}, got {c.source!r}")
     _check(c.on_bad_line in ("error", "skip"), "on_bad_line", "must be 'error' or 'skip'")

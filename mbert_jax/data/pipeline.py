@@ -277,7 +277,7 @@ def build_pretraining_data(
     """Build the training iterator (and eval factory) of data config `c`.
 
     Args:
-      c: the data config (`config.get_config()`, possibly overridden).
+      c: the data config (`config.pretraining_data_defaults()`, possibly overridden).
       process_index, process_count: this host and the number of hosts;
         default `jax.process_index()` / `jax.process_count()`.
       log: where the input summary is printed.

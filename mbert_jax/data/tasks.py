@@ -345,7 +345,7 @@ def read_examples(c, split: str, report: InputReport | None = None) -> list[glue
     """The examples of one split of a GLUE-layout task (GLUE or corpus), as training reads them.
 
     Args:
-      c: the task data config (`config.get_task_config()`); SQuAD is not served.
+      c: the task data config (`config.task_data_defaults()`); SQuAD is not served.
       split: a split of the task (`train`, `dev`, MNLI's `dev_matched`, ...).
       report: where skipped rows are counted (default: a fresh report).
     """
@@ -365,7 +365,7 @@ def build_task_data(
     eval_splits: tuple[str, ...] | None = None,
     log=print,
 ) -> TaskData:
-    """Build the iterators of task data config `c` (`config.get_task_config()`).
+    """Build the iterators of task data config `c` (`config.task_data_defaults()`).
 
     Args:
       c: the task data config.

@@ -61,7 +61,7 @@ class TaskSetup:
             )
         else:
             log.warning("no vocabulary given: using the one learned from the embedded corpus")
-            tokenizer = pipeline.get_tokenizer(data_config_lib.get_config())
+            tokenizer = pipeline.get_tokenizer(data_config_lib.pretraining_data_defaults())
         self.tokenizer = tokenizer
         src = Path(tokenizer.source)
         self.vocab = src / "vocab.txt" if src.is_dir() else src

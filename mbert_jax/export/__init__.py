@@ -1,7 +1,8 @@
 """Export for phones (TFLite: float, fp16, dynamic and full int8) and for transformers.
 
 Entry points: `mbert-jax export` (`cli.main`), or in Python
-`exporter.load_for_export` + `exporter.export_tflite` / `hf.export_hf`;
+`exporter.load_for_export` + `exporter.export_tflite` (settings in
+`exporter.TFLiteOptions`) / `hf.export_hf`;
 `runner.Runner` runs an exported file with its inputs checked.
 Module map: `graph` (the exported JAX function per task), `tflite`
 (conversion, quantization, flatbuffer inspection), `data` (calibration and
@@ -10,7 +11,7 @@ evaluation examples), `verify` (parity, agreement, metric, latency),
 TensorFlow and LiteRT are imported only when an export runs.
 """
 
-from mbert_jax.export.exporter import LoadedModel, export_tflite, load_for_export
+from mbert_jax.export.exporter import LoadedModel, TFLiteOptions, export_tflite, load_for_export
 from mbert_jax.export.runner import InputError, Runner
 from mbert_jax.export.tflite import QUANTIZATIONS, ExportError
 
@@ -20,6 +21,7 @@ __all__ = [
     "InputError",
     "LoadedModel",
     "Runner",
+    "TFLiteOptions",
     "export_tflite",
     "load_for_export",
 ]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mbert_jax.export import graph, tflite
 from mbert_jax.export.data import load_examples
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 from mbert_jax.export.tflite import ExportError
 from mbert_jax.export.transformers import export_hf
 from mbert_jax.models.config import ConfigError
@@ -156,15 +156,9 @@ def run(args) -> list[str]:
             seq_len=args.seq_len,
         )
     threads = tuple(int(t) for t in args.threads.split(",") if t)
-    report = export_tflite(
-        loaded,
-        args.task,
-        args.out,
+    options = TFLiteOptions(
         quantize=args.quantize,
         seq_len=args.seq_len,
-        calibration=calibration,
-        verify_examples=evaluation,
-        verify_source=source,
         num_verify=args.num_verify,
         pooling=args.pooling,
         init_missing_head=args.init_missing_head,
@@ -173,6 +167,15 @@ def run(args) -> list[str]:
         builtin_gelu=not args.no_builtin_gelu,
         threads=threads,
         latency_runs=args.latency_runs,
+    )
+    report = export_tflite(
+        loaded,
+        args.task,
+        args.out,
+        options,
+        calibration=calibration,
+        verify_examples=evaluation,
+        verify_source=source,
     )
     return report.lines()
 

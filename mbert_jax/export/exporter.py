@@ -1,7 +1,8 @@
 """The export API: load a trained model, export it for a task, verify the result.
 
     loaded = load_for_export(path)                 # a model directory
-    report = export_tflite(loaded, "classification", "model.tflite", quantize="int8",
+    report = export_tflite(loaded, "classification", "model.tflite",
+                           TFLiteOptions(quantize="int8", seq_len=128),
                            calibration=examples, verify_examples=dev)
     print("\n".join(report.lines()))
 
@@ -127,24 +128,55 @@ def _check_seq_len(config: ModelConfig, seq_len: int) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class TFLiteOptions:
+    """Settings of a TFLite export (`export_tflite`); the defaults are the CLI's."""
+
+    quantize: str = "none"
+    """none, fp16, dynamic_int8 or int8 (int8 needs `calibration` examples)."""
+
+    seq_len: int = 128
+    """The static input length."""
+
+    num_verify: int = 32
+    """How many unlabelled examples verification uses at most (labelled ones
+    are all used; with no verification examples, this many synthetic inputs)."""
+
+    pooling: str = "mean"
+    """"mean" or "cls" for the embedding task."""
+
+    init_missing_head: bool = False
+    """Export with a fresh head when the model lacks the task's."""
+
+    int8_attention: bool = False
+    """In int8 mode, quantize the attention core too."""
+
+    int8_elementwise: bool = False
+    """In int8 mode, quantize the residual adds and NoNorm too (NoNorm/ReLU
+    models only); with `int8_attention`, an integer-only graph. Costs accuracy
+    (see `tflite`)."""
+
+    builtin_gelu: bool = True
+    """Compute exact GELU with TFLite's `GELU` op (exact erf form; one kernel
+    instead of a ~40-op polynomial); False lowers it to elementwise ops that
+    runtimes older than TFLite 2.9 can run."""
+
+    threads: tuple[int, ...] = (1, 4)
+    """Thread counts to time."""
+
+    latency_runs: int = 20
+    """Runs per timing (0: no timing)."""
+
+
 def export_tflite(
     loaded: LoadedModel,
     task: str,
     out: str | os.PathLike,
+    options: TFLiteOptions = TFLiteOptions(),
     *,
-    quantize: str = "none",
-    seq_len: int = 128,
     calibration: Examples | None = None,
     verify_examples: Examples | None = None,
     verify_source: str = "held-out data",
-    num_verify: int = 32,
-    pooling: str = "mean",
-    init_missing_head: bool = False,
-    int8_attention: bool = False,
-    int8_elementwise: bool = False,
-    builtin_gelu: bool = True,
-    threads: tuple[int, ...] = (1, 4),
-    latency_runs: int = 20,
 ) -> verify.Report:
     """Export `loaded` for `task` to a TFLite file at `out`, then verify it.
 
@@ -152,24 +184,11 @@ def export_tflite(
       loaded: from `load_for_export`.
       task: classification, token_classification, qa, mlm or embedding.
       out: the .tflite path (written atomically; nothing is written on error).
-      quantize: none, fp16, dynamic_int8 or int8.
-      seq_len: the static input length.
+      options: the export's settings (quantization, sequence length, ...).
       calibration: representative examples for int8 (all of them are used).
       verify_examples: held-out examples for verification (with labels, the
-        task metric is reported); None: `num_verify` synthetic inputs.
+        task metric is reported); None: `options.num_verify` synthetic inputs.
       verify_source: what `verify_examples` are, for the report.
-      num_verify: how many unlabelled examples verification uses at most
-        (labelled ones are all used).
-      pooling: "mean" or "cls" for the embedding task.
-      init_missing_head: export with a fresh head when the model lacks the task's.
-      int8_attention: in int8 mode, quantize the attention core too.
-      int8_elementwise: in int8 mode, quantize the residual adds and NoNorm
-        too (NoNorm/ReLU models only); with `int8_attention`, an
-        integer-only graph. Costs accuracy (see `tflite`).
-      builtin_gelu: compute exact GELU with TFLite's `GELU` op (exact erf
-        form; one kernel instead of a ~40-op polynomial); False lowers it to
-        elementwise ops that runtimes older than TFLite 2.9 can run.
-      threads: thread counts to time; latency_runs: runs per timing (0: none).
 
     Returns:
       The verification `Report`.
@@ -178,6 +197,9 @@ def export_tflite(
       ExportError: bad task / quantization / sequence length / calibration
         set, a missing head, or a graph that needs non-builtin ops.
     """
+    quantize, seq_len, pooling = options.quantize, options.seq_len, options.pooling
+    int8_attention, int8_elementwise = options.int8_attention, options.int8_elementwise
+    num_verify = options.num_verify
     config = loaded.config
     if quantize not in tflite.QUANTIZATIONS:
         raise ExportError(
@@ -193,7 +215,7 @@ def export_tflite(
         )
     if (int8_attention or int8_elementwise) and quantize != "int8":
         raise ExportError("--int8-attention / --int8-elementwise apply to --quantize int8 only")
-    heads, params = params_for_task(loaded, task, init_missing_head=init_missing_head)
+    heads, params = params_for_task(loaded, task, init_missing_head=options.init_missing_head)
     representative = None
     if quantize == "int8":
         if calibration is None:
@@ -224,7 +246,7 @@ def export_tflite(
         )
 
     def make() -> bytes:
-        traced = graph.builtin_gelu_config(config) if builtin_gelu else config
+        traced = graph.builtin_gelu_config(config) if options.builtin_gelu else config
         if traced is config:
             flatbuffer = convert(config)
         else:
@@ -276,8 +298,8 @@ def export_tflite(
         reference=reference,
         examples=examples,
         source=verify_source,
-        threads=threads if latency_runs > 0 else (),
-        latency_runs=latency_runs,
+        threads=options.threads if options.latency_runs > 0 else (),
+        latency_runs=options.latency_runs,
         ops=dict(tflite.builtin_ops(flatbuffer)),
         label_names=config.label_names,
     )

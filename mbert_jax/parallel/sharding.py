@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mbert_jax.models import layers
+from mbert_jax.tree import path_name
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def tree_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
         if isinstance(leaf, nn.Partitioned):
             value = leaf.value
             return logical_to_sharding(
-                PartitionSpec(*leaf.names), value.shape, mesh, rules, jax.tree_util.keystr(path)
+                PartitionSpec(*leaf.names), value.shape, mesh, rules, path_name(path)
             )
         return NamedSharding(mesh, PartitionSpec())
 

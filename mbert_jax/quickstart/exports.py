@@ -43,7 +43,7 @@ def export_all(
 
     `seq_len_of(task)` is the exported input length (default `q.export_seq_len`).
     """
-    from mbert_jax.export.exporter import export_tflite, load_for_export
+    from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 
     out_dir = workdir / "export"
     out_dir.mkdir(exist_ok=True)
@@ -66,14 +66,12 @@ def export_all(
                 load_for_export(model_dir),
                 "classification",
                 path,
-                quantize=quantize,
-                seq_len=seq_len,
+                TFLiteOptions(quantize=quantize, seq_len=seq_len, threads=(1,)),
                 calibration=calibration,
                 verify_examples=task_examples(
                     model_dir, task, seq_len, "dev", q.get("export_dev_rows") or None
                 ),
                 verify_source=f"{task} dev split",
-                threads=(1,),
             )
             print("\n".join(report.lines()), flush=True)
             done[key] = {

@@ -227,7 +227,7 @@ def baselines(q, workdir: Path) -> dict:
     done = json.loads(path.read_text()) if path.is_file() else {}
     for task in q.tasks:
         if task not in done:
-            r = baseline.evaluate(data_config.get_task_config(task))
+            r = baseline.evaluate(data_config.task_data_defaults(task))
             done[task] = {"accuracy": r.accuracy, "stderr": r.stderr, "dev_rows": r.dev_rows}
             path.write_text(json.dumps(done, indent=2) + "\n")
     return done

@@ -44,7 +44,9 @@ def pretraining_data_config(kind: str, **fields) -> ml_collections.ConfigDict:
 
     if kind not in ("default", "synthetic"):
         raise ValueError(f"config option data={kind!r}: use data=default or data=synthetic")
-    cfg = synthetic_data_config() if kind == "synthetic" else data_config.get_config()
+    cfg = (
+        synthetic_data_config() if kind == "synthetic" else data_config.pretraining_data_defaults()
+    )
     cfg.update(fields)
     return cfg
 

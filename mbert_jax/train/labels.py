@@ -17,25 +17,12 @@ from typing import Any
 
 import jax
 
+from mbert_jax.tree import path_name
+
 FROZEN = "frozen"
 
 Rule = float | None
 Rules = Sequence[tuple[str, Rule]]
-
-
-def path_str(path) -> str:
-    """'/'-joined names of a pytree key path."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def label_of(rule: Rule) -> str:
@@ -63,7 +50,7 @@ def make_labels(params: Any, rules: Rules) -> Any:
     unmatched = []
 
     def one(path, _):
-        name = path_str(path)
+        name = path_name(path)
         for i, (pattern, rule) in enumerate(compiled):
             if pattern.fullmatch(name):
                 used[i] = True

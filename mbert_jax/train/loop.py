@@ -39,6 +39,7 @@ from mbert_jax.train.labels import make_labels, trained_fraction
 from mbert_jax.train.optimizers import make_optimizer
 from mbert_jax.train.recipe import Recipe, Stage
 from mbert_jax.train.step import TrainState, make_eval_step, make_train_step
+from mbert_jax.tree import flat
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +211,7 @@ class Trainer:
         for who, tree in (("the model", boxed), ("the teacher", teacher)):
             if tree is None:
                 continue
-            leaves = jax.tree_util.tree_flatten_with_path(sharding_lib.unbox(tree))[0]
-            for path, leaf in leaves:
-                name = "/".join(str(getattr(k, "key", k)) for k in path)
+            for name, leaf in flat(sharding_lib.unbox(tree)).items():
                 if "position_embeddings" in name and length > leaf.shape[0]:
                     raise ValueError(
                         f"config.data.max_seq_length={length} is longer than {who}'s "

@@ -12,7 +12,7 @@ from mbert_jax.data import config as config_lib
 def text_config(tmp_path):
     """A pretraining data config over a small text corpus, with a learned vocabulary."""
     corpus = write_text_corpus(tmp_path / "text", repeat=6)
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     c.source = "text"
     c.text_files = str(corpus)
     c.cache_dir = str(tmp_path / "cache")

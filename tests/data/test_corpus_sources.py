@@ -15,7 +15,7 @@ from mbert_jax.data.report import InputReport
 
 
 def cfg(**kw):
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     c.source = "text"
     c.sentence_split = False
     for k, v in kw.items():

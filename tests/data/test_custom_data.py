@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mbert_jax.data import DataConfigError, build_task_data, get_task_config
+from mbert_jax.data import DataConfigError, build_task_data, task_data_defaults
 from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tables import read_table
@@ -25,7 +25,7 @@ def tokenizer():
 
 
 def config(tmp_path, train, dev, **fields):
-    c = get_task_config("custom")
+    c = task_data_defaults("custom")
     c.train_file, c.eval_file = str(train), str(dev)
     c.cache_dir = str(tmp_path / "cache")
     c.max_seq_length = 16

@@ -9,7 +9,7 @@ from mbert_jax.data import corpus, tasks
 
 
 def test_defaults_validate():
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     config_lib.validate(c)
     assert (c.source, c.max_seq_length, c.max_predictions_per_seq, c.masked_lm_prob) == (
         "default", 128, 20, 0.15,
@@ -17,11 +17,11 @@ def test_defaults_validate():
     assert c.lowercase is None and c.nsp and not c.packing
     c.lowercase = True  # a None field takes a bool once set
     for name in tasks.TASK_NAMES:
-        t = config_lib.get_task_config(name)
+        t = config_lib.task_data_defaults(name)
         config_lib.validate_task(t)
-    assert config_lib.get_task_config("squad_v2").source == "json"
-    assert config_lib.get_task_config("stdlib").source == "corpus"
-    assert config_lib.get_task_config("wordorder").source == "corpus"
+    assert config_lib.task_data_defaults("squad_v2").source == "json"
+    assert config_lib.task_data_defaults("stdlib").source == "corpus"
+    assert config_lib.task_data_defaults("wordorder").source == "corpus"
 
 
 @pytest.mark.parametrize(
@@ -37,14 +37,14 @@ def test_defaults_validate():
     ],
 )
 def test_bad_values_name_the_field(field, value, message):
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     c[field] = value
     with pytest.raises(config_lib.DataConfigError, match=message):
         config_lib.validate(c)
 
 
 def test_bad_source_settings():
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     c.source = "s3"
     with pytest.raises(corpus.CorpusError, match="valid sources: default, text, hf, tfds"):
         config_lib.validate(c)
@@ -57,15 +57,15 @@ def test_bad_source_settings():
 
 
 def test_task_config_errors():
-    t = config_lib.get_task_config("squad_v1")
+    t = config_lib.task_data_defaults("squad_v1")
     t.max_query_length = 200
     with pytest.raises(config_lib.DataConfigError, match="data.max_query_length"):
         config_lib.validate_task(t)
-    t = config_lib.get_task_config("rte")
+    t = config_lib.task_data_defaults("rte")
     t.on_bad_line = "ignore"
     with pytest.raises(config_lib.DataConfigError, match="data.on_bad_line"):
         config_lib.validate_task(t)
-    t = config_lib.get_task_config("sst2")
+    t = config_lib.task_data_defaults("sst2")
     t.source = "corpus"
     with pytest.raises(config_lib.DataConfigError, match="source 'tsv' or 'hf'"):
         tasks.read_examples(t, "dev")

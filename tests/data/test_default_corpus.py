@@ -87,7 +87,7 @@ def test_corpus_is_large_clean_and_deterministic():
 
 @pytest.mark.slow
 def test_default_source_end_to_end(tmp_path):
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     c.cache_dir = str(tmp_path)
     c.global_batch_size = 16
     c.num_threads = 0
@@ -115,10 +115,10 @@ def test_stdlib_task_is_balanced_split_by_document_and_readable(tmp_path):
     dev = glue.read_split(corpus_task.get("stdlib").task, d, "dev", report)
     assert [(e.text_a, corpus_task.PACKAGES[e.label]) for e in dev] == built["dev"]
 
-    c = config_lib.get_task_config("stdlib")
+    c = config_lib.task_data_defaults("stdlib")
     c.cache_dir = str(tmp_path / "cache")
     c.num_threads = 0
-    pre = config_lib.get_config()
+    pre = config_lib.pretraining_data_defaults()
     pre.cache_dir = c.cache_dir
     tok = pipeline.get_tokenizer(pre, log=lambda s: None)
     data = tasks.build_task_data(
@@ -178,7 +178,7 @@ def test_wordorder_task_keeps_the_bag_of_words_and_splits_by_document(tmp_path):
     train_docs = {document[s] for s in sources["train"]}
     assert not train_docs & {document[s] for s in sources["dev"]}
 
-    c = config_lib.get_task_config("wordorder")
+    c = config_lib.task_data_defaults("wordorder")
     c.cache_dir = str(tmp_path)
     dev = tasks.read_examples(c, "dev")
     assert [(e.text_a, ("original", "swapped")[e.label]) for e in dev] == built["dev"]

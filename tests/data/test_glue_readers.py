@@ -203,7 +203,7 @@ def mrpc_dir(tmp_path, n_dev=5):
 
 
 def task_config(tmp_path, d, task="mrpc"):
-    c = config_lib.get_task_config(task)
+    c = config_lib.task_data_defaults(task)
     c.data_dir = str(d)
     c.cache_dir = str(tmp_path / "cache")
     c.max_seq_length = 24

@@ -100,7 +100,7 @@ def test_attention_stays_inside_pieces(tmp_path):
 
 
 def test_packing_with_nsp_is_a_config_error():
-    c = config_lib.get_config()
+    c = config_lib.pretraining_data_defaults()
     c.packing = True
     with pytest.raises(config_lib.DataConfigError, match="packing needs nsp=False"):
         config_lib.validate(c)

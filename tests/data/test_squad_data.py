@@ -195,7 +195,7 @@ def test_squad_task_end_to_end(tmp_path, tok):
     d.mkdir()
     write_json(d / "train-v2.0.json", squad_json("2.0", impossible=["q4"]))
     write_json(d / "dev-v2.0.json", squad_json("2.0", impossible=["q4"]))
-    c = config_lib.get_task_config("squad_v2")
+    c = config_lib.task_data_defaults("squad_v2")
     c.data_dir, c.cache_dir = str(d), str(tmp_path / "cache")
     c.max_seq_length, c.doc_stride, c.max_query_length = 24, 5, 8
     c.global_batch_size, c.num_threads = 4, 0

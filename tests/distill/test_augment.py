@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from mbert_jax.data import build_task_data, get_task_config, glue
+from mbert_jax.data import build_task_data, glue, task_data_defaults
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tables import Table
 from mbert_jax.data.tokenizer import WordPieceTokenizer
@@ -196,7 +196,7 @@ def test_command_line_writes_the_augmented_directory(parts, tmp_path):
 
 # ------------------------------------------------------------------ your own data
 def custom_config(tmp_path, train, **fields):
-    c = get_task_config("custom")
+    c = task_data_defaults("custom")
     c.train_file, c.eval_file = str(train), str(train)
     c.cache_dir = str(tmp_path / "cache")
     c.max_seq_length = 16
@@ -275,7 +275,7 @@ def test_class_label_ids_are_written_as_their_names():
         ["ds[validation] row 0", "ds[validation] row 1"],
         {"label": types.SimpleNamespace(names=["neg", "pos"])},
     )
-    c = get_task_config("custom")
+    c = task_data_defaults("custom")
     rows, names = augment_custom._sequence_rows(
         table, c, None, split="dev", n=1, p=1.0, seed=0, max_examples=0, augment=False
     )
@@ -306,7 +306,7 @@ def test_custom_augmented_config_is_cached_and_reads_as_the_original(parts, tmp_
     monkeypatch.setattr(augment, "build_augmenter", no_rebuild)
     assert augment.augmented_data_config(c, block, tok).train_file == out.train_file
     with pytest.raises(ValueError, match="config.augment.enabled=True: .*squad_v1"):
-        augment.augmented_data_config(get_task_config("squad_v1"), block, tok)
+        augment.augmented_data_config(task_data_defaults("squad_v1"), block, tok)
 
 
 def test_command_line_augments_a_custom_file(parts, tmp_path):

@@ -68,7 +68,7 @@ def test_errors_name_the_config_field(stored):
     with pytest.raises(ValueError, match=r"config\.teacher\.overrides\.dtype"):
         teacher_lib.read_config(both)
     with pytest.raises(ValueError, match=r"config\.teacher\.path=.*not a model directory"):
-        teacher_lib.teacher_data_config(data_config.get_config(), str(d / "missing"))
+        teacher_lib.teacher_data_config(data_config.pretraining_data_defaults(), str(d / "missing"))
 
 
 def test_a_random_teacher_is_drawn_on_the_host_even_inside_the_trainers_mesh(caplog):

@@ -214,7 +214,7 @@ def test_runlocal_through_the_cli_freezes_all_but_the_successor_layers(tmp_path)
     from mbert_jax.data import config as data_config
     from mbert_jax.data import pipeline
 
-    tok = pipeline.get_tokenizer(data_config.get_config())
+    tok = pipeline.get_tokenizer(data_config.pretraining_data_defaults())
     vocab = tok.save(tmp_path / "vocab")
     cfg = variants.get("bert_base_micro", vocab_size=tok.vocab_size, num_labels=6)
     pred_model = Model(cfg, heads=("classifier",))

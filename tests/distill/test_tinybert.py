@@ -213,7 +213,7 @@ def test_general_then_task_distillation_through_the_cli(tmp_path):
     from mbert_jax.data import config as data_config
     from mbert_jax.data import pipeline
 
-    tok = pipeline.get_tokenizer(data_config.get_config())
+    tok = pipeline.get_tokenizer(data_config.pretraining_data_defaults())
     vocab = tok.save(tmp_path / "vocab")
     cfg = variants.get("bert_base_micro", vocab_size=tok.vocab_size)
     bert = Model(cfg, heads=("mlm",))

@@ -11,7 +11,7 @@ import pytest
 from export_helpers import SEQ_LEN, make_model_dir
 
 from mbert_jax.export import cli, tflite
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 from mbert_jax.export.tflite import ExportError
 
 
@@ -97,7 +97,9 @@ def test_unknown_quantization_is_rejected(model_dirs, tmp_path, capsys):
     assert e.value.code == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
     with pytest.raises(ExportError, match="unknown quantization 'int4'; valid modes: none, fp16"):
-        export_tflite(load_for_export(directory), "classification", out, quantize="int4")
+        export_tflite(
+            load_for_export(directory), "classification", out, TFLiteOptions(quantize="int4")
+        )
     assert_nothing_written(out)
 
 

@@ -29,7 +29,7 @@ from export_helpers import (
 
 from mbert_jax.export import cli, graph, tflite
 from mbert_jax.export.data import Examples
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 
 # What exact GELU leaves when the converter expands erf (its polynomial has
 # ABS and EXP); a tanh form that was not fused would leave TANH ops.
@@ -49,12 +49,11 @@ def gelu_dirs(model_dirs, tmp_path_factory):
 
 
 def export(directory, task, path, quantize="none", config=None, **kw):
+    calibration = None
     if quantize == "int8":
-        kw["calibration"] = Examples(*padded_inputs(config, n=16, seed=3).values())
-    export_tflite(
-        load_for_export(directory), task, path, quantize=quantize, seq_len=SEQ_LEN,
-        latency_runs=0, num_verify=4, **kw,
-    )  # fmt: skip
+        calibration = Examples(*padded_inputs(config, n=16, seed=3).values())
+    options = TFLiteOptions(quantize=quantize, seq_len=SEQ_LEN, latency_runs=0, num_verify=4, **kw)
+    export_tflite(load_for_export(directory), task, path, options, calibration=calibration)
     flatbuffer = path.read_bytes()
     assert tflite.custom_ops(flatbuffer) == []
     return flatbuffer

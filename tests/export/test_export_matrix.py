@@ -24,14 +24,15 @@ from export_helpers import SEQ_LEN, VARIANTS, expected, padded_inputs, run_file
 
 from mbert_jax.export import cli, graph, tflite
 from mbert_jax.export.data import Examples
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 
 
 def _export(directory, task, path, quantize, config):
     cal = padded_inputs(config, n=16, seed=3)
     export_tflite(
-        load_for_export(directory), task, path, quantize=quantize, seq_len=SEQ_LEN,
-        calibration=Examples(*cal.values()), latency_runs=0, num_verify=4,
+        load_for_export(directory), task, path,
+        TFLiteOptions(quantize=quantize, seq_len=SEQ_LEN, latency_runs=0, num_verify=4),
+        calibration=Examples(*cal.values()),
     )  # fmt: skip
     flatbuffer = path.read_bytes()
     assert tflite.custom_ops(flatbuffer) == []

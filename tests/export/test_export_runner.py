@@ -14,7 +14,7 @@ from export_helpers import SEQ_LEN, padded_inputs, run_file
 
 from mbert_jax.export import QUANTIZATIONS, InputError, Runner, tflite
 from mbert_jax.export.data import Examples, check_examples
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 from mbert_jax.export.tflite import ExportError
 
 
@@ -29,9 +29,9 @@ def files(model_dirs, tmp_path_factory):
     for quantize in QUANTIZATIONS:
         path = root / f"{quantize}.tflite"
         export_tflite(
-            loaded, "classification", path, quantize=quantize, seq_len=SEQ_LEN,
-            calibration=calibration if quantize == "int8" else None, num_verify=2,
-            latency_runs=0,
+            loaded, "classification", path,
+            TFLiteOptions(quantize=quantize, seq_len=SEQ_LEN, num_verify=2, latency_runs=0),
+            calibration=calibration if quantize == "int8" else None,
         )  # fmt: skip
         out[quantize] = path.read_bytes()
     return config, out

@@ -17,7 +17,7 @@ from export_helpers import make_model_dir, run_file
 
 from mbert_jax.export import cli, tflite
 from mbert_jax.export.data import load_examples
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 from mbert_jax.export.tflite import ExportError
 from mbert_jax.models import Model, hf
 
@@ -119,8 +119,8 @@ def test_float_export_is_verified_and_its_metadata_names_the_tags(tmp_path, tagg
     examples = read(dev)
     out = tmp_path / "tagger.tflite"
     report = export_tflite(
-        load_for_export(directory), "token_classification", out, seq_len=SEQ,
-        verify_examples=examples, latency_runs=0,
+        load_for_export(directory), "token_classification", out,
+        TFLiteOptions(seq_len=SEQ, latency_runs=0), verify_examples=examples,
     )  # fmt: skip
     assert report.max_abs_diff <= 1e-4 and report.agreement == 1.0
     flatbuffer = out.read_bytes()

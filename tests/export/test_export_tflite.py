@@ -21,7 +21,7 @@ from export_helpers import (
 )
 
 from mbert_jax.export import graph, tflite
-from mbert_jax.export.exporter import export_tflite, load_for_export
+from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 
 # A LayerNorm's statistics lower to SUM (the mean) and RSQRT (the variance);
 # the exact (erf) GELU to the builtin GELU op (or, with builtin_gelu=False, to
@@ -30,10 +30,11 @@ LAYER_NORM_OPS = {"MEAN", "SUM", "RSQRT", "SQUARED_DIFFERENCE"}
 GELU_OPS = {"GELU", "ABS", "EXP"}
 
 
-def export(model_dir, task, path, quantize="none", **kw):
+def export(model_dir, task, path, quantize="none", calibration=None, **kw):
     kw.setdefault("latency_runs", 0)
     kw.setdefault("seq_len", SEQ_LEN)
-    report = export_tflite(load_for_export(model_dir), task, path, quantize=quantize, **kw)
+    options = TFLiteOptions(quantize=quantize, **kw)
+    report = export_tflite(load_for_export(model_dir), task, path, options, calibration=calibration)
     return path.read_bytes(), report
 
 

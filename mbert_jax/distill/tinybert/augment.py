@@ -316,7 +316,7 @@ def augmented_task_dir(data_config, augment_cfg, tokenizer: WordPieceTokenizer) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mbert_jax.data import get_task_config, load_tokenizer
+    from mbert_jax.data import load_tokenizer, task_data_defaults
     from mbert_jax.models import io
 
     parser = argparse.ArgumentParser(prog="mbert-jax augment", description=__doc__.split("\n")[0])
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.task.startswith("squad"):
         parser.error(f"--task {args.task}: replacing words would move the answers' spans")
-    data = get_task_config(args.task)
+    data = task_data_defaults(args.task)
     augmenter = build_augmenter(cfg, load_tokenizer(vocab))
     out = Path(args.output_dir)
     settings = dict(n=args.n, p=args.p, seed=args.seed)
