@@ -287,3 +287,24 @@ def test_from_dict_takes_json_lists():
     )
     assert config.layer_heads == (1, 3)
     hash(config)
+
+
+def test_a_model_pruned_to_one_shape_per_layer_exports_to_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    config = variants.get("bert_base_micro", num_labels=3)
+    params = random_params(config, seed=9)
+    keep = [1, 2, 4]
+    neurons = {i: list(range(3, 200, 3)) for i in keep}  # 66 of 256 in every kept block
+    small_config, small = prune(config, params, keep_neurons=neurons, keep_layers=keep)
+    assert small_config.intermediate_size == 66 and small_config.num_layers == 3
+    hf.save_hf(tmp_path / "hf", small_config, ("classifier",), small)
+    ref_model = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert ref_model.config.num_hidden_layers == 3 and ref_model.config.intermediate_size == 66
+    ids, mask = inputs(config)
+    with torch.no_grad():
+        ref = ref_model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+        ).logits.numpy()
+    np.testing.assert_allclose(forward(small_config)(small, ids, mask).logits, ref, atol=1e-5)
