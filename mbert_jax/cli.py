@@ -14,7 +14,7 @@ from mbert_jax import host_memory
 
 
 def describe_main(argv: list[str]) -> int:
-    from mbert_jax.models import summary, variants
+    from mbert_jax.models import io, summary, variants
 
     parser = argparse.ArgumentParser(
         prog="mbert-jax describe",
@@ -23,7 +23,10 @@ def describe_main(argv: list[str]) -> int:
         "e.g. a student fitted to its teacher).",
     )
     parser.add_argument(
-        "variants", nargs="*", help=f"one or more of: {', '.join(variants.names())}"
+        "variants",
+        nargs="*",
+        help="model directories (e.g. a pruned model's) or variant names, one or more of: "
+        f"{', '.join(variants.names())}",
     )
     parser.add_argument("--all", action="store_true", help="describe every full-size variant")
     parser.add_argument(
@@ -38,6 +41,9 @@ def describe_main(argv: list[str]) -> int:
     models = []
     for name in names:
         try:
+            if io.is_model_dir(name):
+                models.append((name, io.load_config(name)[0]))
+                continue
             models.append((name, variants.get(name)))
         except ValueError as e:
             parser.error(str(e))

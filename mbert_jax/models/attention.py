@@ -35,7 +35,7 @@ def make_attention_mask(attention_mask: jax.Array) -> jax.Array:
 
 
 class SelfAttention(nn.Module):
-    """Scaled dot-product attention over `num_heads` heads of width `head_dim`.
+    """Scaled dot-product attention over `heads` heads (default `num_heads`) of width `head_dim`.
 
     Returns the context [batch, length, heads, head_dim], the masked scaled
     scores [batch, heads, query, key], the probabilities (same shape) and the
@@ -44,6 +44,7 @@ class SelfAttention(nn.Module):
 
     config: ModelConfig
     input_names: tuple[str, str, str]  # logical width names of the q, k, v inputs
+    heads: int | None = None  # a pruned block's head count (None: config.num_heads)
 
     @nn.compact
     def __call__(
@@ -55,7 +56,8 @@ class SelfAttention(nn.Module):
         deterministic: bool = True,
     ) -> tuple[jax.Array, jax.Array, jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
         cfg = self.config
-        heads, head_dim = cfg.num_heads, cfg.head_dim
+        heads = cfg.num_heads if self.heads is None else self.heads
+        head_dim = cfg.head_dim
         q_name, k_name, v_name = self.input_names
 
         def project(x, width_name, name):

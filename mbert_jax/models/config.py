@@ -55,6 +55,13 @@ class ModelConfig:
     t+1, t, t-1 are concatenated (3E) and projected to B (MobileBERT); with
     `"dense"` they are projected E -> B (ALBERT); with `"none"` E must equal B.
 
+    Per-layer structure (structured pruning, `mbert_jax/prune`): `layer_heads`
+    is the number of attention heads each block keeps (1..num_heads; a block
+    cannot keep 0 heads: drop the whole block with a smaller `num_layers`),
+    `layer_intermediate_sizes` each block's FFN width. None: every block has
+    `num_heads` / `intermediate_size`. The head width stays `head_dim`
+    (`inner_size // num_heads`) when heads are removed.
+
     `attention_mask_value`: the logit given to masked keys. `None` means a
     large negative (masked keys get zero weight, as in BERT and transformers);
     the official MobileBERT code uses -6.0 (quantization friendly), which
@@ -100,10 +107,15 @@ class ModelConfig:
     # activations (see `matmul.py`).
     matmul_dtype: str | None = None
     remat: bool = False  # rematerialize each block in the backward pass.
+    # Per-layer structure of a pruned model (None: every block the same).
+    layer_heads: tuple[int, ...] | None = None
+    layer_intermediate_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if isinstance(self.label_names, list):  # JSON gives lists; the config must hash
-            object.__setattr__(self, "label_names", tuple(self.label_names))
+        # JSON gives lists; the config must hash.
+        for name in ("label_names", "layer_heads", "layer_intermediate_sizes"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
     # ------------------------------------------------------------------ derived
@@ -120,6 +132,18 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.inner_size // self.num_heads
+
+    def heads_at(self, layer: int | None) -> int:
+        """Attention heads of block `layer` (None: a block shared by every layer)."""
+        return (
+            self.num_heads if self.layer_heads is None or layer is None else self.layer_heads[layer]
+        )
+
+    def intermediate_size_at(self, layer: int | None) -> int:
+        """FFN width of block `layer` (None: a block shared by every layer)."""
+        if self.layer_intermediate_sizes is None or layer is None:
+            return self.intermediate_size
+        return self.layer_intermediate_sizes[layer]
 
     @property
     def mlm_transform_size(self) -> int:
@@ -274,8 +298,44 @@ class ModelConfig:
             if len(set(names)) != len(names):
                 repeated = sorted({n for n in names if names.count(n) > 1})
                 fail("label_names", f"repeats {repeated}; each label needs its own name")
+        self._validate_per_layer(fail)
         if self.attention_mask_value is not None and self.attention_mask_value > 0:
             fail(
                 "attention_mask_value",
                 f"must be negative (or None for a large negative), got {self.attention_mask_value}",
             )
+
+    def _validate_per_layer(self, fail) -> None:
+        for name, low, high, what in (
+            ("layer_heads", 1, self.num_heads, f"1..num_heads={self.num_heads}"),
+            ("layer_intermediate_sizes", 1, None, ">= 1"),
+        ):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            if not isinstance(values, tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in values
+            ):
+                fail(name, f"must be None or a tuple of integers, got {values!r}")
+            if len(values) != self.num_layers:
+                fail(
+                    name,
+                    f"has {len(values)} entries but num_layers is {self.num_layers}; give one "
+                    "per block (or None for every block the same)",
+                )
+            bad = [v for v in values if v < low or (high is not None and v > high)]
+            if bad:
+                hint = (
+                    "; a block cannot keep 0 heads: drop the block instead (a smaller "
+                    "num_layers, `prune(keep_layers=...)`)"
+                    if name == "layer_heads" and min(bad) < 1
+                    else ""
+                )
+                fail(name, f"has {bad}, each must be in {what}{hint}")
+            if self.layer_sharing != "none":
+                fail(
+                    name,
+                    f"cannot be combined with layer_sharing={self.layer_sharing!r} (one block "
+                    "shared by every layer has one shape); set layer_sharing='none' or "
+                    f"{name}=None",
+                )

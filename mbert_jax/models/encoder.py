@@ -16,6 +16,7 @@ costs nothing (XLA removes what is not returned).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -106,8 +107,8 @@ class Encoder(nn.Module):
             shared_ffn = self.shared_ffn = FFNPart(cfg)
         block = nn.remat(Block, static_argnums=(3,)) if cfg.remat else Block
         self.layers = [
-            block(cfg, shared_attention=shared_attention, shared_ffn=shared_ffn)
-            for _ in range(cfg.num_layers)
+            block(cfg, shared_attention=shared_attention, shared_ffn=shared_ffn, layer=i)
+            for i in range(cfg.num_layers)
         ]
         if cfg.use_pooler:
             self.pooler = layers.dense(cfg, cfg.hidden_size, (EMBED_IN, EMBED), name="pooler")
@@ -134,6 +135,8 @@ class Encoder(nn.Module):
         output_qkv: bool = False,
         num_layers: int | None = None,
         stop_gradient_below: int | None = None,
+        head_gates: Sequence[jax.Array] | None = None,
+        neuron_gates: Sequence[jax.Array] | None = None,
     ) -> EncoderOutput:
         """Runs the encoder.
 
@@ -153,6 +156,11 @@ class Encoder(nn.Module):
           stop_gradient_below: no gradient flows into blocks below this index
             (nor the embeddings): the input of block `stop_gradient_below` is
             a `stop_gradient`.
+          head_gates: per block, a [heads] multiplier of each head's context
+            (structured pruning: 0 removes a head, the gradient at 1 is its
+            importance); None: no gates.
+          neuron_gates: per block, a [width] (or [num_feedforward_networks,
+            width]) multiplier of each FFN neuron's activation; None: no gates.
 
         Returns:
           An `EncoderOutput`.
@@ -167,6 +175,9 @@ class Encoder(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         mask = make_attention_mask(attention_mask)
+        for name, gates in (("head_gates", head_gates), ("neuron_gates", neuron_gates)):
+            if gates is not None and len(gates) != cfg.num_layers:
+                raise ValueError(f"{name} has {len(gates)} entries for {cfg.num_layers} blocks")
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, deterministic, pieces=pieces)
         embedding_output = x
@@ -174,7 +185,13 @@ class Encoder(nn.Module):
         for i in range(run):
             if stop_gradient_below is not None and i == stop_gradient_below:
                 x = jax.lax.stop_gradient(x)
-            x, s, p, layer_qkv = self.layers[i](x, mask, deterministic)
+            x, s, p, layer_qkv = self.layers[i](
+                x,
+                mask,
+                deterministic,
+                None if head_gates is None else head_gates[i],
+                None if neuron_gates is None else neuron_gates[i],
+            )
             hidden.append(x)
             scores.append(s)
             probs.append(p)

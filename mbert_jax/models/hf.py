@@ -281,6 +281,14 @@ def check_expressible(
         )
     if config.layer_sharing != "none":
         _fail("layer_sharing", f"{config.layer_sharing!r}: transformers' {model_type} has none")
+    for field in ("layer_heads", "layer_intermediate_sizes"):
+        if getattr(config, field) is not None:
+            _fail(
+                field,
+                f"{getattr(config, field)}: transformers' {model_type} gives every layer the same "
+                "heads and FFN width (transformers 5 dropped prune_heads), so a model pruned "
+                "per layer cannot be exported; export it as a model directory or TFLite",
+            )
     if config.type_vocab_size < 1:
         _fail("type_vocab_size", f"must be >= 1 in transformers' {model_type}")
     if model_type == "bert":

@@ -127,6 +127,8 @@ class Model(nn.Module):
         num_layers: int | None = None,
         stop_gradient_below: int | None = None,
         run_heads: Sequence[str] | None = None,
+        head_gates: Sequence[jax.Array] | None = None,
+        neuron_gates: Sequence[jax.Array] | None = None,
     ) -> ModelOutput:
         """Encoder forward, then the heads in `run_heads` (default: all the model has).
 
@@ -147,6 +149,8 @@ class Model(nn.Module):
             output_qkv=output_qkv,
             num_layers=num_layers,
             stop_gradient_below=stop_gradient_below,
+            head_gates=head_gates,
+            neuron_gates=neuron_gates,
         )
         run = validate_heads(self.heads if run_heads is None else run_heads)
         missing = [h for h in run if h not in self.heads]

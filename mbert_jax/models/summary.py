@@ -63,10 +63,15 @@ def param_counts(config: ModelConfig) -> ParamCounts:
     )
 
 
-def block_matmul_weights(config: ModelConfig) -> int:
-    """Multiply-adds per token of one block's dense layers (= its kernel sizes)."""
+def block_matmul_weights(config: ModelConfig, layer: int | None = None) -> int:
+    """Multiply-adds per token of block `layer`'s dense layers (= its kernel sizes).
+
+    `layer` picks a pruned block's heads and FFN width (`ModelConfig.layer_heads`,
+    `layer_intermediate_sizes`); None: a block of `num_heads` and `intermediate_size`.
+    """
     c = config
-    b, i, m = c.hidden_size, c.inner_size, c.intermediate_size
+    b, i, m = c.hidden_size, c.inner_size, c.intermediate_size_at(layer)
+    a = c.heads_at(layer) * c.head_dim  # the attention width (inner_size unless pruned)
     n = 0
     if c.use_bottleneck:
         n += b * i  # bottleneck input
@@ -74,8 +79,8 @@ def block_matmul_weights(config: ModelConfig) -> int:
             n += b * i
     q_in = i if (c.use_bottleneck_attention or c.key_query_shared_bottleneck) else b
     v_in = i if c.use_bottleneck_attention else b
-    n += 2 * q_in * i + v_in * i  # query, key, value
-    n += i * i  # attention output
+    n += 2 * q_in * a + v_in * a  # query, key, value
+    n += a * i  # attention output
     n += c.num_feedforward_networks * 2 * i * m
     if c.use_bottleneck:
         n += i * b  # output bottleneck
@@ -86,8 +91,11 @@ def encoder_flops_per_token(config: ModelConfig, seq_len: int) -> int:
     """Forward FLOPs per token of the embeddings and all blocks at `seq_len`."""
     c = config
     emb = {"none": 0, "dense": c.embed_size, "trigram": 3 * c.embed_size}[c.embedding_transform]
-    per_block = 2 * block_matmul_weights(c) + 4 * seq_len * c.inner_size
-    return 2 * emb * c.hidden_size + c.num_layers * per_block
+    blocks = sum(
+        2 * block_matmul_weights(c, layer) + 4 * seq_len * c.heads_at(layer) * c.head_dim
+        for layer in range(c.num_layers)
+    )
+    return 2 * emb * c.hidden_size + blocks
 
 
 def mlm_flops_per_prediction(config: ModelConfig) -> int:
@@ -116,6 +124,19 @@ def describe(name: str, config: ModelConfig, seq_lens=(128, 512)) -> str:
         + f"{c.num_heads} heads, FFN {c.intermediate_size} x{c.num_feedforward_networks}, "
         f"E {c.embed_size} ({c.embedding_transform}), {c.normalization}, {c.hidden_act}, "
         f"sharing {c.layer_sharing}, vocab {c.vocab_size}",
+    ]
+    if c.layer_heads is not None or c.layer_intermediate_sizes is not None:
+        heads = [c.heads_at(i) for i in range(c.num_layers)]
+        widths = [c.intermediate_size_at(i) for i in range(c.num_layers)]
+        lines += [
+            f"  per-layer heads (of {c.num_heads}, head width {c.head_dim}): "
+            + " ".join(map(str, heads))
+            + f"  ({sum(heads)} of {c.num_heads * c.num_layers})",
+            f"  per-layer FFN widths (of {c.intermediate_size}): "
+            + " ".join(map(str, widths))
+            + f"  ({sum(widths)} of {c.intermediate_size * c.num_layers})",
+        ]
+    lines += [
         "  parameters:",
         f"    embeddings                 {m(p.embeddings)}",
         f"    encoder blocks             {m(p.blocks)}",

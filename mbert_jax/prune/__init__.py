@@ -1,0 +1,27 @@
+"""Structured pruning: remove attention heads, FFN neurons and whole blocks.
+
+- `gates`: per-head and per-neuron gates, the multiplicative masks that the
+  model's forward takes (`Model.__call__(head_gates=..., neuron_gates=...)`);
+  a gate of 0 acts as the removed head or neuron.
+- `importance`: Michel et al. (2019) first-order importance of each head and
+  neuron, the expected |d loss / d gate| over a data set.
+- `structure`: `prune`, which slices the kept heads, neurons and blocks out of
+  a model into a real, smaller dense model (`ModelConfig.layer_heads`,
+  `layer_intermediate_sizes`, a smaller `num_layers`).
+
+docs/pruning.md says what exists and what is still to come.
+"""
+
+from mbert_jax.prune.gates import gates_from_keep, ones_gates
+from mbert_jax.prune.importance import Importance, classification_loss, importance
+from mbert_jax.prune.structure import PruneError, prune
+
+__all__ = [
+    "Importance",
+    "PruneError",
+    "classification_loss",
+    "gates_from_keep",
+    "importance",
+    "ones_gates",
+    "prune",
+]
