@@ -26,6 +26,12 @@ names a pretrained one with an MLM head), about a minute:
 Options: `runlocal`, `data=default|synthetic`, `kl=all|masked`.
 Expected: the KL and cosine terms fall within the first 100 steps (the
 student starts close to the teacher); paper: GLUE dev 77.0 vs BERT-base 79.5.
+
+Sweep (`mbert-jax sweep`): without each term of the triple loss, and random
+initialization. With `--seeds 3 --finetune configs/finetune.py:runlocal` at
+runlocal size, dropping the MLM term and random initialization cost the
+most; dropping KL or cosine is within noise (BENCHMARKS.md, "Ablation sweeps
+at micro scale").
 """
 
 from configs import common

@@ -31,6 +31,10 @@ predecessor is the model fine-tuned on it, whose head the successor shares.
 Options: `runlocal`, `task=NAME`, `schedule=linear|constant`.
 Expected: the successor's dev metric close to the predecessor's (paper: the
 6-layer successor keeps more than 98% of BERT-base's GLUE score).
+
+Sweep (`mbert-jax sweep`): the linear curriculum against constant rates. At
+runlocal size with `--seeds 3`, all four are within noise of each other and
+of the predecessor (BENCHMARKS.md, "Ablation sweeps at micro scale").
 """
 
 from configs import common

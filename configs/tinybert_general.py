@@ -27,7 +27,10 @@ Options: `runlocal`, `student=tinybert4|tinybert6|albert_base|...`,
 (at runlocal size the hidden loss roughly halves in 200 steps); the paper's
 TinyBERT4 after task distillation reaches GLUE test 77.0.
 
-Sweep (`mbert-jax sweep`): the paper's ablation without each loss.
+Sweep (`mbert-jax sweep`): the paper's ablation without each loss. With
+`--seeds 3 --finetune configs/finetune.py:runlocal` at runlocal size, the
+full loss has the highest mean fine-tuned accuracy, but within noise of each
+ablation (BENCHMARKS.md, "Ablation sweeps at micro scale").
 """
 
 from configs import common

@@ -155,6 +155,8 @@ def _flat(config: ml_collections.ConfigDict | None) -> dict[str, Any]:
 
 
 def _first_difference(old: dict, new: dict) -> str:
+    """The first field whose value differs ('' if none). A field only one side has counts
+    as unset there, so a field a newer version adds, left unset (None), changes nothing."""
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             return f"{key}: {old.get(key)!r} then, {new.get(key)!r} now"
@@ -171,7 +173,7 @@ def finished_row(run_dir: Path, settings: dict[str, Any], which: str) -> dict | 
         old, row = marker["settings"], marker["row"]
     except (ValueError, KeyError, TypeError):
         return None  # unreadable (e.g. written by hand): run it (it resumes or is kept)
-    if old != settings:
+    if _first_difference(old, settings):
         raise SystemExit(
             f"{which}: {run_dir} holds a finished run with other settings "
             f"({_first_difference(old, settings)}); use another --workdir, or delete "

@@ -17,7 +17,7 @@ from mbert_jax.data.synthetic import SyntheticPretrainingData
 from mbert_jax.distill import minilm
 from mbert_jax.models import Model, init_params, io, resolve, variants
 from mbert_jax.train.cli import run_config
-from mbert_jax.train.sweep import load_config_module
+from mbert_jax.train.config import load_config_module
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -374,3 +374,16 @@ def test_each_run_is_fine_tuned_from_its_model_and_reports_the_task_metric(tmp_p
     assert header == (
         "| setting | optimizer.learning_rate | seeds | finetune_eval_accuracy | eval_accuracy |"
     )
+
+
+def test_a_field_added_unset_since_a_run_finished_keeps_the_run(tmp_path):
+    runs = sweep.expand(SETTINGS[:1])
+    sweep.run_sweep(runs, base_config(), tmp_path, FakeTrainer())
+    newer = ml_collections.ConfigDict(base_config().to_dict())
+    newer.train.new_option = None  # a later version's field, left at its default
+    again = FakeTrainer()
+    sweep.run_sweep(runs, newer, tmp_path, again)
+    assert again.calls == []
+    newer.train.new_option = 3  # set: the finished run was made without it
+    with pytest.raises(SystemExit, match=r"train.new_option: None then, 3 now"):
+        sweep.run_sweep(runs, newer, tmp_path, FakeTrainer())
