@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -90,6 +91,15 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def dashed(help_line: str) -> str:
+    """absl's `--dry_run` / `--[no]dry_run` in help text as the documented `--dry-run`."""
+    return re.sub(
+        r"^(\s*--(?:\[no\])?)([A-Za-z0-9_]+)",
+        lambda m: m.group(1) + m.group(2).replace("_", "-"),
+        help_line,
+    )
+
+
 def _parse(
     fv: flags.FlagValues,
     prog: str,
@@ -101,7 +111,7 @@ def _parse(
     if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv):
         # absl groups the flags under "module.name:" headings; one list reads better.
         flag_help = fv.get_help(include_special_flags=False).splitlines()
-        flag_help = [line for line in flag_help if line.startswith(" ")]
+        flag_help = [dashed(line) for line in flag_help if line.startswith(" ")]
         usage = (doc if doc is not None else __doc__).strip()
         print(f"{prog}\n\n{usage}\n\nflags:\n" + "\n".join(flag_help))
         raise SystemExit(0)

@@ -202,12 +202,14 @@ def run_sweep(
     for i, run in enumerate(runs):
         run_dir = workdir / run.name
         which = f"sweep run {i + 1}/{len(runs)} ({run.name})"
-        config = run_config_of(base, run)
-        ft_config = None
-        if followup is not None:
-            ft_config = apply_overrides(
-                followup.config, finetune_overrides(followup.config, run_dir / "model", run.seed)
-            )
+        try:  # an override of a field the config lacks: one line naming the run
+            config = run_config_of(base, run)
+            ft_config = None
+            if followup is not None:
+                overrides = finetune_overrides(followup.config, run_dir / "model", run.seed)
+                ft_config = apply_overrides(followup.config, overrides)
+        except SystemExit as e:
+            raise SystemExit(f"{which}: {e}") from None
         # What the run's figures depend on: its config and its fine-tuning's, field by field.
         settings = {**_flat(config), **{f"finetune {k}": v for k, v in _flat(ft_config).items()}}
         row = finished_row(run_dir, settings, which)

@@ -34,8 +34,8 @@ def sweep(add, arg=None):
 @pytest.mark.parametrize(
     "main, flags",
     [
-        (cli.train_main, ["--config", "--workdir", "--num_processes"]),
-        (cli.sweep_main, ["--config", "--workdir", "dry_run"]),
+        (cli.train_main, ["--config", "--workdir", "--num-processes"]),
+        (cli.sweep_main, ["--config", "--workdir", "--[no]dry-run", "--seeds"]),
         (plan.plan_main, ["--config", "--devices"]),
     ],
 )
@@ -248,3 +248,12 @@ def test_a_sweep_run_that_fails_after_a_finished_one_keeps_its_row(tmp_path):
     assert row["run"] == "steps=2" and (workdir / "steps=2" / "results.json").is_file()
     assert "steps=2" in (workdir / "results.md").read_text()
     assert not (workdir / "steps=-1").exists()
+
+
+def test_help_spells_flags_with_dashes_as_the_docs_do(capsys):
+    with pytest.raises(SystemExit):
+        cli.train_main(["--help"])
+    flag_help = capsys.readouterr().out.split("flags:")[1]
+    for flag in ("--coordinator-address", "--num-processes", "--process-id"):
+        assert flag in flag_help
+    assert "_" not in "".join(line.split(":")[0] for line in flag_help.splitlines())

@@ -214,7 +214,7 @@ def test_sweep_help_documents_seeds_metrics_fine_tuning_and_resume(capsys):
     usage, flag_help = out.split("flags:")
     for word in ("--seeds", "--metrics", "--finetune", "standard error", "Resume", "sweep.json"):
         assert word in usage, word
-    for flag in ("--seeds", "--metrics", "--finetune", "dry_run"):
+    for flag in ("--seeds", "--metrics", "--finetune", "--[no]dry-run"):
         assert flag in flag_help
 
 
