@@ -252,7 +252,7 @@ def test_init_from_export_and_the_augmentation_read_transformers_directories(hf_
     evaluate.init_from = path
     recipe = recipes.build(evaluate)
     assert recipe.init_from.parent == cache and recipe.heads == ("mlm", "nsp")
-    assert recipe.data.vocab_size == 2048
+    assert recipe.inputs.vocab_size == 2048
 
 
 # ------------------------------------------------------------------ missing heads

@@ -50,7 +50,7 @@ from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
 from mbert_jax.train.forward import masked_accuracy
-from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.recipe import PretrainingDataRecipe, Stage
 from mbert_jax.tree import shape_mismatch
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def init_student_from_teacher(
     return out
 
 
-class DistilBertRecipe(Recipe):
+class DistilBertRecipe(PretrainingDataRecipe):
     """One stage of `config.train.steps` of DistilBERT's triple loss."""
 
     def __init__(self, config):
@@ -252,15 +252,6 @@ class DistilBertRecipe(Recipe):
 
     def evaluate(self, stage, params, teacher_params, batch):
         return self.compute_losses(params, teacher_params, batch, train=False)
-
-    def train_data(self, process_index, process_count):
-        return self.inputs.train(process_index, process_count)
-
-    def eval_data(self, process_index, process_count):
-        return self.inputs.eval(process_index, process_count)
-
-    def vocab_file(self):
-        return self.inputs.vocab_file
 
     def final_model(self, params: Any):
         return self.student_config, ("mlm",), params

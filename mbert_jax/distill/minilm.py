@@ -38,7 +38,7 @@ from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
 from mbert_jax.train.forward import task_forward
-from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.recipe import PretrainingDataRecipe, Stage
 
 # The loss terms of each variant (`distill.loss_weights` holds them all).
 VARIANTS = {"minilm": ("attention", "value"), "minilmv2": ("qq", "kk", "vv")}
@@ -67,7 +67,7 @@ def unmasked_ids(batch) -> jax.Array:
     return ids.at[rows, positions].set(originals.astype(ids.dtype))
 
 
-class MiniLMRecipe(Recipe):
+class MiniLMRecipe(PretrainingDataRecipe):
     """One stage of `config.train.steps` of MiniLM or MiniLMv2 relation distillation."""
 
     def __init__(self, config):
@@ -180,14 +180,6 @@ class MiniLMRecipe(Recipe):
         return metrics
 
     # -------------------------------------------------------------------- data
-    def train_data(self, process_index, process_count):
-        return self.inputs.train(process_index, process_count)
-
-    def eval_data(self, process_index, process_count):
-        return self.inputs.eval(process_index, process_count)
-
-    def vocab_file(self):
-        return self.inputs.vocab_file
 
     def final_model(self, params: Any):
         return self.student_config, (), params

@@ -59,12 +59,12 @@ class EvaluateRecipe(Recipe):
             data_cfg.vocab_file = str(vocab)
         self.use_nsp = "nsp" in self.heads and bool(data_cfg.get("nsp", True))
         data_cfg.nsp = self.use_nsp
-        self.data = inputs.pretraining_inputs(data_cfg)
-        if self.data.vocab_size != self.model_config.vocab_size:
+        self.inputs = inputs.pretraining_inputs(data_cfg)
+        if self.inputs.vocab_size != self.model_config.vocab_size:
             raise ValueError(
                 f"config.init_from={config.init_from} has vocab_size "
                 f"{self.model_config.vocab_size} but the data's vocabulary has "
-                f"{self.data.vocab_size}; evaluate with the "
+                f"{self.inputs.vocab_size}; evaluate with the "
                 "vocabulary the model was trained on (config.data.vocab_file)"
             )
         self.model = Model(self.model_config, heads=("mlm", "nsp") if self.use_nsp else ("mlm",))
@@ -106,7 +106,7 @@ class EvaluateRecipe(Recipe):
     def eval_data(self, process_index, process_count):
         if self.task is not None:
             return self.task.eval_data(process_index, process_count)
-        return self.data.eval(process_index, process_count)
+        return self.inputs.eval(process_index, process_count)
 
     def final_model(self, params: Any):
         return None

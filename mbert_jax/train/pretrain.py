@@ -26,7 +26,7 @@ from mbert_jax.models.variants import block_overrides, from_block
 from mbert_jax.train import inputs
 from mbert_jax.train.forward import forward, pretraining_metrics
 from mbert_jax.train.labels import FROZEN, make_labels
-from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.recipe import PretrainingDataRecipe, Stage
 from mbert_jax.tree import shape_mismatch
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def stop_frozen(params, rules):
     )
 
 
-class PretrainRecipe(Recipe):
+class PretrainRecipe(PretrainingDataRecipe):
     """MLM (+ NSP) from scratch or from `config.init_from`, one stage of `config.train.steps`."""
 
     def __init__(self, config):
@@ -73,10 +73,10 @@ class PretrainRecipe(Recipe):
                 "empty, so they would stay random; set config.init_from to the pretrained model "
                 "(configs/fit_mlm_head.py:model=PATH)"
             )
-        self.data = inputs.pretraining_inputs(data_cfg)
+        self.inputs = inputs.pretraining_inputs(data_cfg)
         self.use_nsp = bool(config.data.get("nsp", True))
         if stored is None:
-            self.model_config = from_block(config.model, vocab_size=self.data.vocab_size)
+            self.model_config = from_block(config.model, vocab_size=self.inputs.vocab_size)
         else:
             overrides = block_overrides(config.model)
             bad = sorted(set(overrides) - set(TUNABLE_FIELDS))
@@ -85,10 +85,10 @@ class PretrainRecipe(Recipe):
                     f"config.model.overrides {bad} would change the architecture of "
                     f"config.init_from={config.init_from}; only {TUNABLE_FIELDS} may be set"
                 )
-            if stored.vocab_size != self.data.vocab_size:
+            if stored.vocab_size != self.inputs.vocab_size:
                 raise ValueError(
                     f"config.init_from={config.init_from} has vocab_size {stored.vocab_size} but "
-                    f"the data's vocabulary has {self.data.vocab_size}; use its vocabulary "
+                    f"the data's vocabulary has {self.inputs.vocab_size}; use its vocabulary "
                     "(config.data.vocab_file, or config.data.vocab_size for synthetic data)"
                 )
             self.model_config = stored.replace(**overrides)
@@ -129,15 +129,6 @@ class PretrainRecipe(Recipe):
         return pretraining_metrics(
             forward(self.model, params, batch, train=False), batch, self.use_nsp
         )
-
-    def train_data(self, process_index, process_count):
-        return self.data.train(process_index, process_count)
-
-    def eval_data(self, process_index, process_count):
-        return self.data.eval(process_index, process_count)
-
-    def vocab_file(self):
-        return self.data.vocab_file
 
     def final_model(self, params: Any):
         return self.model_config, self.model.heads, params

@@ -165,3 +165,20 @@ class Recipe:
     def final_model(self, params: Any) -> tuple[Any, tuple[str, ...], Any] | None:
         """`(ModelConfig, heads, params)` of the model to save as WORKDIR/model (None: none)."""
         raise NotImplementedError
+
+
+class PretrainingDataRecipe(Recipe):
+    """A recipe that trains on `self.inputs`, a `train.inputs.PretrainingInputs`
+    (pretraining, MobileBERT, DistilBERT, MiniLM): its batches, held-out batches
+    and vocabulary come from there."""
+
+    inputs: Any
+
+    def train_data(self, process_index: int, process_count: int):
+        return self.inputs.train(process_index, process_count)
+
+    def eval_data(self, process_index: int, process_count: int):
+        return self.inputs.eval(process_index, process_count)
+
+    def vocab_file(self) -> str | Path | None:
+        return self.inputs.vocab_file

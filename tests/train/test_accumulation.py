@@ -75,7 +75,7 @@ def runs():
     params = recipe.init_params(jax.random.PRNGKey(0))
     tx = optax.sgd(1.0)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), jax.random.PRNGKey(1))
-    batch = uneven_batch(recipe.data.vocab_size)
+    batch = uneven_batch(recipe.inputs.vocab_size)
     out = {}
     for k in (1, 2, 4):
         compiled = (

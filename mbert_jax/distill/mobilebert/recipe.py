@@ -91,7 +91,7 @@ from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
 from mbert_jax.train.forward import forward, masked_accuracy
-from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.recipe import PretrainingDataRecipe, Stage
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ NEEDED_BY = (
 )
 
 
-class MobileBertRecipe(Recipe):
+class MobileBertRecipe(PretrainingDataRecipe):
     """MobileBERT layer-wise transfer (PKT / JKT / AKT) and pre-training distillation."""
 
     def __init__(self, config):
@@ -130,8 +130,10 @@ class MobileBertRecipe(Recipe):
         self.layer_map = self.fit.layer_map
         self.teacher_heads = self.fit.teacher_heads
         # 2. The data, then the vocabularies.
-        self.data = inputs.pretraining_inputs(teacher_lib.teacher_data_config(config.data, t.path))
-        vocab = self.data.vocab_size
+        self.inputs = inputs.pretraining_inputs(
+            teacher_lib.teacher_data_config(config.data, t.path)
+        )
+        vocab = self.inputs.vocab_size
         self.teacher_spec = teacher_lib.load_teacher(
             t, heads=self.teacher_heads, vocab_size=vocab, needed_by=NEEDED_BY
         )
@@ -335,14 +337,6 @@ class MobileBertRecipe(Recipe):
         )
 
     # ------------------------------------------------------------------ data
-    def train_data(self, process_index, process_count):
-        return self.data.train(process_index, process_count)
-
-    def eval_data(self, process_index, process_count):
-        return self.data.eval(process_index, process_count)
-
-    def vocab_file(self):
-        return self.data.vocab_file
 
     def final_model(self, params: Any):
         return self.student_config, self.student_heads, params
