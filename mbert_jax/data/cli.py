@@ -10,7 +10,7 @@
         Write the embedded stdlib corpus as a plain-text corpus file.
     mbert-jax data write-stdlib-task DIR
     mbert-jax data write-wordorder-task DIR
-        Write a corpus task's train.tsv / dev.tsv (see corpus_task.py).
+        Write a corpus task's train.tsv / dev.tsv (see tasks/corpus.py).
 
 `--set key=value` overrides a field of `config.pretraining_data_defaults()`; values are
 parsed as the field's type (`--set nsp=false --set max_seq_length=64`).
@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import corpus_task, default_corpus, pipeline
+from mbert_jax.data import default_corpus, pipeline
+from mbert_jax.data.tasks import corpus as corpus_task
 
 
 def parse_overrides(pairs: list[str]):

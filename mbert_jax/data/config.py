@@ -20,7 +20,7 @@ import os
 
 import ml_collections
 
-from mbert_jax.data import corpus, corpus_task
+from mbert_jax.data import corpus
 
 TASK_SOURCES = ("tsv", "hf", "json", "corpus", "files")
 TASK_KINDS = ("classification", "regression", "tagging")
@@ -85,9 +85,12 @@ def task_data_defaults(task: str = "mrpc") -> ml_collections.ConfigDict:
       task: a GLUE task (`cola`, `sst2`, `mrpc`, `stsb`, `qqp`, `mnli`, `qnli`,
         `rte`, `wnli`), `squad_v1`, `squad_v2`, a corpus task (`stdlib`,
         `wordorder`; see `tasks.TASK_NAMES`), or `custom`: the user's own files
-        or dataset (`task_kind`, the columns and `labels` below; see `custom.py`
-        and `conll.py`).
+        or dataset (`task_kind`, the columns and `labels` below; see `tasks/label_ids.py`
+        and `tasks/conll.py`).
     """
+    # Imported here: the tasks package imports this module.
+    from mbert_jax.data.tasks import corpus as corpus_task
+
     c = ml_collections.ConfigDict()
     c.task = task
     # "tsv": GLUE files (data_dir/train.tsv, dev.tsv, ...); "json": SQuAD files;

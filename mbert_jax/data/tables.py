@@ -30,8 +30,8 @@ import json
 import os
 from pathlib import Path
 
-from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport, read_utf8
+from mbert_jax.data.tasks.glue import TaskDataError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 

@@ -16,7 +16,7 @@ Sources, chosen by file name (and the task):
 - token_classification: CoNLL-style files (a word and its tag per line),
   or JSON lines with word and tag lists (`--text-columns` names the words
   column, default `tokens`; `--label-column` the tags, default `tags`),
-  read as in training (`mbert_jax.data.conll`). Each word's tag (by the
+  read as in training (`mbert_jax.data.tasks.conll`). Each word's tag (by the
   model's `label_names`) labels its first piece; the other positions get -1.
 - anything else: plain text, one example per line (pretraining text).
 
@@ -128,24 +128,24 @@ def tokenize(texts: list[tuple[str, ...]], vocab_file: str | os.PathLike, seq_le
 
 def _label_ids(values, where, label_names, regression: bool, column: str) -> np.ndarray:
     """Class ids (by the model's names, else integers) or scores of a label column."""
-    from mbert_jax.data import custom
-    from mbert_jax.data.glue import TaskDataError
+    from mbert_jax.data.tasks import label_ids
+    from mbert_jax.data.tasks.glue import TaskDataError
 
     try:
         if regression:
             return np.asarray(
-                [custom.score(v, w, column) for v, w in zip(values, where)], np.float32
+                [label_ids.score(v, w, column) for v, w in zip(values, where)], np.float32
             )
-        keys = [custom.label_key(v, w) for v, w in zip(values, where)]
+        keys = [label_ids.label_key(v, w) for v, w in zip(values, where)]
         if label_names is None:
             bad = next(((k, w) for k, w in zip(keys, where) if k[0] != "number"), None)
             if bad is not None:
                 raise TaskDataError(
-                    f"{bad[1]}: label {custom.key_name(bad[0])!r} is a name, but the model has "
+                    f"{bad[1]}: label {label_ids.key_name(bad[0])!r} is a name, but the model has "
                     "no label_names to map it; labels must be integer class ids"
                 )
             return np.asarray([k[1] for k in keys], np.int32)
-        ids = custom.to_ids(
+        ids = label_ids.to_ids(
             keys, where, tuple(label_names), split="eval", given_by="the model's label_names"
         )
         return np.asarray(ids, np.int32)
@@ -154,9 +154,9 @@ def _label_ids(values, where, label_names, regression: bool, column: str) -> np.
 
 
 def _read_table(path, text_columns, label_column, label_names, regression):
-    from mbert_jax.data.glue import TaskDataError
     from mbert_jax.data.report import InputReport
     from mbert_jax.data.tables import read_table
+    from mbert_jax.data.tasks.glue import TaskDataError
 
     try:
         table = read_table(path, InputReport())
@@ -186,10 +186,10 @@ def _read_table(path, text_columns, label_column, label_names, regression):
 
 
 def _read_tagged(path: Path, text_columns, label_column, tag_column: int):
-    from mbert_jax.data import conll
-    from mbert_jax.data.glue import TaskDataError
     from mbert_jax.data.report import InputReport
     from mbert_jax.data.tables import read_table
+    from mbert_jax.data.tasks import conll
+    from mbert_jax.data.tasks.glue import TaskDataError
 
     try:
         if path.suffix.lower() in (".json", ".jsonl"):
@@ -207,8 +207,8 @@ def tokenize_tagged(
     sentences, label_names, vocab_file: str | os.PathLike, seq_len: int
 ) -> Examples:
     """Tokenize tagged sentences: each word's tag id at its first piece, -1 elsewhere."""
-    from mbert_jax.data import custom
-    from mbert_jax.data.glue import TaskDataError
+    from mbert_jax.data.tasks import label_ids
+    from mbert_jax.data.tasks.glue import TaskDataError
 
     tok = _tokenizer(vocab_file, seq_len)
     encs = tok.encode_batch([list(s.words) for s in sentences], is_pretokenized=True)
@@ -216,13 +216,13 @@ def tokenize_tagged(
     for i, (s, enc) in enumerate(zip(sentences, encs)):
         where = [s.locate(k) for k in range(len(s.words))]
         try:
-            keys = [custom.label_key(t, w) for t, w in zip(s.tags, where)]
+            keys = [label_ids.label_key(t, w) for t, w in zip(s.tags, where)]
             if label_names is None:
                 raise TaskDataError(
                     f"{s.where}: the model has no label names (ModelConfig.label_names) to map "
                     "tags to its outputs; export a model fine-tuned on tagged data"
                 )
-            ids = custom.to_ids(
+            ids = label_ids.to_ids(
                 keys, where, tuple(label_names), split="eval", given_by="the model's label_names"
             )
         except TaskDataError as e:

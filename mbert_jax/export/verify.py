@@ -92,7 +92,7 @@ def tagging_metric(logits: np.ndarray, labels: np.ndarray, label_names) -> tuple
     `labels` [n, seq_len] holds each word's tag id at its first piece and -1
     elsewhere, so a sentence's words are its labelled positions in order.
     """
-    from mbert_jax.data import task_metrics as data_metrics
+    from mbert_jax.data.tasks import metrics as data_metrics
 
     pred = logits.argmax(-1)
     if label_names and data_metrics.is_entity_scheme(label_names):
@@ -107,7 +107,7 @@ def tagging_metric(logits: np.ndarray, labels: np.ndarray, label_names) -> tuple
 def metric(task: str, outputs: dict, labels: dict, label_names=None) -> tuple[str, float] | None:
     """The task metric (in points, 0-100) when the examples have labels, else None."""
     if task == "classification" and "labels" in labels and outputs["logits"].shape[-1] == 1:
-        from mbert_jax.data.task_metrics import pearson
+        from mbert_jax.data.tasks.metrics import pearson
 
         return "Pearson r", 100.0 * pearson(outputs["logits"][:, 0], labels["labels"])
     if task == "classification" and "labels" in labels:

@@ -19,14 +19,14 @@ from mbert_jax.models import io
 
 def corpus_rows(task: str, split: str) -> list[tuple[str, str]]:
     """The (text, label) rows of a corpus task's split."""
-    from mbert_jax.data import corpus_task
+    from mbert_jax.data.tasks import corpus as corpus_task
 
     return corpus_task.build_examples(task)[split]
 
 
 def task_examples(model_dir: Path, task: str, seq_len: int, split: str, limit: int | None = None):
     """A corpus task's examples of `split`, tokenized with the model's vocabulary."""
-    from mbert_jax.data import corpus_task
+    from mbert_jax.data.tasks import corpus as corpus_task
     from mbert_jax.export.data import tokenize
 
     rows = corpus_rows(task, split)[:limit]

@@ -128,7 +128,7 @@ def write_report(workdir: Path, q, mlm: dict, exports: dict) -> Path:
     teacher_steps = q.teacher_steps
     layers = io.load_model(workdir / "distilled" / "model")[0].num_layers
     student_steps = layers * q.distill_stage_steps + q.pd_steps
-    from mbert_jax.data import corpus_task
+    from mbert_jax.data.tasks import corpus as corpus_task
 
     split_sizes = {k: len(v) for k, v in corpus_task.build_examples().items()}
     n_dev, n_train = split_sizes["dev"], split_sizes["train"]

@@ -1,7 +1,7 @@
 """A model on a batch, and the metrics of its outputs: what every recipe shares.
 
 A batch walks data -> model -> losses -> step: the data layer builds batch
-dicts (`data/pipeline.py` for pretraining, `data/tasks.py` for tasks), the
+dicts (`data/pipeline.py` for pretraining, `data/tasks/` for tasks), the
 adapters here run a `Model` on one (`forward`: a pretraining batch, logits at
 the masked positions; `task_forward`: a task batch), and the metric helpers
 turn the outputs into `LossSum`s. Recipes (`train/pretrain.py`,

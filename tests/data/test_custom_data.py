@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mbert_jax.data import DataConfigError, build_task_data, task_data_defaults
-from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tables import read_table
+from mbert_jax.data.tasks.glue import TaskDataError
 from mbert_jax.data.tokenizer import train_wordpiece
 
 WORDS = (

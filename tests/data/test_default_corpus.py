@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import corpus_task, default_corpus, glue, pipeline, tasks
+from mbert_jax.data import default_corpus, pipeline, tasks
 from mbert_jax.data.report import InputReport
+from mbert_jax.data.tasks import corpus as corpus_task
+from mbert_jax.data.tasks import glue
 
 DOCSTRING = """Summary line of the function.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mbert_jax.data import task_metrics as metrics
+from mbert_jax.data.tasks import metrics
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import glue, tasks
+from mbert_jax.data import tasks
 from mbert_jax.data.report import InputReport
+from mbert_jax.data.tasks import glue
 from mbert_jax.data.tokenizer import train_wordpiece
 
 COLA = [

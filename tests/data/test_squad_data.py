@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import squad, tasks
-from mbert_jax.data.glue import TaskDataError
+from mbert_jax.data import tasks
 from mbert_jax.data.report import InputReport
+from mbert_jax.data.tasks import build, squad
+from mbert_jax.data.tasks.glue import TaskDataError
 from mbert_jax.data.tokenizer import train_wordpiece
 
 CONTEXT = (
@@ -207,7 +208,7 @@ def test_squad_task_end_to_end(tmp_path, tok):
         batch
     ) and "labels" not in batch
     examples, arrays = data._eval["dev"]
-    f = squad.SquadFeatures(**{k: arrays[k] for k in tasks._SQUAD_KEYS})
+    f = squad.SquadFeatures(**{k: arrays[k] for k in build._SQUAD_KEYS})
     spans = {qid: (CONTEXT.index(a), CONTEXT.index(a) + len(a)) for qid, _, a in QAS}
     st, en = logits_for(f, examples, spans)
     ev = data.evaluator()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mbert_jax.data import task_metrics as metrics
+from mbert_jax.data.tasks import metrics
 
 PRED = np.array([1, 1, 0, 1, 0, 0, 1, 0])
 GOLD = np.array([1, 0, 0, 1, 1, 0, 1, 0])

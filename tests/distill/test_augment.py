@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from mbert_jax.data import build_task_data, glue, task_data_defaults
+from mbert_jax.data import build_task_data, task_data_defaults
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tables import Table
+from mbert_jax.data.tasks import glue
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.distill.tinybert import augment, augment_custom

@@ -123,7 +123,8 @@ def _task(name: str):
 
 def source_dir(data_config) -> Path:
     """The directory holding the task's TSV files."""
-    from mbert_jax.data import corpus_task, tokenized
+    from mbert_jax.data import tokenized
+    from mbert_jax.data.tasks import corpus as corpus_task
 
     if data_config.source not in ("tsv", "corpus"):
         raise ValueError(

@@ -1,6 +1,6 @@
 """TinyBERT's augmentation of the user's own data (`config.data.task="custom"`).
 
-The training split is read as fine-tuning reads it (`data/custom_task.py`:
+The training split is read as fine-tuning reads it (`data/tasks/custom.py`:
 CSV / TSV / JSON lines / CoNLL files or a `datasets` dataset, every row
 checked with the same errors, naming the original file and line), then
 written as one JSON-lines file: each original row, then its variants.
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import ml_collections
 
-from mbert_jax.data import custom, custom_task
 from mbert_jax.data.config import DataConfigError
-from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport
+from mbert_jax.data.tasks import custom, label_ids
+from mbert_jax.data.tasks.glue import TaskDataError
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 from mbert_jax.distill.tinybert.augment_words import Augmenter
 
@@ -65,7 +65,7 @@ def _label_names(value, names):
 def _sequence_rows(table, c, augmenter, *, split, n, p, seed, max_examples, augment=True):
     """Rows of a classification / regression table, each followed by its variants."""
     report = InputReport()
-    examples, _, where = custom.read_examples(table, c, split, report)  # checks every row
+    examples, _, where = label_ids.read_examples(table, c, split, report)  # checks every row
     ok = {w: e for w, e in zip(where, examples)}
     names = table.names(c.label_column)
     rows = [{**r, c.label_column: _label_names(r.get(c.label_column), names)} for r in table.rows]
@@ -96,7 +96,7 @@ def _tagged_rows(sentences, c, augmenter, *, split, n, p, seed, max_examples, au
         raise TaskDataError(f"the {split} split has no sentences; it needs at least one")
     for e in sentences:  # the tag checks of fine-tuning, located in the original file
         for k, t in enumerate(e.tags):
-            custom.label_key(t, e.locate(k))
+            label_ids.label_key(t, e.locate(k))
     rows = [{c.tokens_column: list(e.words), c.tags_column: list(e.tags)} for e in sentences]
     if not augment:
         return rows
@@ -149,9 +149,9 @@ def augment_custom_files(
         path = Path(c.train_file).expanduser()
         if not path.is_file():
             raise TaskDataError(f"data.train_file: {path} does not exist")
-        read = {"train": lambda report: custom_task.read_file(c, path, report)}
+        read = {"train": lambda report: custom.read_file(c, path, report)}
     else:
-        read, _ = custom_task.sources(c)
+        read, _ = custom.sources(c)
     settings = dict(n=n, p=p, seed=seed, max_examples=max_examples)
     dst.mkdir(parents=True, exist_ok=True)
     fields = {"source": "files", "train_file": str(dst / TRAIN_FILE), "eval_file": c.eval_file}
@@ -183,7 +183,7 @@ def augmented_config(data_config, augment_cfg, tokenizer: WordPieceTokenizer):
 
     c = data_config
     parts = {
-        **custom_task.source_parts(c),
+        **custom.source_parts(c),
         **augment.cache_parts(augment_cfg, tokenizer),
     }
     cache = tokenized.resolve_cache_dir(c.cache_dir)

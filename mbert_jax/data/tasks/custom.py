@@ -8,8 +8,8 @@ succeeded: a failing build leaves no entry (`tokenized.cached_arrays`
 writes to a temporary directory that is renamed into place).
 
 Sources: `data.source="files"` reads `data.train_file` and
-`data.eval_file` (the format from each name, see `tables.py` and
-`conll.py`); `data.source="hf"` reads the `data.train_split` and
+`data.eval_file` (the format from each name, see `data/tables.py`
+and `conll.py`); `data.source="hf"` reads the `data.train_split` and
 `data.eval_split` (default "validation") splits of `data.hf_disk_path`
 (`datasets.load_from_disk`) or `datasets.load_dataset(data.hf_path,
 data.hf_name, data_files=...)` with `data.hf_data_files` as
@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mbert_jax.data import conll, custom, glue, tables, tokenized
+from mbert_jax.data import tables, tokenized
 from mbert_jax.data.config import DataConfigError
-from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport
-from mbert_jax.data.task_metrics import is_entity_scheme
+from mbert_jax.data.tasks import conll, glue, label_ids
+from mbert_jax.data.tasks.glue import TaskDataError
+from mbert_jax.data.tasks.metrics import is_entity_scheme
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 
 FEATURES_VERSION = 1
@@ -120,7 +121,7 @@ def sources(c) -> tuple[dict, dict]:
 
 
 def _names(keys, where, given, explicit, column, *, tagging=False) -> tuple[str, ...]:
-    names = explicit or given or custom.infer_names(keys, where, column, tagging=tagging)
+    names = explicit or given or label_ids.infer_names(keys, where, column, tagging=tagging)
     if len(names) < 2:
         raise TaskDataError(
             f"column {column!r}: the training data has only the label {list(names)}; a "
@@ -130,7 +131,7 @@ def _names(keys, where, given, explicit, column, *, tagging=False) -> tuple[str,
 
 
 def _tagging(c, read, tokenizer, report):
-    explicit = custom.explicit_names(c.labels)
+    explicit = label_ids.explicit_names(c.labels)
     sents, given = {}, None
     for split in SPLITS:
         sents[split], names = read[split](report)
@@ -149,14 +150,14 @@ def _tagging(c, read, tokenizer, report):
         for e in sents[split]:
             for k, t in enumerate(e.tags):
                 w = e.locate(k)
-                keys[split].append(custom.label_key(t, w))
+                keys[split].append(label_ids.label_key(t, w))
                 where[split].append(w)
     column = "tag" if sents["train"][0].line is not None else c.tags_column
     names = _names(keys["train"], where["train"], given, explicit, column, tagging=True)
     train_source = sents["train"][0].path
     out = {}
     for split in SPLITS:
-        ids = custom.to_ids(
+        ids = label_ids.to_ids(
             keys[split],
             where[split],
             names,
@@ -184,13 +185,13 @@ def _tagging(c, read, tokenizer, report):
 
 def _sequences(c, read, tokenizer, report):
     regression = c.task_kind == "regression"
-    explicit = custom.explicit_names(c.labels)
+    explicit = label_ids.explicit_names(c.labels)
     if regression and explicit:
         raise DataConfigError("data.labels: a regression task has no classes; leave it empty")
     data = {}
     for split in SPLITS:
         table = read[split](report)
-        data[split] = (table, *custom.read_examples(table, c, split, report))
+        data[split] = (table, *label_ids.read_examples(table, c, split, report))
     names = None
     if not regression:
         table, _, keys, where = data["train"]
@@ -200,7 +201,7 @@ def _sequences(c, read, tokenizer, report):
         if regression:
             labels = keys
         else:
-            labels = custom.to_ids(
+            labels = label_ids.to_ids(
                 keys,
                 where,
                 names,
@@ -244,7 +245,7 @@ def prepare(
       metric_names), the input report of the build).
 
     Raises:
-      TaskDataError / DataConfigError: bad input (see `custom.py`, `conll.py`);
+      TaskDataError / DataConfigError: bad input (see `label_ids.py`, `conll.py`);
         nothing is cached then.
     """
     read, _ = sources(c)

@@ -77,7 +77,7 @@ from pathlib import Path
 import numpy as np
 
 from mbert_jax.data import default_corpus
-from mbert_jax.data.glue import GlueTask, Layout
+from mbert_jax.data.tasks.glue import GlueTask, Layout
 
 Rows = dict[str, list[tuple[str, str]]]  # {"train": [(text, label)], "dev": [...]}
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport, read_utf8
+from mbert_jax.data.tasks.glue import TaskDataError
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 
 

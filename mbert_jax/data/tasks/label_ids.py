@@ -29,10 +29,10 @@ import math
 import re
 
 from mbert_jax.data.config import DataConfigError
-from mbert_jax.data.glue import Example, TaskDataError
 from mbert_jax.data.report import InputReport
 from mbert_jax.data.tables import Table
-from mbert_jax.data.task_metrics import ENTITY_PREFIXES, is_entity_scheme, split_tag
+from mbert_jax.data.tasks.glue import Example, TaskDataError
+from mbert_jax.data.tasks.metrics import ENTITY_PREFIXES, is_entity_scheme, split_tag
 
 KINDS = ("classification", "regression", "tagging")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")

@@ -14,7 +14,7 @@ Input, for `data.task_kind="tagging"`:
   length (`data.tags_column`, default `tags`; strings, or ids with
   `ClassLabel` names as in the hub's conll2003).
 
-Tags are mapped to ids like class labels (`custom.py`): the distinct
+Tags are mapped to ids like class labels (`label_ids.py`): the distinct
 training tags, "O" first and then by entity type with B- before I- when
 the tags follow BIO / IOBES, or `data.labels` in its order. A dev tag
 that training never has is an error naming file:line.
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mbert_jax.data.glue import TaskDataError
 from mbert_jax.data.report import InputReport, read_utf8
 from mbert_jax.data.tables import Table
+from mbert_jax.data.tasks.glue import TaskDataError
 from mbert_jax.data.tokenizer import WordPieceTokenizer
 
 IGNORE = -1  # the label of positions that are not a word's first piece

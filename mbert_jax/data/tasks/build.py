@@ -3,7 +3,7 @@
 One entry point for GLUE, SQuAD, the corpus tasks (`stdlib`, `wordorder`) and
 the user's own data (`task="custom"`: classification, regression or tagging
 from CSV / TSV / JSON lines / CoNLL files or `datasets`). Examples are read
-(`glue.py`, `squad.py`, `custom.py`, `conll.py`), featurized once and cached under the cache dir
+(`glue.py`, `squad.py`, `label_ids.py`, `conll.py`), featurized once and cached under the cache dir
 (keyed by the files, the tokenizer and the settings), then served by the
 same loader as pretraining: an endless shuffled training stream and finite
 padded eval passes, sharded over hosts, checkpointable.
@@ -23,7 +23,7 @@ recipes which head, loss and outputs a task needs.
 
 `Evaluator` turns model outputs back into the official metrics (tagging:
 entity-level precision / recall / F1 and word accuracy over every word of
-the split, conlleval's semantics, see `task_metrics.entities`); it checks
+the split, conlleval's semantics, see `metrics.entities`); it checks
 that every example of the split was seen exactly once, so an eval loop that
 drops or repeats rows fails instead of reporting a wrong number.
 """
@@ -38,24 +38,16 @@ from pathlib import Path
 import numpy as np
 
 from mbert_jax.data import config as config_lib
-from mbert_jax.data import (
-    conll,
-    corpus_task,
-    custom_task,
-    glue,
-    loader,
-    squad,
-    task_metrics,
-    tokenized,
-)
+from mbert_jax.data import loader, tokenized
 from mbert_jax.data.report import InputReport
+from mbert_jax.data.tasks import conll, corpus, custom, glue, metrics, squad
 from mbert_jax.data.tokenizer import WordPieceTokenizer, load_tokenizer
 
 SQUAD_FILES = {
     "1.1": ("train-v1.1.json", "dev-v1.1.json"),
     "2.0": ("train-v2.0.json", "dev-v2.0.json"),
 }
-TASK_NAMES = (*sorted(glue.TASKS), *corpus_task.TASKS, "squad_v1", "squad_v2", "custom")
+TASK_NAMES = (*sorted(glue.TASKS), *corpus.TASKS, "squad_v1", "squad_v2", "custom")
 FEATURES_VERSION = 1
 
 
@@ -210,10 +202,10 @@ class Evaluator:
         preds = self.predictions()
         if self.data.kind == "tagging":
             gold, _ = conll.word_tags(None, arrays, self.data.label_names)
-            scores = task_metrics.tagging_scores(gold, preds)
+            scores = metrics.tagging_scores(gold, preds)
             return {k: scores[k] for k in self.data.metric_names}
         if self.data.squad:
-            return task_metrics.squad_scores(
+            return metrics.squad_scores(
                 squad.gold_answers(examples), preds, version=self.data.squad_version
             )
         labels = arrays["labels"]
@@ -222,7 +214,7 @@ class Evaluator:
                 raise ValueError(f"{self.split} has no labels (a test split); use predictions()")
         elif (labels < 0).any():
             raise ValueError(f"{self.split} has no labels (a test split); use predictions()")
-        return task_metrics.classification_metrics(self.data.metric_names, preds, labels)
+        return metrics.classification_metrics(self.data.metric_names, preds, labels)
 
 
 _SQUAD_KEYS = tuple(f.name for f in dataclasses.fields(squad.SquadFeatures))
@@ -309,15 +301,15 @@ def _glue_reader(c, task: glue.GlueTask):
         key["fingerprints"] = {k: getattr(v, "_fingerprint", None) for k, v in ds.items()}
         return (lambda split, report: glue.read_hf(task, ds, split, report)), key
     if c.source == "corpus":
-        if task.name not in corpus_task.TASKS:
+        if task.name not in corpus.TASKS:
             raise config_lib.DataConfigError(
-                f"data.source='corpus' builds the corpus tasks ({', '.join(corpus_task.TASKS)}); "
+                f"data.source='corpus' builds the corpus tasks ({', '.join(corpus.TASKS)}); "
                 f"{task.name} is read with source 'tsv' or 'hf'"
             )
         data_dir = (
             Path(c.data_dir)
             if c.data_dir
-            else corpus_task.task_dir(tokenized.resolve_cache_dir(c.cache_dir), task.name)
+            else corpus.task_dir(tokenized.resolve_cache_dir(c.cache_dir), task.name)
         )
     elif c.source == "tsv":
         if not c.data_dir:
@@ -338,7 +330,7 @@ def _glue_reader(c, task: glue.GlueTask):
 
 def glue_task(name: str) -> glue.GlueTask:
     """The layout of a task read as GLUE TSV: a GLUE task or a corpus task."""
-    return corpus_task.TASKS[name].task if name in corpus_task.TASKS else glue.get_task(name)
+    return corpus.TASKS[name].task if name in corpus.TASKS else glue.get_task(name)
 
 
 def read_examples(c, split: str, report: InputReport | None = None) -> list[glue.Example]:
@@ -431,7 +423,7 @@ def build_task_data(
         num_labels=task.num_labels,
         is_regression=task.is_regression,
         label_names=task.labels,
-        metric_names=task_metrics.GLUE_METRICS.get(task.name, ("accuracy",)),
+        metric_names=metrics.GLUE_METRICS.get(task.name, ("accuracy",)),
         squad_version="",
         kind="regression" if task.is_regression else "classification",
     )
@@ -491,7 +483,7 @@ def _build_squad(c, tokenizer, report, cache_dir, p, n, log) -> TaskData:
 
 
 def _build_custom(c, tokenizer, report, cache_dir, p, n, log) -> TaskData:
-    arrays, content, facts, built = custom_task.prepare(c, tokenizer, cache_dir)
+    arrays, content, facts, built = custom.prepare(c, tokenizer, cache_dir)
     report.merge(built)
     spec = task_batch_spec(c, facts["is_regression"])
     train, evals = (arrays["train"], content["train"]), {"dev": (None, arrays["dev"])}
