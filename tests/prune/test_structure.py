@@ -290,8 +290,9 @@ def test_from_dict_takes_json_lists():
 
 
 def test_a_model_pruned_to_one_shape_per_layer_exports_to_transformers(tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     config = variants.get("bert_base_micro", num_labels=3)
     params = random_params(config, seed=9)
     keep = [1, 2, 4]
@@ -311,8 +312,7 @@ def test_a_model_pruned_to_one_shape_per_layer_exports_to_transformers(tmp_path)
 
 
 def test_a_pruned_model_directory_exports_to_tflite(tmp_path):
-    pytest.importorskip("tensorflow")
-    from mbert_jax.export.exporter import export_tflite, load_for_export
+    from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
 
     config = variants.get("tinybert4_micro", num_labels=3)
     keep_heads = {0: [0, 2], 1: [3]}
@@ -323,8 +323,7 @@ def test_a_pruned_model_directory_exports_to_tflite(tmp_path):
         load_for_export(tmp_path / "model"),
         "classification",
         tmp_path / "model.tflite",
-        seq_len=32,
-        latency_runs=0,
+        TFLiteOptions(seq_len=32, latency_runs=0),
     )
     # The exporter's own check: the TFLite model against the JAX model on the same inputs.
     assert report.max_abs_diff < 1e-4 and report.agreement == 1.0
