@@ -37,6 +37,7 @@ model. One-shot only: iterative pruning (prune, recover, prune again) is a
 chain of runs, each `init_from` the last one's WORKDIR/model (the teacher is
 then the last pruned model, not the original).
 
+One process only (each process would score its own training batches).
 Every target is checked before anything compiles (a fraction outside [0, 1),
 a block out of range, a head fraction that would empty a block, stacked FFNs
 or shared layers), with one-line errors naming the field.
@@ -174,6 +175,11 @@ class PruneRecipe(Recipe):
         if float(p.kd_weight) < 0 or float(p.ce_weight) < 0 or not (p.kd_weight or p.ce_weight):
             raise ValueError(
                 "config.prune.kd_weight / ce_weight: non-negative, at least one of them > 0"
+            )
+        if jax.process_count() > 1:
+            raise ValueError(
+                f"the prune recipe runs in one process (here {jax.process_count()}): each "
+                "process would score its own batches and could choose another structure"
             )
         if not config.get("init_from"):
             raise ValueError(
