@@ -40,6 +40,8 @@ EXAMPLE_VALUES = {
     "schedule": "constant",
     "kl": "masked",
     "augment": "0",
+    "heads": "0.25",
+    "neurons": "0.25",
 }
 
 

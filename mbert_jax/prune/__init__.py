@@ -9,6 +9,9 @@
   a model into a real, smaller dense model (`ModelConfig.layer_heads`,
   `layer_intermediate_sizes`, a smaller `num_layers`).
 
+- `recipe`: the "prune" recipe (configs/prune.py): importance, one-shot
+  pruning to targets, recovery distilling the unpruned model's logits.
+
 docs/pruning.md says what exists and what is still to come.
 """
 
