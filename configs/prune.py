@@ -6,7 +6,7 @@ batches (Michel et al. 2019) chooses what is removed: `heads=F` the fraction
 of heads (ranked globally, each block keeping one), `neurons=F` the fraction
 of each block's FFN neurons, `--config.prune.layers` whole blocks
 (`every_other` or a list such as `1,3`). The pruned, smaller dense model then
-recovers by distilling the unpruned model's logits (soft cross-entropy at
+recovers by distilling the unpruned model's logits (KL at
 `prune.temperature`, plus `prune.ce_weight` x the hard-label loss) for
 `train.steps` steps; WORKDIR/model is the pruned, recovered model
 (mbert_jax/prune/recipe.py, docs/pruning.md).

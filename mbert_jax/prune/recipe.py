@@ -26,7 +26,7 @@ WORKDIR/model of configs/finetune.py) on the task of `config.data`:
 4. recovery: one stage of `train.steps` steps training the whole pruned
    model on `kd_weight x KD + ce_weight x CE`: KD the logit distillation of
    `losses/logits.py` against the frozen unpruned model (`prune.kd`:
-   "soft_cross_entropy" or "kl", at `prune.temperature`, times T^2), CE the
+   "kl", the default, or "soft_cross_entropy", at `prune.temperature`, times T^2), CE the
    hard-label cross-entropy (metric "loss").
 
 Evaluation is fine-tuning's (the task's official metrics over the dev split)
