@@ -193,8 +193,9 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run (or keep) every run in turn; rewrite the tables after each. Returns the rows.
 
-    `train(config, workdir)` is `cli.run_config`: it returns a `RunResult`, or
-    None when the run was preempted (its checkpoint saved).
+    `train(config, workdir)` is `cli.run_config`: it returns a `RunResult`
+    (`preempted` when SIGTERM stopped it after saving a checkpoint). A preempted
+    run stops the sweep without a marker, so the next start resumes it.
     """
     rows: list[dict[str, Any]] = []
     varied = varied_fields(runs, base)
@@ -241,8 +242,11 @@ def _train_one(run, config, run_dir, which, train, ft_config, followup) -> dict[
             result = train(cfg, str(directory))
         except SystemExit as e:
             raise SystemExit(f"{what}: {e}") from None
-        if result is None:  # preempted: its checkpoint is saved
-            raise SystemExit(f"{what}: stopped before the end; run the same sweep again to resume")
+        if result is None or getattr(result, "preempted", False):  # its checkpoint is saved
+            raise SystemExit(
+                f"{what}: stopped before the end (preempted; its checkpoint is saved); run the "
+                "same sweep again to resume"
+            )
         return result
 
     result = one(config, run_dir, which)

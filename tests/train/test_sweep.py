@@ -165,6 +165,29 @@ def test_a_failing_run_is_one_line_and_the_finished_rows_stay(tmp_path):
     assert not (tmp_path / "broken" / "seed0" / sweep.MARKER).exists()
 
 
+def test_a_preempted_run_stops_the_sweep_and_is_resumed_next_time(tmp_path):
+    runs = sweep.expand(SETTINGS[:2])
+    train = FakeTrainer()
+
+    def preempted_second(config, workdir):
+        result = train(config, workdir)
+        result.preempted = len(train.calls) == 2  # SIGTERM: checkpoint saved, not finished
+        return result
+
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.run_sweep(runs, base_config(), tmp_path, preempted_second)
+    assert str(exit_info.value.code) == (
+        "sweep run 2/2 (mid): stopped before the end (preempted; its checkpoint is saved); "
+        "run the same sweep again to resume"
+    )
+    assert (tmp_path / "low" / sweep.MARKER).is_file()
+    assert not (tmp_path / "mid" / sweep.MARKER).exists()
+    again = FakeTrainer()
+    sweep.run_sweep(runs, base_config(), tmp_path, again)
+    assert [c[0] for c in again.calls] == [str(tmp_path / "mid")]
+    assert [r["run"] for r in read_csv(tmp_path / "results.csv")] == ["low", "mid"]
+
+
 def test_two_settings_of_one_name_are_refused():
     with pytest.raises(SystemExit, match=r"share the name\(s\) \['x'\]; give each a name="):
         sweep.expand([{"name": "x"}, {"name": "x", "a": 1}])
@@ -291,7 +314,8 @@ def test_a_real_sweep_over_two_seeds_reports_what_its_runs_measured(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_and_keeps_its_finished_runs(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_sweep_resumes_and_keeps_its_finished_runs(tmp_path, sig):
     config = real_sweep(tmp_path, steps=400)
     workdir = tmp_path / "sweep"
     argv = ["sweep", "--config", str(config), "--workdir", str(workdir)]
@@ -303,8 +327,8 @@ def test_a_killed_sweep_resumes_and_keeps_its_finished_runs(tmp_path):
         time.sleep(0.2)
     assert proc.poll() is None, "the sweep ended before it could be killed"
     assert checkpoint.exists(), "the second run wrote no checkpoint in time"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    assert proc.wait() != 0  # SIGTERM: the run saves a checkpoint, and the sweep stops
     first = workdir / "two"
     kept = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
     assert (first / sweep.MARKER).is_file() and not (workdir / "many" / sweep.MARKER).exists()
