@@ -147,11 +147,16 @@ class Followup:
     prefix: str = "finetune"
 
 
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` as JSON gives them back (tuples as lists, other objects as strings)."""
+    return json.loads(json.dumps(values, default=str))
+
+
 def _flat(config: ml_collections.ConfigDict | None) -> dict[str, Any]:
     """A config as `field.path: JSON value` pairs, for comparing the settings of two runs."""
     if config is None:
         return {}
-    return json.loads(json.dumps(flatten(config.to_dict()), default=str, sort_keys=True))
+    return _as_json(flatten(config.to_dict()))
 
 
 def _first_difference(old: dict, new: dict) -> str:
@@ -251,7 +256,7 @@ def _train_one(run, config, run_dir, which, train, ft_config, followup) -> dict[
 
     result = one(config, run_dir, which)
     row: dict[str, Any] = {"run": run.name, "setting": run.setting, "seed": run.seed or 0}
-    row.update(run.overrides)
+    row.update(_as_json(run.overrides))  # tuples as lists, as in a row read back from its marker
     row.update({f"eval_{k}": v for k, v in result.final_eval.items()})
     row.update({f"train_{k}": v for k, v in result.final_train.items()})
     if ft_config is not None:
@@ -308,7 +313,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def varied_fields(runs: Sequence[Run], base: ml_collections.ConfigDict) -> dict[str, Any]:
     """`field: base value` of every field some setting overrides, in declaration order."""
-    flat = flatten(base.to_dict())
+    flat = _as_json(flatten(base.to_dict()))
     fields: dict[str, Any] = {}
     for run in runs:
         for key in run.overrides:

@@ -411,3 +411,15 @@ def test_a_field_added_unset_since_a_run_finished_keeps_the_run(tmp_path):
     newer.train.new_option = 3  # set: the finished run was made without it
     with pytest.raises(SystemExit, match=r"train.new_option: None then, 3 now"):
         sweep.run_sweep(runs, newer, tmp_path, FakeTrainer())
+
+
+def test_a_tuple_override_reads_the_same_in_a_fresh_and_a_kept_row(tmp_path):
+    base = base_config()
+    base.model = {"layers": (0, 1, 2)}
+    settings = [{"name": "low", "optimizer.learning_rate": 1e-3, "model.layers": ()}]
+    settings.append({"name": "mid", "optimizer.learning_rate": 3e-3})
+    sweep.run_sweep(sweep.expand(settings), base, tmp_path, FakeTrainer())
+    table = (tmp_path / "results.md").read_text()
+    assert "| low | 0.001 | [] | 1 |" in table and "| mid | 0.003 | [0, 1, 2] | 1 |" in table
+    sweep.run_sweep(sweep.expand(settings), base, tmp_path, FakeTrainer())  # both kept
+    assert (tmp_path / "results.md").read_text() == table
