@@ -59,7 +59,7 @@ from mbert_jax.models.attention import make_attention_mask
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metrics, task_outputs
-from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.recipe import Stage, TaskDataRecipe
 
 SCHEDULES = ("linear", "constant")
 INIT_KINDS = ("first", "module_first", "module_last")
@@ -199,7 +199,7 @@ def successor_from_predecessor(
     return {"encoder": enc, head: predecessor[head]}
 
 
-class TheseusRecipe(Recipe):
+class TheseusRecipe(TaskDataRecipe):
     """Stages "replace" (module replacing) and "successor" (successor-only fine-tuning)."""
 
     loss_uses_step = True
@@ -312,21 +312,8 @@ class TheseusRecipe(Recipe):
     def evaluate(self, stage, params, teacher_params, batch):
         return task_metrics(self.successor_outputs(params, batch, train=False), batch, self.kind)
 
-    def evaluator(self):
-        return self.task.data.evaluator()
-
     def predict(self, params, batch) -> dict[str, jax.Array]:
         return evaluator_outputs(self.successor_outputs(params, batch, train=False), self.kind)
-
-    # -------------------------------------------------------------------- data
-    def train_data(self, process_index, process_count):
-        return self.task.data.train
-
-    def eval_data(self, process_index, process_count):
-        return self.task.data.eval_iterator()
-
-    def vocab_file(self):
-        return self.task.vocab
 
     def final_model(self, params: Any):
         return self.successor_config, self.heads, params

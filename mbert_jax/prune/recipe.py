@@ -61,7 +61,7 @@ from mbert_jax.models.model import dummy_inputs
 from mbert_jax.prune.importance import importance
 from mbert_jax.prune.structure import prune
 from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metrics, task_outputs
-from mbert_jax.train.recipe import Recipe, Stage
+from mbert_jax.train.recipe import Stage, TaskDataRecipe
 
 KD_LOSSES = {"soft_cross_entropy": losses.soft_cross_entropy, "kl": losses.kl_divergence}
 EVERY_OTHER = "every_other"
@@ -157,7 +157,7 @@ def count_params(params) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
-class PruneRecipe(Recipe):
+class PruneRecipe(TaskDataRecipe):
     """Importance, one-shot pruning to the targets, then one recovery stage of distillation."""
 
     def __init__(self, config):
@@ -292,9 +292,6 @@ class PruneRecipe(Recipe):
     def evaluate(self, stage, params, teacher_params, batch):
         return self._metrics(params, teacher_params, batch, train=False)
 
-    def evaluator(self):
-        return self.task.data.evaluator()
-
     def predict(self, params, batch) -> dict[str, jax.Array]:
         out = task_forward(self.student, params, batch, train=False)
         return evaluator_outputs(task_outputs(out, self.kind), self.kind)
@@ -305,16 +302,6 @@ class PruneRecipe(Recipe):
             "params": float(self.pruned_count),
             "unpruned_params": float(self.unpruned_params),
         }
-
-    # -------------------------------------------------------------------- data
-    def train_data(self, process_index, process_count):
-        return self.task.data.train
-
-    def eval_data(self, process_index, process_count):
-        return self.task.data.eval_iterator()
-
-    def vocab_file(self):
-        return self.task.vocab
 
     def final_model(self, params: Any):
         return self.student_config, self.heads, params

@@ -182,3 +182,23 @@ class PretrainingDataRecipe(Recipe):
 
     def vocab_file(self) -> str | Path | None:
         return self.inputs.vocab_file
+
+
+class TaskDataRecipe(Recipe):
+    """A recipe that trains on a labelled task, `self.task` (a `distill.task_data.TaskSetup`:
+    the task's data and vocabulary; BERT-of-Theseus, pruning): its batches, dev batches,
+    official-metric evaluator and vocabulary come from there."""
+
+    task: Any
+
+    def evaluator(self):
+        return self.task.data.evaluator()
+
+    def train_data(self, process_index: int, process_count: int):
+        return self.task.data.train
+
+    def eval_data(self, process_index: int, process_count: int):
+        return self.task.data.eval_iterator()
+
+    def vocab_file(self) -> str | Path | None:
+        return self.task.vocab
