@@ -178,10 +178,11 @@ def finished_row(run_dir: Path, settings: dict[str, Any], which: str) -> dict | 
         old, row = marker["settings"], marker["row"]
     except (ValueError, KeyError, TypeError):
         return None  # unreadable (e.g. written by hand): run it (it resumes or is kept)
-    if _first_difference(old, settings):
+    difference = _first_difference(old, settings)
+    if difference:
         raise SystemExit(
             f"{which}: {run_dir} holds a finished run with other settings "
-            f"({_first_difference(old, settings)}); use another --workdir, or delete "
+            f"({difference}); use another --workdir, or delete "
             f"{run_dir} to run it again"
         )
     return row
@@ -247,7 +248,7 @@ def _train_one(run, config, run_dir, which, train, ft_config, followup) -> dict[
             result = train(cfg, str(directory))
         except SystemExit as e:
             raise SystemExit(f"{what}: {e}") from None
-        if result is None or getattr(result, "preempted", False):  # its checkpoint is saved
+        if result.preempted:  # SIGTERM: its checkpoint is saved
             raise SystemExit(
                 f"{what}: stopped before the end (preempted; its checkpoint is saved); run the "
                 "same sweep again to resume"

@@ -68,6 +68,7 @@ class FakeTrainer:
         return SimpleNamespace(
             final_eval={"accuracy": accuracy, "objective": 1.0 - accuracy},
             final_train={"objective": 2.0 - accuracy},
+            preempted=False,
         )
 
 
