@@ -236,6 +236,7 @@ class Checkpoints:
         self.pending: int | None = None  # the step whose save is in flight
         self._pending_bytes = 0
         self._failed = False
+        self._abandoned: int | None = None  # a failed step whose partial files may linger
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -291,6 +292,7 @@ class Checkpoints:
 
     def _abandon(self, error: BaseException):
         step, self.pending, self._failed = self.pending, None, True
+        self._abandoned = step
         _mute_lost_tasks()  # its other writes fail too, reported here once
         self._remove_partial(step)
         where = f"{self.directory}/{step}"
@@ -349,6 +351,11 @@ class Checkpoints:
         except Exception:
             if not self._failed:  # after a failed save orbax raises its error again
                 raise
+        finally:
+            # orbax's background threads may still have written into the failed
+            # step's temporary directory after its error reached us; they are
+            # joined now, so what they left goes.
+            self._remove_partial(self._abandoned)
 
     # --------------------------------------------------------------- restore
     def read_meta(self, step: int) -> dict:

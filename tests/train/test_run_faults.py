@@ -118,7 +118,9 @@ def losses(workdir) -> dict[int, float]:
 
 
 def committed(workdir) -> list[int]:
-    return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.is_dir())
+    return sorted(
+        int(p.name) for p in (Path(workdir) / "checkpoints").iterdir() if p.name.isdigit()
+    )
 
 
 def leftovers(workdir) -> list[str]:
