@@ -91,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
         "costs accuracy). With --int8-attention: an integer-only graph for NPUs",
     )
     opt.add_argument(
+        "--dynamic-layers",
+        help="int8: comma-separated regular expressions over the dense layers' module paths "
+        "(e.g. 'ffn_\\d+/output$'); those layers are dynamic-range int8 (float output). "
+        "Default: every FFN output projection of a LayerNorm model, none of a NoNorm one; "
+        "'none' for no layer",
+    )
+    opt.add_argument(
+        "--report",
+        nargs="?",
+        const="",
+        metavar="PREFIX",
+        help="int8: write the per-layer quantization report (the int8 file against its float "
+        "graph on the calibration examples) to PREFIX.md, .csv and .png (default PREFIX: "
+        "--out without .tflite, plus _layers)",
+    )
+    opt.add_argument(
         "--no-builtin-gelu",
         action="store_true",
         help="lower exact GELU to elementwise ops (its erf polynomial) instead of TFLite's "
@@ -156,6 +172,12 @@ def run(args) -> list[str]:
             seq_len=args.seq_len,
         )
     threads = tuple(int(t) for t in args.threads.split(",") if t)
+    dynamic = None
+    if args.dynamic_layers is not None:
+        dynamic = () if args.dynamic_layers == "none" else tuple(args.dynamic_layers.split(","))
+    report_prefix = None
+    if args.report is not None:
+        report_prefix = args.report or str(Path(args.out).with_suffix("")) + "_layers"
     options = TFLiteOptions(
         quantize=args.quantize,
         seq_len=args.seq_len,
@@ -165,6 +187,8 @@ def run(args) -> list[str]:
         int8_attention=args.int8_attention,
         int8_elementwise=args.int8_elementwise,
         builtin_gelu=not args.no_builtin_gelu,
+        dynamic_layers=dynamic,
+        layer_report=report_prefix,
         threads=threads,
         latency_runs=args.latency_runs,
     )

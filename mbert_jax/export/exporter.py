@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -120,6 +121,26 @@ def quantization_friendly(config: ModelConfig) -> bool:
     return config.normalization == "no_norm" and config.hidden_act in ("relu", "relu6")
 
 
+# LayerNorm models: every FFN's output projection (see `default_dynamic_layers`).
+LAYER_NORM_DYNAMIC_LAYERS = (r"ffn_\d+/output$",)
+
+
+def default_dynamic_layers(config: ModelConfig) -> tuple[str, ...]:
+    """The dense layers that int8 mode makes dynamic-range int8 by default.
+
+    In a LayerNorm BERT, the FFN output projections write the residual
+    stream's outlier dimensions (measured on the fine-tuned all-MiniLM-L6-v2:
+    their outputs' peak is 38-100x their RMS), so a static per-tensor int8
+    output spends its steps on the outliers (a step of 0.35-0.92 against
+    typical values near 1) and the LayerNorm after it, which scales the
+    ordinary dimensions back up, carries that error into every block
+    (BENCHMARKS.md, "int8 for LayerNorm models"). Dynamic-range int8 keeps
+    their int8 weights and int8 arithmetic but gives a float output. NoNorm
+    models keep every dense layer static int8.
+    """
+    return LAYER_NORM_DYNAMIC_LAYERS if config.normalization == "layer_norm" else ()
+
+
 def _check_seq_len(config: ModelConfig, seq_len: int) -> None:
     if not 1 <= seq_len <= config.max_position_embeddings:
         raise ExportError(
@@ -166,6 +187,17 @@ class TFLiteOptions:
 
     latency_runs: int = 20
     """Runs per timing (0: no timing)."""
+
+    dynamic_layers: tuple[str, ...] | None = None
+    """In int8 mode, regular expressions over the dense layers' module paths
+    (e.g. 'ffn_\\d+/output$'): the layers they match are dynamic-range int8
+    (int8 weights, input quantized at run time, float output) instead of
+    static int8. None: the model's default (`default_dynamic_layers`)."""
+
+    layer_report: str | None = None
+    """In int8 mode, also write the per-layer quantization report
+    (`layer_report`: the int8 file against its float graph on the calibration
+    examples) to LAYER_REPORT.md, .csv and .png."""
 
 
 def export_tflite(
@@ -215,6 +247,18 @@ def export_tflite(
         )
     if (int8_attention or int8_elementwise) and quantize != "int8":
         raise ExportError("--int8-attention / --int8-elementwise apply to --quantize int8 only")
+    if int8_attention and config.attention_mask_value is None:
+        raise ExportError(
+            "--int8-attention needs a finite attention mask fill: this model gives masked keys "
+            "float32's lowest value (attention_mask_value=None), which no int8 range of the "
+            "scores can hold beside the real ones; export without --int8-attention, or use a "
+            "model trained with attention_mask_value=-6.0 (MobileBERT's)"
+        )
+    if options.layer_report and quantize != "int8":
+        raise ExportError(
+            f"--report compares an int8 file with its float graph; add --quantize int8 "
+            f"(this export is {quantize})"
+        )
     heads, params = params_for_task(loaded, task, init_missing_head=options.init_missing_head)
     representative = None
     if quantize == "int8":
@@ -233,8 +277,22 @@ def export_tflite(
     if quantize in ("dynamic_int8", "int8"):
         table_q = graph.quantize_rows(graph.word_table(params))
 
+    dynamic_layers = options.dynamic_layers
+    if dynamic_layers is None:
+        dynamic_layers = default_dynamic_layers(config) if quantize == "int8" else ()
+    elif quantize != "int8" and dynamic_layers:
+        raise ExportError("--dynamic-layers applies to --quantize int8 only")
+    for pattern in dynamic_layers:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ExportError(
+                f"--dynamic-layers {pattern!r} is not a regular expression ({e})"
+            ) from None
+    float_graph: list[bytes] = []  # the int8 file's float graph, for the layer report
+
     def convert(traced: ModelConfig) -> bytes:
-        return tflite.convert(
+        out = tflite.convert(
             graph.export_fn(traced, heads, task, quantized_table=table_q, pooling=pooling),
             params,
             seq_len=seq_len,
@@ -243,7 +301,13 @@ def export_tflite(
             representative=representative,
             int8_attention=int8_attention,
             int8_elementwise=int8_elementwise,
+            dynamic_layers=dynamic_layers,
+            keep_float_graph=bool(options.layer_report),
         )
+        if not options.layer_report:
+            return out
+        float_graph[:] = [out[1]]
+        return out[0]
 
     def make() -> bytes:
         traced = graph.builtin_gelu_config(config) if options.builtin_gelu else config
@@ -251,6 +315,8 @@ def export_tflite(
             flatbuffer = convert(config)
         else:
             flatbuffer, found = tflite.set_gelu_exact(convert(traced))
+            if float_graph:
+                float_graph[0] = tflite.set_gelu_exact(float_graph[0])[0]
             expected = graph.gelu_count(config, task)
             if found != expected:
                 warnings.warn(
@@ -282,6 +348,15 @@ def export_tflite(
 
     path = tflite.write_atomic(out, make)
     flatbuffer = path.read_bytes()
+    report_lines = []
+    if options.layer_report:
+        from mbert_jax.export import layer_report
+
+        layers = layer_report.compare(
+            flatbuffer, float_graph[0], calibration, hidden_size=config.hidden_size
+        )
+        written = layers.write(options.layer_report)
+        report_lines = layers.summary() + ["    written: " + ", ".join(str(p) for p in written)]
 
     if verify_examples is None:
         verify_examples = synthetic_examples(config, seq_len, num_verify)
@@ -290,7 +365,7 @@ def export_tflite(
         verify_examples = verify_examples.take(0, num_verify)
     examples = verify_examples
     reference = graph.reference_outputs(config, heads, params, task, examples.inputs(), pooling)
-    return verify.verify(
+    report = verify.verify(
         flatbuffer,
         path=str(path),
         task=task,
@@ -303,3 +378,5 @@ def export_tflite(
         ops=dict(tflite.builtin_ops(flatbuffer)),
         label_names=config.label_names,
     )
+    report.notes = report_lines
+    return report

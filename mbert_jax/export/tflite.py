@@ -82,6 +82,9 @@ INT8_OPS = frozenset(
         "CONCATENATION", "SLICE", "STRIDED_SLICE", "GATHER", "GATHER_ND", "SELECT", "SELECT_V2",
     }
 )  # fmt: skip
+# The ops of INT8_OPS that only move, select or clip values: int8 only where
+# they carry an int8 compute op's input or output (`float_islands`).
+MOVEMENT_OPS = INT8_OPS - {"FULLY_CONNECTED"}
 ATTENTION_OPS = frozenset({"BATCH_MATMUL", "SOFTMAX"})
 ELEMENTWISE_OPS = frozenset({"ADD", "SUB", "MUL"})
 
@@ -159,7 +162,9 @@ def convert(
     int8_attention: bool = False,
     int8_elementwise: bool = False,
     input_names: Iterable[str] = ("input_ids", "attention_mask", "token_type_ids"),
-) -> bytes:
+    dynamic_layers: Iterable[str] = (),
+    keep_float_graph: bool = False,
+) -> bytes | tuple[bytes, bytes]:
     """Convert `fn(variables, *inputs)` to a TFLite flatbuffer.
 
     The variables become `tf.Variable`s (frozen to constants by the
@@ -179,10 +184,18 @@ def convert(
       int8_elementwise: in "int8" mode, quantize ADD / SUB / MUL too (see the
         module docstring; only sensible for NoNorm/ReLU models).
       input_names: the input names, in `fn`'s order.
+      dynamic_layers: in "int8" mode, regular expressions over the JAX
+        module paths of the dense layers (`module_of`, e.g.
+        'encoder/layers_3/ffn/ffn_0/output'): a dense layer that one of them
+        matches (`re.search`) is dynamic-range int8 (int8 weights, its input
+        quantized at run time, a float output) instead of static int8.
+      keep_float_graph: in "int8" mode, also return the calibrated float
+        graph the file was quantized from (same ops and tensor names; the
+        reference of `layer_report`).
 
     Returns:
       The flatbuffer bytes, after `tidy` (identical constants shared, dense
-      biases 1-D).
+      biases 1-D); with `keep_float_graph`, (those bytes, the float graph's).
     """
     if quantize not in QUANTIZATIONS:
         raise ExportError(
@@ -190,6 +203,11 @@ def convert(
         )
     if quantize == "int8" and representative is None:
         raise ExportError("int8 quantization needs a representative (calibration) dataset")
+    if keep_float_graph and quantize != "int8":
+        raise ExportError(
+            f"the float graph of a conversion is kept in int8 mode only, not {quantize}"
+        )
+    calibrated = None
     with _quiet_tf() as tf:
         directory = _saved_model(tf, fn, variables, seq_len, signature, input_names)
         try:
@@ -213,16 +231,26 @@ def convert(
                     allowed |= ATTENTION_OPS
                 if int8_elementwise:
                     allowed |= ELEMENTWISE_OPS
-                flatbuffer = _int8_selective(converter, allowed)
+                flatbuffer, calibrated = _int8_selective(converter, allowed, tuple(dynamic_layers))
             else:
                 flatbuffer = converter.convert()
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+    if keep_float_graph:
+        return tidy(bytes(flatbuffer)), tidy(bytes(calibrated))
     return tidy(bytes(flatbuffer))
 
 
-def _int8_selective(converter, allowed: frozenset[str]) -> bytes:
+def _int8_selective(
+    converter, allowed: frozenset[str], dynamic_layers: tuple[str, ...] = ()
+) -> tuple[bytes, bytes]:
     """Calibrate, then quantize only the ops in `allowed` (selective quantization).
+
+    Movement ops between float ops stay float (`float_islands`); the dense
+    layers that `dynamic_layers` match are left float by the quantizer, then
+    made dynamic-range int8 (`dynamic_range_dense`).
+
+    Returns (the quantized model, the calibrated float model).
 
     The other ops of the calibrated graph are passed to the quantizer's
     `denylisted_ops`, which is what `tf.lite.experimental.QuantizationDebugger`
@@ -234,12 +262,151 @@ def _int8_selective(converter, allowed: frozenset[str]) -> bytes:
     converter._experimental_calibrate_only = True
     calibrated = converter.convert()
     denied = sorted(set(builtin_ops(calibrated)) - allowed)
-    return tfl_convert.mlir_quantize(
-        calibrated, disable_per_channel=False, fully_quantize=False, denylisted_ops=denied
+    dynamic = dense_layers(calibrated, dynamic_layers)
+    quantized = tfl_convert.mlir_quantize(
+        calibrated,
+        disable_per_channel=False,
+        fully_quantize=False,
+        denylisted_ops=denied,
+        denylisted_nodes=dynamic + float_islands(calibrated, allowed - MOVEMENT_OPS, dynamic),
     )
+    return dynamic_range_dense(bytes(quantized), dynamic), calibrated
+
+
+def dense_layers(flatbuffer: bytes, patterns: Iterable[str]) -> list[str]:
+    """Output tensor names of the `FULLY_CONNECTED` ops whose module a pattern matches."""
+    import re
+
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    patterns = list(patterns)
+    if not patterns:
+        return []
+    model = _read(flatbuffer)
+    dense = [
+        _name(sg.tensors[op.outputs[0]].name)
+        for sg in model.subgraphs
+        for op in sg.operators
+        if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) == "FULLY_CONNECTED"
+    ]
+    out = []
+    for pattern in patterns:
+        hits = [n for n in dense if re.search(pattern, module_of(n))]
+        if not hits:
+            modules = sorted({module_of(n) for n in dense})
+            raise ExportError(
+                f"--dynamic-layers {pattern!r} matches none of the {len(modules)} dense layers "
+                f"({', '.join(modules[:4])}, ...); give a pattern over these module paths"
+            )
+        out += [n for n in hits if n not in out]
+    return out
+
+
+def float_islands(
+    flatbuffer: bytes, compute: frozenset[str], float_nodes: Iterable[str] = ()
+) -> list[str]:
+    """The data-movement ops (`MOVEMENT_OPS`) that no int8 compute op reads or feeds.
+
+    A reshape, select or slice between two float ops gains nothing from int8
+    and loses what a per-tensor scale cannot hold: in BERT, the LayerNorm
+    statistics (a [1, seq_len] mean and variance reshaped for broadcasting:
+    one scale for every token's variance), the word table's per-row scales
+    (gathered, then reshaped) and, above all, the masked attention scores
+    (`SELECT_V2` of the scores and the mask fill), whose calibrated range
+    spans the fill: with a fill of float32's lowest value (transformers'
+    BERT), one int8 step is 1.3e36 and every real score becomes 0.
+
+    Movement ops connected to a compute op in `compute` through a chain of
+    movement ops (over float activation tensors, not the boolean mask or
+    int32 indices) stay int8 and carry int8 values between int8 ops; the
+    rest are returned, by the names the quantizer's `denylisted_nodes` takes
+    (the op's output tensor name).
+
+    Args:
+      flatbuffer: the calibrated float model.
+      compute: the op names quantized in this mode besides the movement ops.
+      float_nodes: output tensor names of compute ops kept float all the same.
+
+    Returns:
+      The output tensor names of the movement ops to keep float.
+    """
+    model = _read(flatbuffer)
+    islands = []
+    for sg in model.subgraphs:
+        islands += _islands(model, sg, compute, set(float_nodes))
+    return islands
+
+
+def _islands(model, sg, compute: frozenset[str], skip: set[str]) -> list[str]:
+    """`float_islands` of one subgraph."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    ops = [
+        (flatbuffer_utils.opcode_to_name(model, op.opcodeIndex), list(op.inputs), list(op.outputs))
+        for op in sg.operators
+    ]
+
+    def activation(t: int) -> bool:
+        if t < 0:
+            return False
+        tensor = sg.tensors[t]
+        data = model.buffers[tensor.buffer].data
+        const = data is not None and len(data) > 0
+        return not const and flatbuffer_utils.type_to_name(tensor.type) == "FLOAT32"
+
+    readers: dict[int, list[int]] = {}
+    for i, (_, ins, _) in enumerate(ops):
+        for t in ins:
+            readers.setdefault(t, []).append(i)
+    writer = {t: i for i, (_, _, outs) in enumerate(ops) for t in outs}
+
+    def neighbours(i: int):
+        _, ins, outs = ops[i]
+        for t in ins:
+            if activation(t) and t in writer:
+                yield writer[t]
+        for t in outs:
+            if activation(t):
+                yield from readers.get(t, ())
+
+    kept = set()
+    todo = [
+        i
+        for i, (name, _, outs) in enumerate(ops)
+        if name in compute and _name(sg.tensors[outs[0]].name) not in skip
+    ]
+    while todo:
+        i = todo.pop()
+        for j in neighbours(i):
+            if ops[j][0] in MOVEMENT_OPS and j not in kept:
+                kept.add(j)
+                todo.append(j)
+    return [
+        _name(sg.tensors[outs[0]].name)
+        for i, (name, _, outs) in enumerate(ops)
+        if name in MOVEMENT_OPS and i not in kept
+    ]
 
 
 # ------------------------------------------------------------ flatbuffer tools
+def module_of(name: str) -> str:
+    """The JAX module path in a converter tensor name ('' when there is none).
+
+    The converter names an op's output after its JAX location:
+    'jit(fn)/Model/encoder/layers_0/attention/output/abcd,cdA->abA/dot_general1'
+    -> 'encoder/layers_0/attention/output' (the op and an einsum's equation
+    dropped); a fused name ('a;b') gives its first part that has one.
+    """
+    for part in name.split(";"):
+        i = part.find("/Model/")
+        if i >= 0:
+            parts = part[i + len("/Model/") :].split("/")[:-1]  # the last one is the op
+            while parts and ("," in parts[-1] or ">" in parts[-1]):  # an einsum's equation
+                parts.pop()
+            return "/".join(parts)
+    return ""
+
+
 def _read(flatbuffer: bytes):
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -502,3 +669,46 @@ def write_atomic(path: str | os.PathLike, make: Callable[[], bytes]) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+def dynamic_range_dense(flatbuffer: bytes, names: Iterable[str]) -> bytes:
+    """Make the float `FULLY_CONNECTED` ops whose outputs are `names` dynamic-range int8.
+
+    Their weights become int8 with a symmetric scale per output channel (the
+    largest magnitude of each row is 127) and the op quantizes its float
+    input at run time (`asymmetric_quantize_inputs`, per row in XNNPACK's
+    `qd8` kernels), so the output stays float: the same form the
+    `dynamic_int8` mode gives every dense layer.
+    """
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = set(names)
+    if not names:
+        return flatbuffer
+    model = _read(flatbuffer)
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) != "FULLY_CONNECTED":
+                continue
+            if _name(sg.tensors[op.outputs[0]].name) not in names:
+                continue
+            weight = sg.tensors[op.inputs[1]]
+            if flatbuffer_utils.type_to_name(weight.type) != "FLOAT32":
+                continue
+            buf = model.buffers[weight.buffer]
+            w = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), np.float32)
+            w = w.reshape([int(d) for d in weight.shape])
+            w2 = w.reshape(w.shape[0], -1)
+            scale = np.abs(w2).max(axis=1) / 127.0
+            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+            q = np.clip(np.round(w2 / scale[:, None]), -127, 127).astype(np.int8)
+            buf.data = np.frombuffer(q.tobytes(), np.uint8).copy()
+            weight.type = schema.TensorType.INT8
+            quant = schema.QuantizationParametersT()
+            quant.scale = scale.tolist()
+            quant.zeroPoint = [0] * len(scale)
+            quant.quantizedDimension = 0
+            weight.quantization = quant
+            op.builtinOptions.asymmetricQuantizeInputs = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

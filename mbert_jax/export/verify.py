@@ -140,6 +140,7 @@ class Report:
     metric_tflite: float | None = None
     latency_ms: dict[int, float] = dataclasses.field(default_factory=dict)
     ops: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. the layer report's summary
 
     @property
     def metric_drop(self) -> float | None:
@@ -165,7 +166,7 @@ class Report:
             )
         for threads, ms in sorted(self.latency_ms.items()):
             out.append(f"    median latency, batch 1, {threads} thread(s): {ms:.2f} ms")
-        return out
+        return out + [f"  {line}" for line in self.notes]
 
 
 def verify(
