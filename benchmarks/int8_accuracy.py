@@ -12,6 +12,13 @@ model and of the file with its standard error, argmax agreement, file size
 and median batch-1 latency on one thread (`--latency-runs` runs after a
 warm-up). Each finished variant is written to `--out` at once (a killed run
 keeps them; a rerun skips them).
+
+The latency printed by each export is taken right after it, so other work
+on the machine moves it; `--rounds R` then times every variant's file (and
+each `--time-also NAME=FILE`, e.g. a file exported by an older version)
+round-robin, R rounds of `--latency-runs` runs each, so that background load
+hits them alike, and records the median of all runs per file
+(`latency_ms_round_robin`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ def main() -> None:
     p.add_argument("--variant", action="append", required=True, help="NAME:QUANTIZE[:JSON]")
     p.add_argument("--out", required=True, help="results JSON (one entry per variant)")
     p.add_argument("--keep", help="directory to keep the .tflite files in")
+    p.add_argument("--rounds", type=int, default=0, help="round-robin timing rounds (0: none)")
+    p.add_argument("--time-also", action="append", default=[], help="NAME=FILE to time too")
     args = p.parse_args()
 
     model_dir = Path(args.model)
@@ -84,7 +93,42 @@ def main() -> None:
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(done, indent=2) + "\n")
+    if args.rounds > 0:
+        files = {
+            spec.split(":", 1)[0]: keep / f"{spec.split(':', 1)[0]}.tflite" for spec in args.variant
+        }
+        files.update(dict(item.split("=", 1) for item in args.time_also))
+        for name, ms in round_robin(files, args.seq_len, args.rounds, args.latency_runs).items():
+            done.setdefault(name, {"file": str(files[name])})["latency_ms_round_robin"] = ms
+            print(f"{name}: median {ms:.2f} ms (round-robin, 1 thread)", flush=True)
+        out.write_text(json.dumps(done, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def round_robin(files: dict, seq_len: int, rounds: int, runs: int) -> dict[str, float]:
+    """Median batch-1 latency (ms, 1 thread) of each file, timed in turns."""
+    import time
+
+    import numpy as np
+
+    from mbert_jax.export.verify import interpreter
+
+    runners = {}
+    for name, path in files.items():
+        runner = interpreter(Path(path).read_bytes(), 1).get_signature_runner()
+        names = list(runner.get_input_details())
+        feed = {k: np.ones((1, seq_len), np.int32) for k in names}
+        runner(**feed)
+        runners[name] = (runner, feed)
+    times: dict[str, list[float]] = {name: [] for name in files}
+    for r in range(rounds):
+        for name, (runner, feed) in runners.items():
+            for _ in range(runs):
+                t = time.perf_counter()
+                runner(**feed)
+                times[name].append(time.perf_counter() - t)
+        print(f"  timing round {r + 1}/{rounds}", flush=True)
+    return {name: 1000.0 * float(np.median(v)) for name, v in times.items()}
 
 
 if __name__ == "__main__":

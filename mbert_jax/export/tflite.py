@@ -43,6 +43,16 @@ Quantization modes:
     to 1.4x over float. Its int8 form (a lookup table, the same values) is
     not an XNNPACK kernel, so it added a delegate partition per layer and
     measured no faster.
+  The data-movement ops of `INT8_OPS` (`MOVEMENT_OPS`) are int8 only where
+  they carry an int8 op's input or output (`float_islands`): between two
+  float ops they stayed int8 before, which in a transformers BERT quantized
+  the masked scores (fill: float32's lowest value, one int8 step 1.3e36, every
+  real score 0) and the LayerNorm statistics (one scale for every token's
+  variance) and left its int8 file at chance. `dynamic_layers` names dense
+  layers to make dynamic-range int8 instead (float output): by default the
+  FFN output projections of LayerNorm models, whose outputs carry BERT's
+  outlier dimensions (`exporter.default_dynamic_layers`). The per-layer
+  report (`layer_report`) measured both.
   `int8_attention=True` and `int8_elementwise=True` quantize the attention
   core and the elementwise ops too: together, an integer-only graph for
   NoNorm/ReLU models (for NPUs and DSPs without float units), at the
