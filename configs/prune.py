@@ -65,6 +65,10 @@ def get_config(arg=None):
         heads=float(arg.heads),  # fraction of heads removed, global ranking
         neurons=float(arg.neurons),  # fraction of each block's FFN neurons removed
         layers="",  # blocks dropped: "", "every_other", or a list ("1,3")
+        drop_layers=0.0,  # or: blocks dropped by skip importance, a fraction in [0, 1) or a count
+        params_budget=0.0,  # or (with heads=neurons=0): fraction in (0, 1] or count of parameters
+        iterations=1,  # N > 1: N steps of prune-then-recover, train.steps / N each
+        hidden_weight=0.0,  # per-block hidden-state MSE against the unpruned model
         importance_batches=32,  # training batches the importance is averaged over
         kd="kl",  # KL(teacher || student); or "soft_cross_entropy" (the same gradients)
         temperature=2.0,
