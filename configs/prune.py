@@ -5,11 +5,16 @@ configs/finetune.py), head and FFN-neuron importance on the task's training
 batches (Michel et al. 2019) chooses what is removed: `heads=F` the fraction
 of heads (ranked globally, each block keeping one), `neurons=F` the fraction
 of each block's FFN neurons, `--config.prune.layers` whole blocks
-(`every_other` or a list such as `1,3`). The pruned, smaller dense model then
-recovers by distilling the unpruned model's logits (KL at
-`prune.temperature`, plus `prune.ce_weight` x the hard-label loss) for
-`train.steps` steps; WORKDIR/model is the pruned, recovered model
-(mbert_jax/prune/recipe.py, docs/pruning.md).
+(`every_other` or a list such as `1,3`) or `--config.prune.drop_layers` (a
+fraction or count of blocks, those whose skipping costs least);
+`--config.prune.params_budget` (with heads=0,neurons=0) a parameter budget
+instead of fractions. The pruned, smaller dense model then recovers by
+distilling the unpruned model's logits (KL at `prune.temperature`, plus
+`prune.ce_weight` x the hard-label loss and `prune.hidden_weight` x the
+per-block hidden-state MSE) for `train.steps` steps;
+`--config.prune.iterations=N` does it in N prune-then-recover steps in one
+run. WORKDIR/model is the pruned, recovered model (mbert_jax/prune/recipe.py,
+docs/pruning.md).
 
 Full size (a BERT-base fine-tuned on MRPC, half its heads and FFN neurons):
 
@@ -65,6 +70,10 @@ def get_config(arg=None):
         heads=float(arg.heads),  # fraction of heads removed, global ranking
         neurons=float(arg.neurons),  # fraction of each block's FFN neurons removed
         layers="",  # blocks dropped: "", "every_other", or a list ("1,3")
+        drop_layers=0.0,  # or: blocks dropped by skip importance, a fraction in [0, 1) or a count
+        params_budget=0.0,  # or (with heads=neurons=0): fraction in (0, 1] or count of parameters
+        iterations=1,  # N > 1: N steps of prune-then-recover, train.steps / N each
+        hidden_weight=0.0,  # per-block hidden-state MSE against the unpruned model
         importance_batches=32,  # training batches the importance is averaged over
         kd="kl",  # KL(teacher || student); or "soft_cross_entropy" (the same gradients)
         temperature=2.0,
@@ -96,7 +105,7 @@ def get_config(arg=None):
     return config
 
 
-sweep_metrics = ("eval_accuracy",)  # the pruned, recovered model's dev accuracy
+sweep_metrics = ("eval_accuracy", "eval_params")  # the pruned, recovered model's
 
 
 def sweep(add):

@@ -137,6 +137,7 @@ class Encoder(nn.Module):
         stop_gradient_below: int | None = None,
         head_gates: Sequence[jax.Array] | None = None,
         neuron_gates: Sequence[jax.Array] | None = None,
+        layer_gates: jax.Array | Sequence[jax.Array] | None = None,
     ) -> EncoderOutput:
         """Runs the encoder.
 
@@ -161,6 +162,10 @@ class Encoder(nn.Module):
             importance); None: no gates.
           neuron_gates: per block, a [width] (or [num_feedforward_networks,
             width]) multiplier of each FFN neuron's activation; None: no gates.
+          layer_gates: per block a scalar g: the block's output becomes
+            g x block(x) + (1 - g) x x, so g = 0 skips the block exactly (its
+            input passes on) and g = 1 runs it; None: no gates (layer
+            importance, `prune.layers`).
 
         Returns:
           An `EncoderOutput`.
@@ -175,7 +180,11 @@ class Encoder(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         mask = make_attention_mask(attention_mask)
-        for name, gates in (("head_gates", head_gates), ("neuron_gates", neuron_gates)):
+        for name, gates in (
+            ("head_gates", head_gates),
+            ("neuron_gates", neuron_gates),
+            ("layer_gates", layer_gates),
+        ):
             if gates is not None and len(gates) != cfg.num_layers:
                 raise ValueError(f"{name} has {len(gates)} entries for {cfg.num_layers} blocks")
 
@@ -185,13 +194,18 @@ class Encoder(nn.Module):
         for i in range(run):
             if stop_gradient_below is not None and i == stop_gradient_below:
                 x = jax.lax.stop_gradient(x)
-            x, s, p, layer_qkv = self.layers[i](
+            y, s, p, layer_qkv = self.layers[i](
                 x,
                 mask,
                 deterministic,
                 None if head_gates is None else head_gates[i],
                 None if neuron_gates is None else neuron_gates[i],
             )
+            if layer_gates is None:
+                x = y
+            else:
+                g = jnp.asarray(layer_gates[i], y.dtype)
+                x = g * y + (1 - g) * x
             hidden.append(x)
             scores.append(s)
             probs.append(p)

@@ -129,6 +129,7 @@ class Model(nn.Module):
         run_heads: Sequence[str] | None = None,
         head_gates: Sequence[jax.Array] | None = None,
         neuron_gates: Sequence[jax.Array] | None = None,
+        layer_gates: jax.Array | Sequence[jax.Array] | None = None,
     ) -> ModelOutput:
         """Encoder forward, then the heads in `run_heads` (default: all the model has).
 
@@ -151,6 +152,7 @@ class Model(nn.Module):
             stop_gradient_below=stop_gradient_below,
             head_gates=head_gates,
             neuron_gates=neuron_gates,
+            layer_gates=layer_gates,
         )
         run = validate_heads(self.heads if run_heads is None else run_heads)
         missing = [h for h in run if h not in self.heads]

@@ -5,18 +5,27 @@
   a gate of 0 acts as the removed head or neuron.
 - `importance`: Michel et al. (2019) first-order importance of each head and
   neuron, the expected |d loss / d gate| over a data set.
+- `importance.layer_importance`: the loss increase when each block is
+  skipped (`Model.__call__(layer_gates=...)`, one jitted pass per batch).
+- `choose`: what a target removes (fractions, blocks, a parameter budget).
 - `structure`: `prune`, which slices the kept heads, neurons and blocks out of
   a model into a real, smaller dense model (`ModelConfig.layer_heads`,
   `layer_intermediate_sizes`, a smaller `num_layers`).
 
-- `recipe`: the "prune" recipe (configs/prune.py): importance, one-shot
-  pruning to targets, recovery distilling the unpruned model's logits.
+- `recipe`: the "prune" recipe (configs/prune.py): importance, pruning to
+  targets in one shot or N steps, recovery distilling the unpruned model's
+  logits (and hidden states).
 
 docs/pruning.md says what exists and what is still to come.
 """
 
 from mbert_jax.prune.gates import gates_from_keep, ones_gates
-from mbert_jax.prune.importance import Importance, classification_loss, importance
+from mbert_jax.prune.importance import (
+    Importance,
+    classification_loss,
+    importance,
+    layer_importance,
+)
 from mbert_jax.prune.structure import PruneError, prune
 
 __all__ = [
@@ -25,6 +34,7 @@ __all__ = [
     "classification_loss",
     "gates_from_keep",
     "importance",
+    "layer_importance",
     "ones_gates",
     "prune",
 ]

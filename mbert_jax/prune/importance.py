@@ -44,13 +44,13 @@ class Importance:
 
 
 def gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Callable:
-    """A jitted `(params, batch) -> (head |grads|, neuron |grads|)` at gates of 1.
+    """A jitted `(params, batch, gates) -> (head |grads|, neuron |grads|)` at `gates`.
 
     The batch holds `input_ids` and optionally `attention_mask` and
     `token_type_ids` (the model's inputs), and whatever `loss_fn` reads.
-    Dropout is off.
+    Dropout is off. `gates`: `(head_gates, neuron_gates)` as `ones_gates`
+    gives them (iterative pruning scores a gated model, its removed units at 0).
     """
-    config = model.config
 
     def loss(gates, params, batch):
         head_gates, neuron_gates = gates
@@ -66,8 +66,8 @@ def gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Calla
         return loss_fn(out, batch)
 
     @jax.jit
-    def grads(params, batch):
-        g = jax.grad(loss)(ones_gates(config), params, batch)
+    def grads(params, batch, gates):
+        g = jax.grad(loss)(gates, params, batch)
         return jax.tree.map(jnp.abs, g)
 
     return grads
@@ -85,6 +85,7 @@ def importance(
     loss_fn: LossFn = classification_loss,
     *,
     normalize: bool = True,
+    gates=None,
 ) -> Importance:
     """Head and neuron importance: the mean over `batches` of |d loss / d gate|.
 
@@ -97,21 +98,88 @@ def importance(
         cross-entropy.
       normalize: divide each layer's head scores, and each layer's neuron
         scores, by their L2 norm (Michel et al.).
+      gates: `(head_gates, neuron_gates)` the gradients are taken at (default:
+        all ones, the ungated model).
 
     Returns:
       An `Importance`, numpy float64 scores.
     """
     grads = gate_gradients(model, loss_fn)
+    gates = ones_gates(model.config) if gates is None else gates
     total, count = None, 0
     for batch in batches:
-        g = jax.device_get(grads(params, dict(batch)))
+        g = jax.device_get(grads(params, dict(batch), gates))
         g = jax.tree.map(lambda x: np.asarray(x, np.float64), g)
         total = g if total is None else jax.tree.map(np.add, total, g)
         count += 1
     if not count:
         raise ValueError("importance needs at least one batch; the data set is empty")
     heads, neurons = jax.tree.map(lambda x: x / count, total)
-    if normalize:
-        heads = [_normalize(h) for h in heads]
-        neurons = [_normalize(n) for n in neurons]
-    return Importance(heads=tuple(heads), neurons=tuple(neurons), batches=count)
+    scores = Importance(heads=tuple(heads), neurons=tuple(neurons), batches=count)
+    return normalized(scores) if normalize else scores
+
+
+def normalized(scores: Importance) -> Importance:
+    """Each layer's head scores, and each layer's neuron scores, divided by their L2 norm."""
+    return dataclasses.replace(
+        scores,
+        heads=tuple(_normalize(h) for h in scores.heads),
+        neurons=tuple(_normalize(n) for n in scores.neurons),
+    )
+
+
+def layer_losses(model: Model, loss_fn: LossFn = classification_loss) -> Callable:
+    """A jitted `(params, batch) -> [num_layers + 1]` losses: the full model's, then with
+    block i skipped (`layer_gates` 0 at i: its input passes on), for each i.
+
+    One function per batch: the L + 1 forwards are traced into one program.
+    """
+    n = model.config.num_layers
+
+    def one(params, batch, layer_gates):
+        out = model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch.get("attention_mask"),
+            batch.get("token_type_ids"),
+            deterministic=True,
+            layer_gates=layer_gates,
+        )
+        return loss_fn(out, batch)
+
+    @jax.jit
+    def losses(params, batch):
+        gates = jnp.concatenate([jnp.ones((1, n)), 1.0 - jnp.eye(n)]).astype(jnp.float32)
+        return jnp.stack([one(params, batch, gates[k]) for k in range(n + 1)])
+
+    return losses
+
+
+def layer_importance(
+    model: Model,
+    params: Mapping,
+    batches: Iterable[Mapping[str, jax.Array]],
+    loss_fn: LossFn = classification_loss,
+) -> np.ndarray:
+    """Block importance: the mean over `batches` of loss(block i skipped) - loss(full model).
+
+    Args:
+      model: the model (without layer sharing or with: each layer is skipped alone).
+      params: its parameters.
+      batches: the data set, batches of the model's inputs and labels.
+      loss_fn: `(ModelOutput, batch) -> scalar`; default: classification cross-entropy.
+
+    Returns:
+      [num_layers] float64: how much the loss rises without each block
+      (negative: the model is better without it). Higher is more important.
+    """
+    fn = layer_losses(model, loss_fn)
+    total, count = None, 0
+    for batch in batches:
+        values = np.asarray(jax.device_get(fn(params, dict(batch))), np.float64)
+        total = values if total is None else total + values
+        count += 1
+    if not count:
+        raise ValueError("layer importance needs at least one batch; the data set is empty")
+    mean = total / count
+    return mean[1:] - mean[0]

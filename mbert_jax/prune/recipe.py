@@ -1,52 +1,59 @@
-"""Recipe "prune": one-shot structured pruning of a fine-tuned classifier, then recovery
-distillation from the unpruned model.
+"""Recipe "prune": structured pruning of a fine-tuned classifier, then recovery
+distillation from the unpruned model, in one shot or iteratively.
 
 From the fine-tuned model directory `config.init_from` (a classifier, e.g.
 WORKDIR/model of configs/finetune.py) on the task of `config.data`:
 
-1. importance: head and FFN-neuron importance (`prune.importance`, Michel
-   et al. 2019: mean |d loss / d gate|, normalized per layer) over the first
-   `prune.importance_batches` training batches of the task, with the
-   classifier's cross-entropy;
-2. choice (`choose_heads`, `choose_neurons`, `layers_kept`):
-   - `prune.layers`: blocks dropped first: "" none, "every_other" the
-     odd-numbered blocks 1, 3, 5, ... (Fan et al. 2019, "Reducing
-     Transformer Depth on Demand"), or a list of block indices ("1,3" from
-     the command line);
-   - `prune.heads`: the fraction of the kept blocks' heads removed,
-     floor(fraction x heads), ranked globally over the blocks (normalized
-     scores are comparable across layers), each block keeping its best head;
-   - `prune.neurons`: the fraction of each kept block's FFN neurons removed,
-     floor(fraction x width) per block, the lowest-scored ones (every block
-     keeps one width, so a model pruned only in neurons and blocks still
-     exports to transformers);
-3. `prune.prune` slices the smaller dense model (`ModelConfig.layer_heads`,
-   `layer_intermediate_sizes`); the kept heads and widths per block and the
-   parameter count before / after are printed;
-4. recovery: one stage of `train.steps` steps training the whole pruned
-   model on `kd_weight x KD + ce_weight x CE`: KD the logit distillation of
-   `losses/logits.py` against the frozen unpruned model (`prune.kd`:
-   "kl", the default, or "soft_cross_entropy", at `prune.temperature`, times T^2), CE the
-   hard-label cross-entropy (metric "loss").
+1. blocks: `prune.layers` drops a fixed set ("" none, "every_other" the
+   odd-numbered blocks 1, 3, 5, ..., Fan et al. 2019, "Reducing Transformer
+   Depth on Demand", or a list "1,3"), or `prune.drop_layers` (a fraction in
+   [0, 1) or a count) drops the blocks whose skipping raises the training
+   loss least (`layer_importance`, one jitted pass per batch);
+2. importance: head and FFN-neuron importance (`prune.importance`, Michel
+   et al. 2019: mean |d loss / d gate|) over the first
+   `prune.importance_batches` training batches, with the classifier's
+   cross-entropy;
+3. choice (`prune/choose.py`), for one of two kinds of target:
+   - fractions: `prune.heads` of the kept blocks' heads, ranked globally
+     on per-layer normalized scores, each block keeping its best head;
+     `prune.neurons` of each block's FFN neurons (one width for all blocks);
+   - `prune.params_budget` (a fraction in (0, 1] of the parameters, or a
+     count): heads and neurons removed greedily by raw score per parameter
+     saved until the model fits (the cuts go where they cost least);
+4. recovery: `kd_weight x KD + ce_weight x CE + hidden_weight x hidden`: KD
+   the logit distillation of `losses/logits.py` against the frozen unpruned
+   model (`prune.kd`: "kl", the default, or "soft_cross_entropy", at
+   `prune.temperature`, times T^2), CE the hard-label cross-entropy (metric
+   "loss"), hidden the MSE of each kept block's output against the unpruned
+   model's same block (`losses.tinybert_hidden_loss` without projection:
+   pruning keeps the hidden width), averaged over blocks and tokens.
+
+`prune.iterations = N > 1` prunes iteratively in one run: N stages
+`prune_1..N` of `train.steps / N` steps each; stage k removes units up to
+k/N of the target (fractions k/N x the targets; a budget k/N of the way
+from the full size), scored on the model as stage k-1 left it, then
+recovers, always distilling from the unpruned model. During the run the
+student keeps its full width and the removed units are gates at 0 (frozen
+parameters `gates/...`, so a checkpoint holds the structure and a resumed
+run continues exactly; a zero gate is exactly the removed unit); the next
+stage's pruning runs in `Recipe.begin_stage`, and WORKDIR/model is sliced to
+the real, smaller model at the end. `N = 1` (default) prunes at once and
+trains the smaller model itself.
 
 Evaluation is fine-tuning's (the task's official metrics over the dev split)
 plus the KD term; the evaluations also report `params` (the pruned model's
-parameter count) and `unpruned_params`. A run with `train.steps=0` evaluates
-the pruned model before recovery. WORKDIR/model is the pruned, recovered
-model. One-shot only: iterative pruning (prune, recover, prune again) is a
-chain of runs, each `init_from` the last one's WORKDIR/model (the teacher is
-then the last pruned model, not the original).
+parameter count at that point) and `unpruned_params`. A run with
+`train.steps=0` evaluates the (first step's) pruned model before recovery.
 
 One process only (each process would score its own training batches).
 Every target is checked before anything compiles (a fraction outside [0, 1),
-a block out of range, a head fraction that would empty a block, stacked FFNs
-or shared layers), with one-line errors naming the field.
+a block out of range, a head fraction that would empty a block, a budget the
+model cannot reach, stacked FFNs or shared layers), with one-line errors
+naming the field.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -56,109 +63,54 @@ import numpy as np
 from mbert_jax import losses
 from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.distill.teacher import teacher_block
+from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.model import dummy_inputs
-from mbert_jax.prune.importance import importance
+from mbert_jax.prune.choose import (  # noqa: F401 (re-exported: the recipe's choices)
+    EVERY_OTHER,
+    budget_target,
+    choose_budget,
+    choose_heads,
+    choose_layers,
+    choose_neurons,
+    count_params,
+    fraction,
+    heads_removed,
+    layer_count,
+    layers_kept,
+    unit_costs,
+)
+from mbert_jax.prune.gates import gates_from_keep, ones_gates
+from mbert_jax.prune.importance import Importance, importance, layer_importance, normalized
 from mbert_jax.prune.structure import prune
 from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metrics, task_outputs
 from mbert_jax.train.recipe import Stage, TaskDataRecipe
 
 KD_LOSSES = {"soft_cross_entropy": losses.soft_cross_entropy, "kl": losses.kl_divergence}
-EVERY_OTHER = "every_other"
 
 
-def fraction(value, field: str) -> float:
-    """A sparsity in [0, 1), or a ValueError naming `config.<field>`."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"config.{field}={value!r}: a fraction in [0, 1)") from None
-    if not 0.0 <= f < 1.0 or math.isnan(f):
-        raise ValueError(f"config.{field}={value!r}: a fraction in [0, 1) (the share removed)")
-    return f
-
-
-def layers_kept(spec, num_layers: int) -> list[int]:
-    """The blocks kept when `spec` (`prune.layers`) names those dropped.
-
-    `spec`: "" / None (none), "every_other" (1, 3, 5, ...), a comma list "1,3",
-    or a sequence of ints.
-    """
-    field = "config.prune.layers"
-    if spec is None or (isinstance(spec, str) and not spec.strip()):
-        drop: Sequence = ()
-    elif isinstance(spec, str) and spec.strip() == EVERY_OTHER:
-        drop = range(1, num_layers, 2)
-    else:
-        items = spec.split(",") if isinstance(spec, str) else list(spec)
-        try:
-            drop = [int(str(x).strip()) for x in items]
-        except ValueError:
-            raise ValueError(
-                f"{field}={spec!r}: '', {EVERY_OTHER!r} or a list of block indices"
-            ) from None
-    drop = list(drop)
-    bad = [i for i in drop if not 0 <= i < num_layers]
-    if bad:
-        raise ValueError(f"{field}={spec!r}: blocks {bad} are not in [0, {num_layers})")
-    if len(set(drop)) != len(drop):
-        raise ValueError(f"{field}={spec!r}: a block is named twice")
-    kept = [i for i in range(num_layers) if i not in set(drop)]
-    if not kept:
-        raise ValueError(f"{field}={spec!r}: drops all {num_layers} blocks")
-    return kept
-
-
-def heads_removed(head_counts: Sequence[int], heads_fraction: float) -> int:
-    """floor(fraction x heads) over the kept blocks, checked to leave each block a head."""
-    total = sum(head_counts)
-    remove = math.floor(heads_fraction * total + 1e-9)
-    most = total - len(head_counts)
-    if remove > most:
-        raise ValueError(
-            f"config.prune.heads={heads_fraction}: removes {remove} of the {total} heads of "
-            f"{len(head_counts)} blocks, but each block keeps at least one head (at most "
-            f"{most}, a fraction below {(most + 1) / total:.4g}); drop blocks with "
-            "config.prune.layers instead"
-        )
-    return remove
-
-
-def choose_heads(scores: Sequence[np.ndarray], layers: Sequence[int], heads_fraction: float):
-    """Block -> the heads kept (sorted): the lowest-scored heads of `layers` removed globally,
-    each block keeping its best one; ties go to the earlier block and head."""
-    remove = heads_removed([len(scores[layer]) for layer in layers], heads_fraction)
-    candidates = []
-    for layer in layers:
-        s = np.asarray(scores[layer])
-        best = int(np.argmax(s))
-        candidates += [(float(s[h]), layer, h) for h in range(len(s)) if h != best]
-    removed = {(layer, h) for _, layer, h in sorted(candidates)[:remove]}
+def _gate_tree(gates) -> dict:
+    heads, neurons = gates
     return {
-        layer: [h for h in range(len(scores[layer])) if (layer, h) not in removed]
-        for layer in layers
+        "heads": {f"layers_{i}": jnp.asarray(g) for i, g in enumerate(heads)},
+        "neurons": {f"layers_{i}": jnp.asarray(g) for i, g in enumerate(neurons)},
     }
 
 
-def choose_neurons(scores: Sequence[np.ndarray], layers: Sequence[int], neurons_fraction: float):
-    """Block -> the FFN neurons kept (sorted): floor(fraction x width) lowest-scored removed
-    per block; ties go to the earlier neuron."""
-    out = {}
-    for layer in layers:
-        s = np.asarray(scores[layer]).reshape(-1)
-        keep = len(s) - math.floor(neurons_fraction * len(s) + 1e-9)
-        order = np.argsort(-s, kind="stable")  # best first; equal scores: lower index first
-        out[layer] = sorted(int(i) for i in order[:keep])
-    return out
+def _gate_tuples(tree: dict) -> tuple:
+    n = len(tree["heads"])
+    return (
+        tuple(tree["heads"][f"layers_{i}"] for i in range(n)),
+        tuple(tree["neurons"][f"layers_{i}"] for i in range(n)),
+    )
 
 
-def count_params(params) -> int:
-    """The number of parameters of a tree (the sum of its arrays' sizes)."""
-    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+def _kept(gate) -> list[int]:
+    return [int(i) for i in np.flatnonzero(np.asarray(jax.device_get(gate)).reshape(-1) > 0.5)]
 
 
 class PruneRecipe(TaskDataRecipe):
-    """Importance, one-shot pruning to the targets, then one recovery stage of distillation."""
+    """Block choice, importance, pruning to the targets (once or in N steps), recovery."""
 
     def __init__(self, config):
         self.config = config
@@ -166,15 +118,35 @@ class PruneRecipe(TaskDataRecipe):
         # Targets first: a bad one fails before any data is read or anything compiles.
         self.heads_fraction = fraction(p.heads, "prune.heads")
         self.neurons_fraction = fraction(p.neurons, "prune.neurons")
+        self.budget = p.get("params_budget", 0.0) or 0.0
+        if self.budget:
+            budget_target(self.budget, 10**12)  # the value's form; the count is checked below
+            if self.heads_fraction or self.neurons_fraction:
+                raise ValueError(
+                    f"config.prune.params_budget={self.budget} with prune.heads / prune.neurons: "
+                    "set a budget or fractions, not both (heads=0, neurons=0 with a budget)"
+                )
+        self.iterations = int(p.get("iterations", 1))
+        steps = int(config.train.steps)
+        if self.iterations < 1:
+            raise ValueError(f"config.prune.iterations={self.iterations}: >= 1")
+        if 0 < steps < self.iterations:
+            raise ValueError(
+                f"config.train.steps={steps} with config.prune.iterations={self.iterations}: "
+                "each iteration recovers at least one step"
+            )
+        self.hidden_weight = float(p.get("hidden_weight", 0.0))
         if p.kd not in KD_LOSSES:
             raise ValueError(f"config.prune.kd={p.kd!r}: one of {sorted(KD_LOSSES)}")
         if not float(p.temperature) > 0:
             raise ValueError(f"config.prune.temperature={p.temperature}: must be > 0")
         if int(p.importance_batches) < 1:
             raise ValueError(f"config.prune.importance_batches={p.importance_batches}: >= 1")
-        if float(p.kd_weight) < 0 or float(p.ce_weight) < 0 or not (p.kd_weight or p.ce_weight):
+        weights = (float(p.kd_weight), float(p.ce_weight), self.hidden_weight)
+        if min(weights) < 0 or not any(weights):
             raise ValueError(
-                "config.prune.kd_weight / ce_weight: non-negative, at least one of them > 0"
+                "config.prune.kd_weight / ce_weight / hidden_weight: non-negative, at least "
+                "one of them > 0"
             )
         if jax.process_count() > 1:
             raise ValueError(
@@ -199,65 +171,180 @@ class PruneRecipe(TaskDataRecipe):
         if t_cfg.layer_sharing != "none":
             raise ValueError(
                 f"config.init_from={config.init_from}: ModelConfig.layer_sharing="
-                f"{t_cfg.layer_sharing!r}; one shared block cannot keep other heads per layer"
+                f"{t_cfg.layer_sharing!r}: one block shared by every layer cannot keep other "
+                "heads, neurons or blocks per layer; prune a model with layer_sharing='none'"
             )
-        if self.neurons_fraction and t_cfg.num_feedforward_networks != 1:
+        if (self.neurons_fraction or self.budget) and t_cfg.num_feedforward_networks != 1:
+            field = "neurons" if self.neurons_fraction else "params_budget"
             raise ValueError(
-                f"config.prune.neurons={p.neurons}: the model has ModelConfig."
-                f"num_feedforward_networks={t_cfg.num_feedforward_networks} stacked FFNs, "
-                "whose neurons are unrelated; prune its heads and blocks only (neurons=0)"
+                f"config.prune.{field}: the model has ModelConfig.num_feedforward_networks="
+                f"{t_cfg.num_feedforward_networks} stacked FFNs, whose neurons are unrelated; "
+                "prune its heads and blocks only (prune.neurons=0, no budget)"
             )
-        self.keep_layers = layers_kept(p.get("layers", ""), t_cfg.num_layers)
-        heads_removed([t_cfg.heads_at(i) for i in self.keep_layers], self.heads_fraction)
+        drop = p.get("drop_layers", 0.0) or 0.0
+        drop_count = layer_count(drop, t_cfg.num_layers) if drop else 0
+        if drop_count and str(p.get("layers", "") or "").strip():
+            raise ValueError(
+                f"config.prune.drop_layers={drop} with config.prune.layers={p.layers!r}: "
+                "blocks by importance or a fixed set, not both"
+            )
+        fixed = layers_kept(p.get("layers", ""), t_cfg.num_layers)
+        if not drop_count:
+            heads_removed([t_cfg.heads_at(i) for i in fixed], self.heads_fraction)
 
         self.teacher_model = Model(self.teacher_spec.run_config, heads=self.heads)
         teacher = self.teacher_spec.host_params("float32")
         self.unpruned_params = count_params(teacher)
-        self.scores = None
-        keep_heads, keep_neurons = {}, {}
-        if self.heads_fraction or self.neurons_fraction:
-            train = self.task.data.train
-            batches = [train.batch_fn(i) for i in range(int(p.importance_batches))]
-            self.scores = importance(Model(t_cfg, heads=self.heads), teacher, batches)
-            if self.heads_fraction:
-                keep_heads = choose_heads(self.scores.heads, self.keep_layers, self.heads_fraction)
-            if self.neurons_fraction:
-                keep_neurons = choose_neurons(
-                    self.scores.neurons, self.keep_layers, self.neurons_fraction
-                )
-        self.keep_heads, self.keep_neurons = keep_heads, keep_neurons
-        self.student_config, self.pruned_params = prune(
-            t_cfg, teacher, keep_heads, keep_neurons, self.keep_layers
-        )
-        self.student = Model(self.student_config, heads=self.heads)
-        self.pruned_count = count_params(self.pruned_params)
-        self._report()
+        train = self.task.data.train
+        self.batches = [train.batch_fn(i) for i in range(int(p.importance_batches))]
+        self.layer_scores = None
+        if drop_count:
+            t_model = Model(t_cfg, heads=self.heads)
+            self.layer_scores = layer_importance(t_model, teacher, self.batches)
+            self.keep_layers = choose_layers(self.layer_scores, drop_count)
+            heads_removed([t_cfg.heads_at(i) for i in self.keep_layers], self.heads_fraction)
+        else:
+            self.keep_layers = fixed
 
-    def _report(self) -> None:
-        c = self.student_config
+        # The blocks dropped, every unit kept: what heads and neurons are cut from.
+        self.base_config, self.base_params = prune(t_cfg, teacher, keep_layers=self.keep_layers)
+        self.base_count = count_params(self.base_params)
+        self.base_model = Model(self.base_config, heads=self.heads)
+        self.costs = unit_costs(
+            self.base_params, range(self.base_config.num_layers), self.base_config
+        )
+        if self.budget:
+            self.budget_count = budget_target(self.budget, self.unpruned_params)
+        self.scores = None
+        gates = self.choose(1, self.base_params, ones_gates(self.base_config))
+        # What each block of the unpruned model keeps (its own block indices).
+        self.keep_heads, self.keep_neurons = (
+            {self.keep_layers[j]: _kept(g) for j, g in enumerate(part)} if on else {}
+            for part, on in zip(
+                gates, (self.heads_fraction or self.budget, self.neurons_fraction or self.budget)
+            )
+        )
+        if self.iterations == 1:
+            keep_heads, keep_neurons = self._keeps(gates)
+            self.student_config, self.pruned_params = prune(
+                self.base_config, self.base_params, keep_heads, keep_neurons
+            )
+            self.student = Model(self.student_config, heads=self.heads)
+            self.pruned_count = count_params(self.pruned_params)
+        else:
+            self.student_config, self.student = self.base_config, self.base_model
+            self.first_gates = gates
+        self._report(gates)
+
+    # ----------------------------------------------------------------- choice
+    def _active(self) -> bool:
+        return bool(self.heads_fraction or self.neurons_fraction or self.budget)
+
+    def choose(self, k: int, params, gates):
+        """The gates of step k (1..N): units removed up to k/N of the target, scored on the
+        base model `params` gated by `gates` (the last step's), removed units at -inf."""
+        if not self._active():
+            return gates
+        raw = importance(self.base_model, params, self.batches, normalize=False, gates=gates)
+        heads_g, neurons_g = (tuple(np.asarray(jax.device_get(g)) for g in t) for t in gates)
+
+        def off(scores, g):
+            return tuple(np.where(gi > 0.5, s, -np.inf) for s, gi in zip(scores, g))
+
+        raw = Importance(off(raw.heads, heads_g), off(raw.neurons, neurons_g), raw.batches)
+        self.scores = raw
+        n = self.iterations
+        layers = list(range(self.base_config.num_layers))
+        if self.budget:
+            cut = self.base_count - self.budget_count
+            target = self.base_count - (cut * k) // n if cut > 0 else self.base_count
+            keep_heads, keep_neurons = choose_budget(
+                raw, self.costs, layers, self.base_count, target
+            )
+        else:
+            norm = normalized(
+                Importance(
+                    tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.heads),
+                    tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.neurons),
+                    raw.batches,
+                )
+            )
+            heads = off(norm.heads, heads_g)
+            neurons = off(norm.neurons, neurons_g)
+            keep_heads = keep_neurons = {}
+            if self.heads_fraction:
+                keep_heads = choose_heads(heads, layers, self.heads_fraction * k / n)
+            if self.neurons_fraction:
+                keep_neurons = choose_neurons(neurons, layers, self.neurons_fraction * k / n)
+        return gates_from_keep(self.base_config, keep_heads, keep_neurons)
+
+    def _keeps(self, gates) -> tuple[dict, dict]:
+        heads, neurons = gates
+        keep_heads = {i: _kept(g) for i, g in enumerate(heads) if len(_kept(g)) < np.size(g)}
+        keep_neurons = {i: _kept(g) for i, g in enumerate(neurons) if len(_kept(g)) < np.size(g)}
+        return keep_heads, keep_neurons
+
+    def _count(self, gates) -> int:
+        heads, neurons = gates
+        h_cost, n_cost = self.costs
+        removed = sum(
+            h_cost[i] * (np.size(h) - len(_kept(h))) + n_cost[i] * (np.size(w) - len(_kept(w)))
+            for i, (h, w) in enumerate(zip(heads, neurons))
+        )
+        return self.base_count - int(removed)
+
+    def _report(self, gates, step: int = 1) -> None:
         teacher = self.teacher_spec.config
+        heads, neurons = gates
+        kept = [len(_kept(h)) for h in heads]
+        widths = [len(_kept(w)) for w in neurons]
+        count = self._count(gates)
+        where = f" (step {step}/{self.iterations})" if self.iterations > 1 else ""
+        if self.layer_scores is not None:
+            shown = ", ".join(f"{s:.4g}" for s in self.layer_scores)
+            print(f"prune: loss increase without each block: [{shown}]", flush=True)
         print(
-            f"prune: blocks kept {self.keep_layers} of {teacher.num_layers}; heads "
-            f"{[c.heads_at(i) for i in range(c.num_layers)]} (of {teacher.num_heads}); FFN widths "
-            f"{[c.intermediate_size_at(i) for i in range(c.num_layers)]} (of "
+            f"prune{where}: blocks kept {self.keep_layers} of {teacher.num_layers}; heads "
+            f"{kept} (of {teacher.num_heads}); FFN widths {widths} (of "
             f"{teacher.intermediate_size}); parameters {self.unpruned_params:,} -> "
-            f"{self.pruned_count:,} ({self.pruned_count / self.unpruned_params:.1%})",
+            f"{count:,} ({count / self.unpruned_params:.1%})",
             flush=True,
         )
-        for layer, kept in self.keep_heads.items():
-            print(f"  block {layer}: heads kept {kept}", flush=True)
 
+    # ----------------------------------------------------------------- stages
     def stages(self) -> list[Stage]:
         p = self.config.prune
         weights = {"kd": float(p.kd_weight), "loss": float(p.ce_weight)}
-        return [Stage("recover", int(self.config.train.steps), weights)]
+        if self.hidden_weight:
+            weights["hidden"] = self.hidden_weight
+        steps = int(self.config.train.steps)
+        if self.iterations == 1:
+            return [Stage("recover", steps, weights)]
+        n = self.iterations
+        rules = (("gates/.*", None), (".*", 1.0))
+        lengths = [steps // n + (1 if k < steps % n else 0) for k in range(n)]
+        return [Stage(f"prune_{k + 1}", lengths[k], weights, rules) for k in range(n)]
+
+    def begin_stage(self, index, stage, params, teacher_params):
+        if self.iterations == 1:
+            return params
+        host = jax.device_get(params)
+        gates = self.choose(index + 1, host["model"], _gate_tuples(host["gates"]))
+        self._report(gates, index + 1)
+        return {"model": host["model"], "gates": _gate_tree(gates)}
 
     # ------------------------------------------------------------------ params
     def init_params(self, rng):
-        return self.student.init(rng, *dummy_inputs(self.student_config))["params"]
+        params = self.student.init(rng, *dummy_inputs(self.student_config))["params"]
+        if self.iterations == 1:
+            return params
+        return {"model": params, "gates": _gate_tree(ones_gates(self.base_config))}
 
     def initial_overrides(self, params):
-        new = self.pruned_params
+        if self.iterations == 1:
+            new = self.pruned_params
+        else:
+            new = {"model": self.base_params, "gates": _gate_tree(self.first_gates)}
         if jax.tree.map(np.shape, new) != jax.tree.map(np.shape, params):
             raise ValueError("the pruned parameters do not match the pruned model's layout")
         return jax.tree.map(jnp.asarray, new)
@@ -269,11 +356,28 @@ class PruneRecipe(TaskDataRecipe):
         return self.teacher_spec.host_params()
 
     # --------------------------------------------------------------- objective
-    def _metrics(self, params, teacher_params, batch, *, train, rng=None):
-        out = task_outputs(
-            task_forward(self.student, params, batch, train=train, rng=rng), self.kind
+    def _forward(self, params, batch, *, train, rng=None, **kwargs):
+        if self.iterations == 1:
+            return task_forward(self.student, params, batch, train=train, rng=rng, **kwargs)
+        heads, neurons = _gate_tuples(params["gates"])
+        return task_forward(
+            self.student,
+            params["model"],
+            batch,
+            train=train,
+            rng=rng,
+            head_gates=heads,
+            neuron_gates=neurons,
+            **kwargs,
         )
-        t_out = task_forward(self.teacher_model, teacher_params, batch, train=False)
+
+    def _metrics(self, params, teacher_params, batch, *, train, rng=None):
+        hidden = bool(self.hidden_weight)
+        s_out = self._forward(params, batch, train=train, rng=rng, output_hidden_states=hidden)
+        t_out = task_forward(
+            self.teacher_model, teacher_params, batch, train=False, output_hidden_states=hidden
+        )
+        out = task_outputs(s_out, self.kind)
         metrics = task_metrics(out, batch, self.kind)
         p = self.config.prune
         metrics["kd"] = KD_LOSSES[p.kd](
@@ -283,6 +387,20 @@ class PruneRecipe(TaskDataRecipe):
             weights=batch["valid"].astype(jnp.float32),
             scale_by_temperature_squared=True,
         )
+        if hidden:
+            # Student block j is the unpruned model's block keep_layers[j] (same hidden width).
+            mask = (
+                batch["attention_mask"]
+                * batch["valid"].astype(batch["attention_mask"].dtype)[:, None]
+            )
+            metrics["hidden"] = losses.combine(
+                losses.tinybert_hidden_loss(
+                    s_out.encoder.hidden_states[j],
+                    t_out.encoder.hidden_states[old],
+                    attention_mask=mask,
+                )
+                for j, old in enumerate(self.keep_layers)
+            )
         return metrics
 
     def loss(self, stage, params, teacher_params, batch, rng):
@@ -290,18 +408,32 @@ class PruneRecipe(TaskDataRecipe):
         return self.objective(stage, metrics), metrics
 
     def evaluate(self, stage, params, teacher_params, batch):
-        return self._metrics(params, teacher_params, batch, train=False)
+        metrics = self._metrics(params, teacher_params, batch, train=False)
+        if self.iterations > 1:
+            metrics["params"] = LossSum(self._traced_count(params["gates"]), jnp.float32(1.0))
+        return metrics
+
+    def _traced_count(self, gate_tree) -> jax.Array:
+        heads, neurons = _gate_tuples(gate_tree)
+        h_cost, n_cost = self.costs
+        count = jnp.float32(self.base_count)
+        for i, (h, w) in enumerate(zip(heads, neurons)):
+            count = count - h_cost[i] * jnp.sum(h <= 0.5) - n_cost[i] * jnp.sum(w <= 0.5)
+        return count
 
     def predict(self, params, batch) -> dict[str, jax.Array]:
-        out = task_forward(self.student, params, batch, train=False)
+        out = self._forward(params, batch, train=False)
         return evaluator_outputs(task_outputs(out, self.kind), self.kind)
 
     def summarize(self, values: dict[str, float]) -> dict[str, float]:
-        return {
-            **values,
-            "params": float(self.pruned_count),
-            "unpruned_params": float(self.unpruned_params),
-        }
+        values = {**values, "unpruned_params": float(self.unpruned_params)}
+        if self.iterations == 1:
+            values["params"] = float(self.pruned_count)
+        return values
 
     def final_model(self, params: Any):
-        return self.student_config, self.heads, params
+        if self.iterations == 1:
+            return self.student_config, self.heads, params
+        keep_heads, keep_neurons = self._keeps(_gate_tuples(params["gates"]))
+        config, pruned = prune(self.base_config, params["model"], keep_heads, keep_neurons)
+        return config, self.heads, pruned

@@ -385,6 +385,9 @@ class Trainer:
                         )
                     elif ran or restored_stage != index:
                         # A new stage, or a checkpoint saved at the end of an earlier one.
+                        state = self._begin_stage(
+                            index, stage, state, param_shardings, teacher_params
+                        )
                         state = self._new_stage_state(state, fns.tx, fns.opt_shardings)
                     ran = True
 
@@ -488,6 +491,13 @@ class Trainer:
             jax.eval_shape(lambda: self._fresh_state(boxed, tx)), shardings
         )
         return checkpoints.restore(step, abstract)
+
+    def _begin_stage(self, index, stage, state: TrainState, param_shardings, teacher_params):
+        """The state with the parameters `Recipe.begin_stage` starts stage `index` from."""
+        params = self.recipe.begin_stage(index, stage, state.params, teacher_params)
+        if params is state.params:
+            return state
+        return state.replace(params=jax.device_put(params, param_shardings))
 
     def _new_stage_state(self, state: TrainState, tx, opt_shardings) -> TrainState:
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(state.params)

@@ -78,6 +78,18 @@ class Recipe:
         """
         return params
 
+    def begin_stage(self, index: int, stage: Stage, params: Any, teacher_params: Any) -> Any:
+        """The parameters a stage starts from, given those the last one ended with.
+
+        Called when stage `index` >= 1 begins (not when a run resumes inside
+        it: what it returns is then in the checkpoint), on device arrays; it
+        must be a function of its arguments alone, so that a run resumed from
+        the checkpoint at the end of the last stage starts this one exactly
+        as an uninterrupted run does (iterative pruning removes more units
+        here). Default: unchanged.
+        """
+        return params
+
     def teacher(self) -> Any | None:
         """The frozen teacher's boxed abstract parameters (for their shardings), or None.
 

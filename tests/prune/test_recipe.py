@@ -86,8 +86,18 @@ def expected_keep(task, config):
     cfg, heads, params = io.load_model(bert)
     setup = TaskSetup(config.data, str(bert))
     batches = [setup.data.train.batch_fn(i) for i in range(config.prune.importance_batches)]
-    scores = importance(Model(cfg, heads), params, batches)
     layers = [0, 2]  # every_other of 4 blocks
+    # Scored on the model being pruned: blocks 1 and 3 dropped (renamed here by hand).
+    dropped = {k: v for k, v in params.items() if k != "encoder"}
+    dropped["encoder"] = {k: v for k, v in params["encoder"].items() if not k.startswith("layers_")}
+    for new, old in enumerate(layers):
+        dropped["encoder"][f"layers_{new}"] = params["encoder"][f"layers_{old}"]
+    raw = importance(Model(cfg.replace(num_layers=2), heads), dropped, batches)
+    scores = type(raw)(
+        heads={old: raw.heads[new] for new, old in enumerate(layers)},
+        neurons={old: raw.neurons[new] for new, old in enumerate(layers)},
+        batches=raw.batches,
+    )
     # Heads: remove the lowest one at a time, never the last of a block.
     alive = {(layer, h) for layer in layers for h in range(cfg.num_heads)}
     remove = math.floor(config.prune.heads * len(alive))
