@@ -50,6 +50,7 @@ from mbert_jax.export.tflite import ExportError
 from mbert_jax.models import io, resolve
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import Model, init_params
+from mbert_jax.quant import fake_quant
 
 
 @dataclasses.dataclass
@@ -72,6 +73,8 @@ def load_for_export(path: str | os.PathLike, what: str = "--checkpoint") -> Load
 
     The training numerics (`dtype`, `matmul_dtype`) are reset to float32: the
     file's precision is the exporter's `quantize` choice, not the training run's.
+    A quantization-aware model (`fake_quant=True`) is exported as its float
+    graph with the trained weights, without the ranges (with a warning).
 
     Args:
       path: the model.
@@ -83,6 +86,14 @@ def load_for_export(path: str | os.PathLike, what: str = "--checkpoint") -> Load
     directory = resolve.model_dir(path, what)
     config, heads, params = io.load_model(directory)
     config = config.replace(dtype="float32", matmul_dtype=None)
+    if config.fake_quant:
+        warnings.warn(
+            f"{path} is a quantization-aware model (fake_quant=True): its trained weights are "
+            "exported; the int8 ranges are the converter's calibration, not the trained "
+            "ones (carrying them into the file is not built yet)",
+            stacklevel=2,
+        )
+        config, params = config.replace(fake_quant=False), fake_quant.without_ranges(params)
     return LoadedModel(config, tuple(heads), params, io.vocab_path(directory), str(path))
 
 
