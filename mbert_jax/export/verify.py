@@ -140,6 +140,7 @@ class Report:
     metric_tflite: float | None = None
     latency_ms: dict[int, float] = dataclasses.field(default_factory=dict)
     ops: dict[str, int] = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the export did beyond its mode (a QAT model's ranges)
 
     @property
     def metric_drop(self) -> float | None:
@@ -153,6 +154,7 @@ class Report:
             f"exported {self.path}: task={self.task} quantize={self.quantize} "
             f"size={self.size_bytes / 1e6:.2f} MB",
             f"  ops: {', '.join(f'{k} x{v}' for k, v in sorted(self.ops.items()))}",
+            *(f"  {note}" for note in self.notes),
             f"  verified on {self.num_examples} held-out examples ({self.source}):",
             f"    max |tflite - jax| = {self.max_abs_diff:.3g}{target}",
             f"    {self.agreement_name} = {self.agreement:.4f}",
@@ -181,6 +183,7 @@ def verify(
     latency_runs: int = 20,
     ops: dict[str, int] | None = None,
     label_names: tuple[str, ...] | None = None,
+    notes: tuple[str, ...] = (),
 ) -> Report:
     """Compare the file with the JAX outputs `reference` on `examples`; time it.
 
@@ -200,6 +203,7 @@ def verify(
         agreement_name=name,
         agreement=value,
         ops=dict(ops or {}),
+        notes=tuple(notes),
     )
     m_ref = metric(task, reference, examples.labels, label_names)
     m_got = metric(task, got, examples.labels, label_names)

@@ -92,18 +92,25 @@ class Dense(nn.Module):
             out_names = self.names[-len(self.features) :]
             bias = self.param("bias", zeros_init(out_names), self.features, jnp.float32)
             y = y + bias.astype(y.dtype)
+        if self.config.fake_quant:  # the int8 file's FULLY_CONNECTED writes int8 too
+            y = fake_quant.tracked_activation(
+                y, self._range("output"), self.config.fake_quant_decay
+            )
         return y
 
     def _fake_quant(self, x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """The input over its tracked range, the kernel per output channel (mbert_jax/quant)."""
-        ranges = self.param(
-            "input" + fake_quant.RANGE_SUFFIX,
+        """The input over its tracked range, the kernel per output channel (mbert_jax/quant);
+        the output is fake-quantized over its own range in `__call__`."""
+        x = fake_quant.tracked_activation(x, self._range("input"), self.config.fake_quant_decay)
+        return x, fake_quant.weight(kernel, tuple(range(self.contract)))
+
+    def _range(self, point: str) -> jax.Array:
+        return self.param(
+            point + fake_quant.RANGE_SUFFIX,
             nn.with_logical_partitioning(range_init, (None,)),
             (2,),
             jnp.float32,
         )
-        x = fake_quant.tracked_activation(x, ranges, self.config.fake_quant_decay)
-        return x, fake_quant.weight(kernel, tuple(range(self.contract)))
 
 
 def range_init(key, shape, dtype=jnp.float32):

@@ -61,10 +61,13 @@ def test_a_fake_quant_dense_layer_equals_numpy():
     p = jax.tree.map(np.asarray, params)
     p["first"]["bias"] = np.linspace(-1, 1, 6).astype(np.float32)
     p["first"]["input_range"] = np.array([-2.5, 7.0], np.float32)
+    p["first"]["output_range"] = np.array([-0.7, 0.9], np.float32)
     p["second"]["input_range"] = np.array([-3.0, 3.5], np.float32)
+    p["second"]["output_range"] = np.array([-1.1, 0.4], np.float32)
     h = np_fake_quant(x, -2.5, 7.0) @ np_weight(p["first"]["kernel"]) + p["first"]["bias"]
+    h = np_fake_quant(h, -0.7, 0.9)
     want = np_fake_quant(np.tanh(h) * 4, -3.0, 3.5) @ np_weight(p["second"]["kernel"])
-    want = want + p["second"]["bias"]
+    want = np_fake_quant(want + p["second"]["bias"], -1.1, 0.4)
     got = np.asarray(model.apply({"params": p}, jnp.asarray(x)))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -88,9 +91,11 @@ def test_every_dense_layer_of_a_bert_gets_a_range():
     params = Model(cfg, heads=("classifier",)).init(jax.random.PRNGKey(1), ids, mask)["params"]
     names = flat(params)
     kernels = {k[: -len("/kernel")] for k in names if k.endswith("/kernel")}
-    ranges = {k[: -len("/input_range")] for k in names if k.endswith("/input_range")}
-    assert ranges == kernels
-    assert all(np.array_equal(np.asarray(names[f"{r}/input_range"]), [-6, 6]) for r in ranges)
+    for point in ("input", "output"):
+        suffix = f"/{point}_range"
+        ranges = {k[: -len(suffix)] for k in names if k.endswith(suffix)}
+        assert ranges == kernels
+        assert all(np.array_equal(np.asarray(names[r + suffix]), [-6, 6]) for r in ranges)
 
 
 def test_calibration_sets_each_range_to_the_mean_observed_with_the_ranges_before():
@@ -106,20 +111,23 @@ def test_calibration_sets_each_range_to_the_mean_observed_with_the_ranges_before
     def observed(v):
         return np.array([min(v.min(), 0.0), max(v.max(), 0.0)])
 
-    def second_input(v, r1):
-        return (
-            np.tanh(np_fake_quant(v, *r1) @ np_weight(p["first"]["kernel"]) + p["first"]["bias"])
-            * 4
-        )
+    def first_output(v, r_in):
+        return np_fake_quant(v, *r_in) @ np_weight(p["first"]["kernel"]) + p["first"]["bias"]
 
+    def second_input(v, r_in, r_out):
+        return np.tanh(np_fake_quant(first_output(v, r_in), *r_out)) * 4
+
+    initial = [-6.0, 6.0]
     r1_a, r1_b = observed(x), observed(x2)
-    r2_a = observed(second_input(x, [-6.0, 6.0]))  # batch 1 ran with the initial ranges
-    r2_b = observed(second_input(x2, r1_a))  # batch 2 with batch 1's
+    o1_a = observed(first_output(x, initial))  # batch 1 ran with the initial ranges
+    o1_b = observed(first_output(x2, r1_a))  # batch 2 with batch 1's
+    r2_a = observed(second_input(x, initial, initial))
+    r2_b = observed(second_input(x2, r1_a, o1_a))
+    want = {"first": (r1_a + r1_b) / 2, "second": (r2_a + r2_b) / 2}
+    for layer, r in want.items():
+        np.testing.assert_allclose(np.asarray(got[layer]["input_range"]), r, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
-        np.asarray(got["first"]["input_range"]), (r1_a + r1_b) / 2, rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        np.asarray(got["second"]["input_range"]), (r2_a + r2_b) / 2, rtol=1e-4, atol=1e-5
+        np.asarray(got["first"]["output_range"]), (o1_a + o1_b) / 2, rtol=1e-4, atol=1e-5
     )
     np.testing.assert_array_equal(np.asarray(got["first"]["kernel"]), p["first"]["kernel"])
 

@@ -65,20 +65,25 @@ def run(task, workdir, **extra):
 
 
 def test_qat_trains_the_ranges_and_saves_a_fake_quant_model(task, tmp_path):
+    """From MobileBERT's initial ranges [-6, 6], which clip the classifier's large logits,
+    the ranges follow the batches and the fake-quant model learns its float model back."""
     _, bert, _, _ = task
-    before, _ = run(task, tmp_path / "calibrated", **{"train.steps": 0})
-    after, model_dir = run(task, tmp_path / "qat")
+    uncalibrated = {"qat.calibration_batches": 0, "qat.decay": 0.9}
+    before, _ = run(task, tmp_path / "initial", **uncalibrated, **{"train.steps": 0})
+    after, model_dir = run(task, tmp_path / "qat", **uncalibrated)
     cfg, heads, params = io.load_model(model_dir)
-    assert cfg.fake_quant and cfg.fake_quant_decay == 0.999 and heads == ("classifier",)
+    assert cfg.fake_quant and cfg.fake_quant_decay == 0.9 and heads == ("classifier",)
     float_cfg, _, float_params = io.load_model(bert)
-    assert cfg.replace(fake_quant=False) == float_cfg
-    ranges = {k: np.asarray(v) for k, v in flat(params).items() if k.endswith("/input_range")}
+    assert cfg.replace(fake_quant=False, fake_quant_decay=0.999) == float_cfg
+    ranges = {k: np.asarray(v) for k, v in flat(params).items() if k.endswith("_range")}
     kernels = [k for k in flat(float_params) if k.endswith("/kernel")]
-    assert len(ranges) == len(kernels)
+    assert len(ranges) == 2 * len(kernels)  # each dense layer's input and output
     assert all(r[0] <= 0 <= r[1] and r[1] - r[0] > 0 for r in ranges.values())
-    assert not any(np.array_equal(r, [-6, 6]) for r in ranges.values())  # calibrated
-    # Distilling its own float model: the KD term falls as the fake-quant model trains.
-    assert after["kd"] < before["kd"]
+    assert not any(np.array_equal(r, [-6, 6]) for r in ranges.values())  # they moved
+    # KD is a soft cross-entropy: the float model's entropy (~0.8566 here, the calibrated
+    # model's value) is its floor; training closes most of the initial ranges' 0.0034 gap.
+    assert after["kd"] < before["kd"] - 0.002
+    assert after["float_agreement"] >= before["float_agreement"]
 
 
 def test_bad_settings_fail_before_anything_compiles(task, tmp_path):
