@@ -4,7 +4,7 @@ It sits above `train/` and `distill/` because it imports from both: the
 generic trainer (`train/loop.py`) knows only the `Recipe` interface
 (`train/recipe.py`); the recipes are the pretraining, fine-tuning and
 evaluation ones of `train/`, the distillation strategies of `distill/` and structured
-pruning (`prune/`).
+pruning (`prune/`) and quantization-aware training (`quant/`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from mbert_jax.distill.mobilebert.recipe import MobileBertRecipe
 from mbert_jax.distill.theseus import TheseusRecipe
 from mbert_jax.distill.tinybert.recipe import TinyBertRecipe
 from mbert_jax.prune.recipe import PruneRecipe
+from mbert_jax.quant.recipe import QATRecipe
 from mbert_jax.train.evaluate import EvaluateRecipe
 from mbert_jax.train.finetune import FinetuneRecipe
 from mbert_jax.train.pretrain import PretrainRecipe
@@ -30,6 +31,7 @@ RECIPES: dict[str, type[Recipe]] = {
     "distill_theseus": TheseusRecipe,
     "distill_minilm": MiniLMRecipe,
     "prune": PruneRecipe,
+    "qat": QATRecipe,
 }
 
 

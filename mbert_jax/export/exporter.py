@@ -44,13 +44,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mbert_jax.export import graph, tflite, verify
+from mbert_jax.export import graph, qat_ranges, tflite, verify
 from mbert_jax.export.data import Examples, check_examples, synthetic_examples
 from mbert_jax.export.runner import input_ranges
 from mbert_jax.export.tflite import ExportError
 from mbert_jax.models import io, resolve
 from mbert_jax.models.config import ModelConfig
 from mbert_jax.models.model import Model, init_params
+from mbert_jax.quant import fake_quant
 
 
 @dataclasses.dataclass
@@ -60,6 +61,10 @@ class LoadedModel:
     params: dict
     vocab_file: Path | None = None
     source: str = ""
+    # A quantization-aware model (`fake_quant=True`): `config` / `params` above are
+    # its float graph, these the fake-quant model (ranges included).
+    qat_config: ModelConfig | None = None
+    qat_params: dict | None = None
 
 
 def load_for_export(path: str | os.PathLike, what: str = "--checkpoint") -> LoadedModel:
@@ -73,6 +78,10 @@ def load_for_export(path: str | os.PathLike, what: str = "--checkpoint") -> Load
 
     The training numerics (`dtype`, `matmul_dtype`) are reset to float32: the
     file's precision is the exporter's `quantize` choice, not the training run's.
+    A quantization-aware model (`fake_quant=True`) is read as its float graph
+    with the trained weights (`config`, `params`) and the fake-quant model
+    (`qat_config`, `qat_params`), whose ranges an int8 export writes into the
+    file (`qat_ranges.py`).
 
     Args:
       path: the model.
@@ -84,7 +93,13 @@ def load_for_export(path: str | os.PathLike, what: str = "--checkpoint") -> Load
     directory = resolve.model_dir(path, what)
     config, heads, params = io.load_model(directory)
     config = config.replace(dtype="float32", matmul_dtype=None)
-    return LoadedModel(config, tuple(heads), params, io.vocab_path(directory), str(path))
+    qat_config, qat_params = None, None
+    if config.fake_quant:
+        qat_config, qat_params = config, params
+        config, params = config.replace(fake_quant=False), fake_quant.without_ranges(params)
+    return LoadedModel(
+        config, tuple(heads), params, io.vocab_path(directory), str(path), qat_config, qat_params
+    )
 
 
 def params_for_task(
@@ -309,6 +324,12 @@ def export_tflite(
         float_graph[:] = [out[1]]
         return out[0]
 
+    # A QAT model: int8 files take its trained ranges, and are checked against it.
+    carry_ranges = quantize == "int8" and loaded.qat_params is not None
+    notes: list[str] = []
+    if loaded.qat_params is not None and not carry_ranges:
+        notes.append(f"a QAT model exported {quantize}: its trained weights, no ranges")
+
     def make() -> bytes:
         traced = graph.builtin_gelu_config(config) if options.builtin_gelu else config
         if traced is config:
@@ -326,6 +347,19 @@ def export_tflite(
                     stacklevel=4,
                 )
                 flatbuffer = convert(config)
+        if carry_ranges:
+            flatbuffer, applied = qat_ranges.apply(
+                flatbuffer, qat_ranges.dense_ranges(loaded.qat_params)
+            )
+            left = [
+                f"{applied.dynamic} dynamic-range (float input)" if applied.dynamic else "",
+                f"{applied.unmatched} matched no layer (calibrated)" if applied.unmatched else "",
+            ]
+            left = "; ".join(x for x in left if x)
+            notes.append(
+                f"trained ranges carried into {len(applied.carried)} dense inputs"
+                + (f" ({left})" if left else "")
+            )
         custom = tflite.custom_ops(flatbuffer)
         if custom:
             raise ExportError(f"the converted graph needs non-builtin ops {custom}")
@@ -364,7 +398,14 @@ def export_tflite(
     elif not verify_examples.labels:
         verify_examples = verify_examples.take(0, num_verify)
     examples = verify_examples
-    reference = graph.reference_outputs(config, heads, params, task, examples.inputs(), pooling)
+    if carry_ranges:
+        qat = {k: loaded.qat_params[k] for k in params}
+        reference = graph.reference_outputs(
+            loaded.qat_config, heads, qat, task, examples.inputs(), pooling
+        )
+        notes.append("the reference is the fake-quant JAX model")
+    else:
+        reference = graph.reference_outputs(config, heads, params, task, examples.inputs(), pooling)
     report = verify.verify(
         flatbuffer,
         path=str(path),
@@ -378,5 +419,5 @@ def export_tflite(
         ops=dict(tflite.builtin_ops(flatbuffer)),
         label_names=config.label_names,
     )
-    report.notes = report_lines
+    report.notes = [*notes, *report_lines]
     return report

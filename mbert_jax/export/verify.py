@@ -140,7 +140,8 @@ class Report:
     metric_tflite: float | None = None
     latency_ms: dict[int, float] = dataclasses.field(default_factory=dict)
     ops: dict[str, int] = dataclasses.field(default_factory=dict)
-    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. the layer report's summary
+    # What the export did beyond its mode (a QAT model's ranges), the layer report's summary.
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def metric_drop(self) -> float | None:

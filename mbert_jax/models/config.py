@@ -33,6 +33,8 @@ TUNABLE_FIELDS = (
     "dtype",
     "matmul_dtype",
     "remat",
+    "fake_quant",
+    "fake_quant_decay",
     "num_labels",
     "label_names",
 )
@@ -107,6 +109,11 @@ class ModelConfig:
     # activations (see `matmul.py`).
     matmul_dtype: str | None = None
     remat: bool = False  # rematerialize each block in the backward pass.
+    # Quantization-aware training (mbert_jax/quant): every dense layer's input and
+    # kernel fake-quantized to 8 bits as the int8 TFLite file quantizes them; input
+    # ranges tracked by a moving average of this decay (MobileBERT: 0.999).
+    fake_quant: bool = False
+    fake_quant_decay: float = 0.999
     # Per-layer structure of a pruned model (None: every block the same).
     layer_heads: tuple[int, ...] | None = None
     layer_intermediate_sizes: tuple[int, ...] | None = None
@@ -236,6 +243,8 @@ class ModelConfig:
                 fail(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
         if self.matmul_dtype is not None and self.matmul_dtype not in DTYPES:
             fail("matmul_dtype", f"must be None or one of {DTYPES}, got {self.matmul_dtype!r}")
+        if not 0.0 <= self.fake_quant_decay < 1.0:
+            fail("fake_quant_decay", f"must be in [0, 1), got {self.fake_quant_decay!r}")
         for name in ("hidden_dropout", "attention_dropout"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from mbert_jax.models import matmul
 from mbert_jax.models.config import ModelConfig
+from mbert_jax.quant import fake_quant
 
 # Logical axis names, spelled once.
 BATCH, LENGTH, LENGTH_KV = "batch", "length", "length_kv"
@@ -80,6 +81,8 @@ class Dense(nn.Module):
         if len(shape) != len(self.names):
             raise ValueError(f"kernel of shape {shape} needs {len(shape)} names, got {self.names}")
         kernel = self.param("kernel", kernel_init(self.config, self.names), shape, jnp.float32)
+        if self.config.fake_quant:
+            x, kernel = self._fake_quant(x, kernel)
         kept = x.ndim - self.contract
         x_idx = string.ascii_lowercase[: x.ndim]
         f_idx = string.ascii_uppercase[: len(self.features)]
@@ -89,7 +92,31 @@ class Dense(nn.Module):
             out_names = self.names[-len(self.features) :]
             bias = self.param("bias", zeros_init(out_names), self.features, jnp.float32)
             y = y + bias.astype(y.dtype)
+        if self.config.fake_quant:  # the int8 file's FULLY_CONNECTED writes int8 too
+            y = fake_quant.tracked_activation(
+                y, self._range("output"), self.config.fake_quant_decay
+            )
         return y
+
+    def _fake_quant(self, x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The input over its tracked range, the kernel per output channel (mbert_jax/quant);
+        the output is fake-quantized over its own range in `__call__`."""
+        x = fake_quant.tracked_activation(x, self._range("input"), self.config.fake_quant_decay)
+        return x, fake_quant.weight(kernel, tuple(range(self.contract)))
+
+    def _range(self, point: str) -> jax.Array:
+        return self.param(
+            point + fake_quant.RANGE_SUFFIX,
+            nn.with_logical_partitioning(range_init, (None,)),
+            (2,),
+            jnp.float32,
+        )
+
+
+def range_init(key, shape, dtype=jnp.float32):
+    """MobileBERT's initial activation range, [-6, 6]."""
+    del key
+    return jnp.broadcast_to(jnp.asarray(fake_quant.INITIAL_RANGE, dtype), shape)
 
 
 def dense(

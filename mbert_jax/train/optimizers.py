@@ -11,6 +11,12 @@ so frozen leaves carry no optimizer state and get no update, and a rate
 multiplier is a separate partition with the same base optimizer. Weight decay
 (and LAMB's trust ratio, as in the BERT/MobileBERT LAMB) skips 1-D
 parameters: norms and biases.
+
+The activation ranges of quantization-aware training (leaves named
+`*_range`, `mbert_jax/quant/fake_quant.py`) are statistics, not weights:
+unless frozen they form the `stats` partition, a plain step of rate 1 on
+their "gradient" (which is their moving-average step), outside the clipping
+norm, the schedule and the base optimizer.
 """
 
 from __future__ import annotations
@@ -22,9 +28,11 @@ import jax
 import ml_collections
 import optax
 
+from mbert_jax.quant.fake_quant import is_range
 from mbert_jax.train.labels import FROZEN, multiplier
 
 OPTIMIZERS = ("adamw", "lamb")
+STATS = "stats"  # the partition of tracked quantization ranges
 SCHEDULES = ("constant", "linear", "polynomial", "cosine")
 
 
@@ -107,6 +115,13 @@ def base_optimizer(cfg, learning_rate: optax.Schedule) -> optax.GradientTransfor
     )
 
 
+def with_stats(labels: Any) -> Any:
+    """`labels` with every trained range leaf relabelled `stats`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, label: STATS if label != FROZEN and is_range(path) else label, labels
+    )
+
+
 def make_optimizer(
     cfg, labels: Any, steps: int, schedule_override=None, peak: float | None = None
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -125,17 +140,23 @@ def make_optimizer(
     schedule = make_schedule(
         cfg.learning_rate if peak is None else peak, steps, schedule_override or cfg.schedule
     )
+    labels = with_stats(labels)
     names = sorted(set(jax.tree.leaves(labels)))
     transforms = {}
     for name in names:
         if name == FROZEN:
             transforms[name] = optax.set_to_zero()
+        elif name == STATS:
+            transforms[name] = optax.sgd(1.0)  # r - (1 - decay)(r - observed): the EMA
         else:
             m = multiplier(name)
             transforms[name] = base_optimizer(cfg, lambda step, m=m: m * schedule(step))
     frozen = jax.tree.map(lambda label: label == FROZEN, labels)
     chain = [optax.masked(optax.set_to_zero(), frozen)]
-    if cfg.clip_norm:
+    if cfg.clip_norm and STATS in names:
+        weights = jax.tree.map(lambda label: label != STATS, labels)
+        chain.append(optax.masked(optax.clip_by_global_norm(cfg.clip_norm), weights))
+    elif cfg.clip_norm:
         chain.append(optax.clip_by_global_norm(cfg.clip_norm))
     chain.append(optax.partition(transforms, labels))
     return optax.chain(*chain), schedule

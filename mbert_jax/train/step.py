@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from mbert_jax.losses import LossSum
+from mbert_jax.quant import fake_quant
 from mbert_jax.train.recipe import Recipe, Stage
 
 
@@ -65,6 +66,13 @@ def zeros_like_shapes(shapes):
 def all_finite(tree) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def average_range_steps(grads, accum_steps: int):
+    """Each micro-batch gave a fake-quant range its whole moving-average step: average them."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, g: g / accum_steps if fake_quant.is_range(path) else g, grads
+    )
 
 
 def make_train_step(recipe: Recipe, stage: Stage, tx: optax.GradientTransformation, accum_steps=1):
@@ -108,8 +116,8 @@ def make_train_step(recipe: Recipe, stage: Stage, tx: optax.GradientTransformati
 
         # Sums: the shares add up to the objective, metric sums stay exact sums.
         zeros = zeros_like_shapes(jax.eval_shape(share_grad, params, first, 0))
-        result, _ = jax.lax.scan(body, zeros, micro)
-        return result
+        (obj, metrics), grads = jax.lax.scan(body, zeros, micro)[0]
+        return (obj, metrics), average_range_steps(grads, accum_steps)
 
     def apply_updates(state: TrainState, grads, finite):
         def update(_):
