@@ -74,6 +74,7 @@ from mbert_jax.distill.tinybert.losses import (
     Projections,
     intermediate_losses,
     prediction_losses,
+    teacher_layers,
 )
 from mbert_jax.models import Model, io, resolve
 from mbert_jax.models.config import TUNABLE_FIELDS
@@ -284,13 +285,32 @@ class TinyBertRecipe(Recipe):
         return self.teacher_spec.host_params()
 
     # ------------------------------------------------------------------ losses
-    def compute_losses(self, stage, params, teacher_params, batch, *, train, rng=None):
-        feats = dict(output_hidden_states=True, output_attentions=True, run_heads=self.heads)
-        s_out = task_forward(self.student, params["student"], batch, train=train, rng=rng, **feats)
+    FEATURES = dict(output_hidden_states=True, output_attentions=True)
+
+    def teacher_outputs(self, stage, teacher_params, batch):
+        """The teacher's mapped layers (`losses.teacher_layers`) the stage's intermediate
+        terms read, and its task-head outputs (`task_<field>`) when it has a prediction term."""
+        weights = stage.loss_weights
+        need_task = self.task is not None and "prediction" in weights
+        if not any(k in weights for k in INTERMEDIATE_LOSSES) and not need_task:
+            return {}
+        feats = dict(self.FEATURES, run_heads=self.heads)
         t_out = task_forward(self.teacher_model, teacher_params, batch, train=False, **feats)
+        out = teacher_layers(t_out.encoder, self.mapping, weights)
+        if need_task:
+            out.update({f"task_{k}": v for k, v in task_outputs(t_out, self.task.kind).items()})
+        return out
+
+    def teacher_settings(self):
+        return {"config": self.teacher_spec.run_config.to_dict(), "heads": list(self.heads)}
+
+    def compute_losses(self, stage, params, teacher_params, batch, *, train, rng=None):
+        feats = dict(self.FEATURES, run_heads=self.heads)
+        s_out = task_forward(self.student, params["student"], batch, train=train, rng=rng, **feats)
+        teacher = self.teacher_terms(stage, teacher_params, batch)
         metrics = intermediate_losses(
             s_out.encoder,
-            t_out.encoder,
+            teacher,
             params["proj"],
             self.mapping,
             batch["attention_mask"],
@@ -299,7 +319,8 @@ class TinyBertRecipe(Recipe):
         )
         if self.task is not None:
             kind = self.task.kind
-            s_task, t_task = task_outputs(s_out, kind), task_outputs(t_out, kind)
+            s_task = task_outputs(s_out, kind)
+            t_task = {k[len("task_") :]: v for k, v in teacher.items() if k.startswith("task_")}
             metrics.update(
                 prediction_losses(
                     kind,
