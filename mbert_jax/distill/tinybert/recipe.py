@@ -51,6 +51,10 @@ student with embedding width k and a projection, position and type tables
 projected by P, the teacher's PCA basis or the identity at equal width),
 with W_e = P^T; not with `config.init_from`, which brings trained ones.
 
+Teacher outputs computed once (task mode): `distill.teacher_store=DIR` runs
+the teacher once over the task data and trains from its stored outputs
+(`teacher_outputs`, `mbert_jax/train/teacher_store.py`).
+
 Layer-wise losses need the same number of heads in student and teacher
 (checked at construction); widths may differ (the projections).
 ALBERT-style students (shared layers) work unchanged: each application of
@@ -117,6 +121,12 @@ class TinyBertRecipe(Recipe):
                 "embeddings; set one of them"
             )
         self.task = None
+        if self.mode == "general" and d.get("teacher_store"):
+            raise ValueError(
+                "config.distill.teacher_store: general distillation re-masks its pretraining "
+                "stream and has no row index, so its teacher outputs cannot be stored; set "
+                "config.distill.teacher_store=''"
+            )
         if self.mode == "general":
             data = teacher_lib.teacher_data_config(config.data, config.teacher.path)
             self.inputs = inputs.pretraining_inputs(data)
