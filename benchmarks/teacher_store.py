@@ -54,21 +54,35 @@ def one_run(teacher: str, workdir: str, store: str, inter: int, pred: int, queue
         c.student.overrides[k] = v
     c.data.cache_dir = str(Path(workdir).parent / "cache")
     c.distill.teacher_store = store
-    build = {"seconds": 0.0}
+    build = {"seconds": 0.0, "cpu": 0.0}
     original = teacher_store.open_or_build
 
     def timed(*a, **kw):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         out = original(*a, **kw)
-        build["seconds"] = time.perf_counter() - t
+        build["seconds"], build["cpu"] = time.perf_counter() - t, time.process_time() - cpu
         return out
 
     teacher_store.open_or_build = timed
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     run_config(c, workdir)
-    total = time.perf_counter() - t
+    total, cpu = time.perf_counter() - t, time.process_time() - cpu
     results = json.loads((Path(workdir) / "results.json").read_text())
-    queue.put({"total_s": total, "build_s": build["seconds"], "eval": results["eval"]})
+    logged = [json.loads(x) for x in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    rates = {}
+    for r in logged:
+        if r.get("split") == "train" and r.get("steps_per_sec"):
+            rates.setdefault(r["stage"], []).append(r["steps_per_sec"])
+    queue.put(
+        {
+            "total_s": total,
+            "cpu_s": cpu,
+            "build_s": build["seconds"],
+            "build_cpu_s": build["cpu"],
+            "eval": results["eval"],
+            "steps_per_sec": rates,
+        }
+    )
 
 
 def measure(args, mode: str, repeat: int) -> dict:
@@ -119,11 +133,19 @@ def main():
     for r in range(args.repeats):
         for mode in ("live", "stored") if r % 2 == 0 else ("stored", "live"):
             rows[mode].append(measure(args, mode, r))
-    live = mean_se([x["total_s"] for x in rows["live"]])
-    stored = mean_se([x["total_s"] for x in rows["stored"]])
-    build = mean_se([x["build_s"] for x in rows["stored"]])
-    speedups = [a["total_s"] / b["total_s"] for a, b in zip(rows["live"], rows["stored"])]
-    sp = mean_se(speedups)
+
+    def stats(mode, key):
+        return mean_se([x[key] for x in rows[mode]])
+
+    def speedup(key):
+        return mean_se([a[key] / b[key] for a, b in zip(rows["live"], rows["stored"])])
+
+    def cell(m, d=1):
+        return f"{m[0]:.{d}f}" if m[1] != m[1] else f"{m[0]:.{d}f} ± {m[1]:.{d}f}"
+
+    def acc(mode):
+        return ", ".join(f"{x['eval'].get('accuracy', float('nan')):.4f}" for x in rows[mode])
+
     cmd = "python " + " ".join(sys.argv)
     lines = [
         "# Task distillation: stored teacher outputs vs the live teacher",
@@ -131,15 +153,15 @@ def main():
         f"`{cmd}` ({time.strftime('%Y-%m-%d')}, {args.repeats} repeats, "
         f"{args.intermediate_steps} + {args.prediction_steps} steps)",
         "",
-        "| | whole run (s) | store build (s) | speed-up | dev accuracy |",
-        "|---|---|---|---|---|",
-        f"| live teacher | {live[0]:.1f} ± {live[1]:.1f} | - | 1 | "
-        + ", ".join(f"{x['eval'].get('accuracy', float('nan')):.4f}" for x in rows["live"])
-        + " |",
-        f"| stored outputs | {stored[0]:.1f} ± {stored[1]:.1f} | {build[0]:.1f} ± {build[1]:.1f} "
-        f"| {sp[0]:.2f} ± {sp[1]:.2f} | "
-        + ", ".join(f"{x['eval'].get('accuracy', float('nan')):.4f}" for x in rows["stored"])
-        + " |",
+        "| | wall, whole run (s) | CPU, whole run (s) | store build: wall / CPU (s) | "
+        "speed-up: wall / CPU | dev accuracy |",
+        "|---|---|---|---|---|---|",
+        f"| live teacher | {cell(stats('live', 'total_s'))} | {cell(stats('live', 'cpu_s'))} "
+        f"| - | 1 / 1 | {acc('live')} |",
+        f"| stored outputs | {cell(stats('stored', 'total_s'))} | "
+        f"{cell(stats('stored', 'cpu_s'))} | {cell(stats('stored', 'build_s'))} / "
+        f"{cell(stats('stored', 'build_cpu_s'))} | {cell(speedup('total_s'), 2)}"
+        f" / {cell(speedup('cpu_s'), 2)} | {acc('stored')} |",
         "",
         f"Store size: {rows['stored'][0]['store_mb']:.0f} MiB.",
     ]

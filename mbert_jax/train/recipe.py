@@ -109,6 +109,10 @@ class Recipe:
         """
         raise NotImplementedError
 
+    #: True when the losses read the teacher's values at padded positions (a store then
+    #: builds every row at the full length; otherwise at the training data's padding).
+    stored_at_full_length: bool = False
+
     def teacher_settings(self) -> dict:
         """JSON settings that change `teacher_outputs` besides the teacher's parameters
         (its model config, dtypes, heads): part of a store's fingerprint."""

@@ -6,17 +6,19 @@ When the teacher's inputs repeat (task distillation over a fixed, possibly
 augmented, task set: every epoch shows the teacher the same rows), the
 teacher need not run at every step. With a store, the trainer first runs
 the teacher once over every training row (`Recipe.teacher_outputs` of
-every stage, one jitted forward, the rows in one pass sorted by length, at
-the full `max_seq_length`) and writes the outputs to DIR; the steps then read
+every stage, one jitted forward, the rows in one pass sorted by length,
+each batch padded as the training data pads its batches) and writes the
+outputs to DIR at the full `max_seq_length` (zeros past a row's batch); the steps then read
 each batch's rows from DIR (`teacher/<name>` batch keys, which
 `Recipe.teacher_terms` hands to the losses instead of running the teacher).
 The student's steps are the same as with the live teacher: the same data
 stream (its position is checkpointed as always, so a resumed run continues
-exactly), the same losses, on outputs equal to the live ones (float
-tolerance: the live teacher runs at each batch's padded length, the store
-at the full length; every loss masks or counts padding the same way, the
-official reductions included, since the stored positions hold the teacher's
-own values up to `max_seq_length`).
+exactly), the same losses, on outputs equal to the live ones at every real
+token (float tolerance: the teacher ran on other padding). Losses that mask
+padding see no difference; a recipe whose losses read the teacher's values
+at padding (TinyBERT's `official_losses`) sets `Recipe.stored_at_full_length`,
+and its rows are then built at the full length, where every position holds
+the teacher's own value.
 
 Layout (every file written to a temporary name and renamed: a killed build
 leaves whole shards only):
@@ -120,8 +122,9 @@ def index_key(spec: dict) -> str:
     )
 
 
-def one_pass(train_data, batch_size: int):
-    """A `loader.BatchFn` over every training row once, sorted by length, at the full length.
+def one_pass(train_data, batch_size: int, full_length: bool):
+    """A `loader.BatchFn` over every training row once, sorted by length, padded as
+    the training data pads (`full_length`: to `max_seq_length`).
 
     `train_data` is the recipe's training `DataIterator` (its `batch_fn` has the
     source and the batch layout).
@@ -146,7 +149,7 @@ def one_pass(train_data, batch_size: int):
         process_index=0,
         process_count=1,
         endless=False,
-        pad_multiple=0,
+        pad_multiple=0 if full_length else fn.pad_multiple,
         grouping=None,
         order=order,
     )
@@ -178,6 +181,7 @@ def _describe_mismatch(have: dict, want: dict, directory: Path) -> str:
         "teacher_settings": "the teacher's settings (model config, dtypes, heads)",
         "data": "the training data (its rows, tokenization or augmentation)",
         "seq_len": "the sequence length (config.data.max_seq_length)",
+        "build_padding": "the padding (config.data.pad_to_multiple, official losses)",
         "outputs": "what is stored (the stages' teacher outputs: loss terms, layer map)",
     }
     differ = [names.get(k, k) for k in names if have.get(k) != want.get(k)]
@@ -305,7 +309,8 @@ def open_or_build(
     batch_size = int(config.data.get("eval_global_batch_size") or 0) or int(
         config.data.global_batch_size
     )
-    batch_fn = one_pass(train_data, batch_size)
+    full_length = bool(getattr(recipe, "stored_at_full_length", False))
+    batch_fn = one_pass(train_data, batch_size, full_length)
     key = index_key(batch_fn.spec)
     rows = len(batch_fn.source)
     steps = -(-rows // batch_size)
@@ -341,6 +346,7 @@ def open_or_build(
         "teacher_settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
         "data": data_hash(batch_fn, steps),
         "seq_len": int(batch_fn.spec["input_ids"][0][0]),
+        "build_padding": 0 if full_length else int(batch_fn.pad_multiple),
         "outputs": specs,
     }
     log.info("teacher store %s: fingerprint in %.1fs", directory, time.time() - t0)
@@ -385,6 +391,13 @@ def _abstract_batch(batch_fn, batch_size):
     }
 
 
+def _pad_to(a: np.ndarray, shape) -> np.ndarray:
+    """[n, ...] rows zero-padded to the full per-row `shape` (sequence axes of a shorter batch)."""
+    if tuple(a.shape[1:]) == tuple(shape):
+        return a
+    return np.pad(a, [(0, 0)] + [(0, full - have) for have, full in zip(a.shape[1:], shape)])
+
+
 def _build(directory, meta, batch_fn, outputs, teacher_params, mesh, rules) -> None:
     """Every missing shard: the teacher over its build batches, written whole."""
     run = jax.jit(outputs)
@@ -411,7 +424,7 @@ def _build(directory, meta, batch_fn, outputs, teacher_params, mesh, rules) -> N
             batch = sharding_lib.global_batch(host, mesh, rules)
             out = jax.device_get(run(teacher_params, batch))
             for n in parts:
-                parts[n].append(np.asarray(out[n])[valid])
+                parts[n].append(_pad_to(np.asarray(out[n])[valid], meta["outputs"][n]["shape"]))
             index.append(host[index_key(batch_fn.spec)][valid])
         index = np.concatenate(index).astype(np.int32)
         assert len(index) == last - first, (len(index), first, last)

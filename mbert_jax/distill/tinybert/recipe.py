@@ -107,6 +107,7 @@ class TinyBertRecipe(Recipe):
             raise ValueError(f"config.distill.mode={d.mode!r}: one of {MODES}")
         self.mode = d.mode
         self.official = bool(d.official_losses)
+        self.stored_at_full_length = self.official  # its reductions count padding
         self.temperature = float(d.get("temperature", 1.0))
         self.init_embeddings = d.get("init_embeddings", "random")
         if self.init_embeddings not in embedding_init.INIT_EMBEDDINGS:
