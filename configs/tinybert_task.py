@@ -79,6 +79,10 @@ def get_config(arg=None):
         prediction_steps=6_000,
         intermediate_learning_rate=5e-5,
         prediction_learning_rate=3e-5,
+        # A directory: the teacher runs once over the task data and its outputs are stored
+        # there, then every step reads them (mbert_jax/train/teacher_store.py); "": live.
+        teacher_store="",
+        teacher_store_shard_rows=0,  # rows per shard file (0: about 256 MB each)
     )
     config.augment = augment_config(
         enabled=arg.augment,

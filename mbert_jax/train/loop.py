@@ -35,6 +35,7 @@ from mbert_jax.parallel import mesh as mesh_lib
 from mbert_jax.parallel import sharding as sharding_lib
 from mbert_jax.train import checkpoint as ckpt
 from mbert_jax.train import logs
+from mbert_jax.train import teacher_store as store_lib
 from mbert_jax.train.labels import make_labels, trained_fraction
 from mbert_jax.train.optimizers import make_optimizer
 from mbert_jax.train.recipe import Recipe, Stage
@@ -57,6 +58,7 @@ TRAINING_ERRORS = (
     ckpt.CheckpointWriteError,
     ckpt.NoRestorableCheckpointError,
     io.UnreadableFileError,
+    store_lib.TeacherStoreError,
 )
 
 
@@ -183,6 +185,7 @@ class Trainer:
                 "batch or config.mesh"
             )
         self._check_steps()
+        self._check_store()
         with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
             rng = jax.random.PRNGKey(self.train_cfg.seed)
             self._boxed = jax.eval_shape(self.recipe.init_params, rng)
@@ -202,6 +205,20 @@ class Trainer:
                 raise ValueError(
                     f"{where}: steps must be >= 0 (0: only evaluate the initial model)"
                 )
+
+    def _check_store(self) -> None:
+        """`config.distill.teacher_store` only with a recipe that declares its teacher outputs."""
+        if not store_lib.store_dir(self.config):
+            return
+        store_lib.shard_rows_setting(self.config)
+        try:
+            self.recipe.teacher_settings()
+        except NotImplementedError:
+            raise ValueError(
+                f"{store_lib.FIELD}: this recipe ({type(self.recipe).__name__}) cannot train "
+                f"from stored teacher outputs (no Recipe.teacher_outputs); set "
+                f"{store_lib.FIELD}='' (the live teacher)"
+            ) from None
 
     def _check_positions(self, boxed, teacher) -> None:
         """`config.data.max_seq_length` within every model's position table."""
@@ -359,6 +376,10 @@ class Trainer:
                     log.info("resuming from %s/%d", checkpoints.directory, step)
             # The run is accepted (a checkpoint of another model was refused above).
             self._write_config()
+            if store_lib.store_dir(self.config) and step < total_steps:
+                data = store_lib.open_or_build(
+                    self.config, self.recipe, stages, data, teacher_params, self.mesh, self.rules
+                )
             writer = logs.MetricWriter(self.workdir, enabled=self.is_lead)
             writer.keep_until(step)
             progress = logs.Progress(total_steps, enabled=self.is_lead)
@@ -368,6 +389,8 @@ class Trainer:
                     stage = stages[index]
                     start = ends[index] - stage.steps
                     fns = self.stage_functions(stage, boxed, param_shardings, teacher_shardings)
+                    if isinstance(data, store_lib.StoredTeacherData):
+                        data.use_stage(stage)
                     if self.is_lead:
                         log.info(
                             "stage %d/%d %s: steps %d-%d, %s trained of %s parameters",

@@ -23,6 +23,9 @@ from mbert_jax.losses import LossSum
 
 Metrics = dict[str, LossSum]
 
+#: The batch-key prefix of stored teacher outputs (`Recipe.teacher_terms`).
+STORED = "teacher/"
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
@@ -102,6 +105,40 @@ class Recipe:
     def load_teacher_params(self) -> Any:
         """The teacher's parameters as a host (numpy) tree; called when `teacher()` is not None."""
         raise NotImplementedError
+
+    # ------------------------------------------------------ teacher outputs
+    def teacher_outputs(
+        self, stage: Stage, teacher_params: Any, batch: dict[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """What the stage's losses read from the teacher for `batch`: name -> [B, ...] array.
+
+        A deterministic function of the teacher and the batch's inputs (no
+        dropout), so it can be computed once and stored (`train/teacher_store.py`,
+        `config.distill.teacher_store`). A recipe that implements it (with
+        `teacher_settings`) reads its teacher terms through `teacher_terms`,
+        so that live and stored outputs go through the same losses. Names are
+        plain (no "/"); an empty dict: the stage needs nothing of the teacher.
+        """
+        raise NotImplementedError
+
+    #: True when the losses read the teacher's values at padded positions (a store then
+    #: builds every row at the full length; otherwise at the training data's padding).
+    stored_at_full_length: bool = False
+
+    def teacher_settings(self) -> dict:
+        """JSON settings that change `teacher_outputs` besides the teacher's parameters
+        (its model config, dtypes, heads): part of a store's fingerprint."""
+        raise NotImplementedError
+
+    def teacher_terms(
+        self, stage: Stage, teacher_params: Any, batch: dict[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """The stage's `teacher_outputs`: the batch's stored ones (`teacher/<name>` keys,
+        added by the store) when it has them, else computed from the live teacher."""
+        stored = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith(STORED)}
+        if stored:
+            return stored
+        return self.teacher_outputs(stage, teacher_params, batch)
 
     # ------------------------------------------------------------ objective
     def loss(

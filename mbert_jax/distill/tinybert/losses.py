@@ -75,13 +75,33 @@ def layer_sum(per_layer: list[LossSum]) -> LossSum:
     return LossSum(total, per_layer[0].count)
 
 
+def teacher_layers(teacher_out, mapping, weights) -> dict[str, jax.Array]:
+    """What `intermediate_losses` reads of a teacher `EncoderOutput` (with hidden states
+    and attentions): `attention_<j>` (the scores of teacher layer j) and `hidden_<j>`
+    (layer j's output, 0: the embedding output) of the mapped layers and active terms."""
+    out = {}
+    s_layers = range(1, len(mapping))
+    if "attention" in weights:
+        for m in s_layers:
+            out[f"attention_{mapping[m]}"] = teacher_out.attention_scores[mapping[m] - 1]
+    hidden = all_hidden(teacher_out)
+    if "hidden" in weights:
+        for m in s_layers:
+            out[f"hidden_{mapping[m]}"] = hidden[mapping[m]]
+    if "embedding" in weights:
+        out["hidden_0"] = hidden[0]
+    return out
+
+
 def intermediate_losses(
-    student_out, teacher_out, proj_params, mapping, attention_mask, weights, official
+    student_out, teacher, proj_params, mapping, attention_mask, weights, official
 ) -> dict[str, LossSum]:
-    """The active layer-wise losses between two `EncoderOutput`s (see the module docstring).
+    """The active layer-wise losses between a student `EncoderOutput` and the teacher's
+    layers (see the module docstring).
 
     Args:
-      student_out, teacher_out: encoder outputs with hidden states and attentions.
+      student_out: the student's encoder output with hidden states and attentions.
+      teacher: the teacher's mapped layers, `teacher_layers` (live or stored).
       proj_params: the `Projections` parameters.
       mapping: `layer_map(...)`: teacher layer of each student layer 0..L_S.
       attention_mask: [batch, length] ints, 0 at padding.
@@ -95,21 +115,21 @@ def intermediate_losses(
             [
                 losses.tinybert_attention_loss(
                     student_out.attention_scores[m - 1],
-                    teacher_out.attention_scores[mapping[m] - 1],
+                    teacher[f"attention_{mapping[m]}"],
                     attention_mask=attention_mask,
                     official=official,
                 )
                 for m in s_layers
             ]
         )
-    s_hidden, t_hidden = all_hidden(student_out), all_hidden(teacher_out)
+    s_hidden = all_hidden(student_out)
     if "hidden" in weights:
         kernel, bias = projection(proj_params, "hidden")
         out["hidden"] = layer_sum(
             [
                 losses.tinybert_hidden_loss(
                     s_hidden[m],
-                    t_hidden[mapping[m]],
+                    teacher[f"hidden_{mapping[m]}"],
                     projection=kernel,
                     projection_bias=bias,
                     attention_mask=attention_mask,
@@ -122,7 +142,7 @@ def intermediate_losses(
         kernel, bias = projection(proj_params, "embedding")
         out["embedding"] = losses.tinybert_embedding_loss(
             s_hidden[0],
-            t_hidden[0],
+            teacher["hidden_0"],
             projection=kernel,
             projection_bias=bias,
             attention_mask=attention_mask,

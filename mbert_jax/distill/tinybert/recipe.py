@@ -51,6 +51,10 @@ student with embedding width k and a projection, position and type tables
 projected by P, the teacher's PCA basis or the identity at equal width),
 with W_e = P^T; not with `config.init_from`, which brings trained ones.
 
+Teacher outputs computed once (task mode): `distill.teacher_store=DIR` runs
+the teacher once over the task data and trains from its stored outputs
+(`teacher_outputs`, `mbert_jax/train/teacher_store.py`).
+
 Layer-wise losses need the same number of heads in student and teacher
 (checked at construction); widths may differ (the projections).
 ALBERT-style students (shared layers) work unchanged: each application of
@@ -74,6 +78,7 @@ from mbert_jax.distill.tinybert.losses import (
     Projections,
     intermediate_losses,
     prediction_losses,
+    teacher_layers,
 )
 from mbert_jax.models import Model, io, resolve
 from mbert_jax.models.config import TUNABLE_FIELDS
@@ -102,6 +107,7 @@ class TinyBertRecipe(Recipe):
             raise ValueError(f"config.distill.mode={d.mode!r}: one of {MODES}")
         self.mode = d.mode
         self.official = bool(d.official_losses)
+        self.stored_at_full_length = self.official  # its reductions count padding
         self.temperature = float(d.get("temperature", 1.0))
         self.init_embeddings = d.get("init_embeddings", "random")
         if self.init_embeddings not in embedding_init.INIT_EMBEDDINGS:
@@ -116,6 +122,12 @@ class TinyBertRecipe(Recipe):
                 "embeddings; set one of them"
             )
         self.task = None
+        if self.mode == "general" and d.get("teacher_store"):
+            raise ValueError(
+                "config.distill.teacher_store: general distillation re-masks its pretraining "
+                "stream and has no row index, so its teacher outputs cannot be stored; set "
+                "config.distill.teacher_store=''"
+            )
         if self.mode == "general":
             data = teacher_lib.teacher_data_config(config.data, config.teacher.path)
             self.inputs = inputs.pretraining_inputs(data)
@@ -284,13 +296,32 @@ class TinyBertRecipe(Recipe):
         return self.teacher_spec.host_params()
 
     # ------------------------------------------------------------------ losses
-    def compute_losses(self, stage, params, teacher_params, batch, *, train, rng=None):
-        feats = dict(output_hidden_states=True, output_attentions=True, run_heads=self.heads)
-        s_out = task_forward(self.student, params["student"], batch, train=train, rng=rng, **feats)
+    FEATURES = dict(output_hidden_states=True, output_attentions=True)
+
+    def teacher_outputs(self, stage, teacher_params, batch):
+        """The teacher's mapped layers (`losses.teacher_layers`) the stage's intermediate
+        terms read, and its task-head outputs (`task_<field>`) when it has a prediction term."""
+        weights = stage.loss_weights
+        need_task = self.task is not None and "prediction" in weights
+        if not any(k in weights for k in INTERMEDIATE_LOSSES) and not need_task:
+            return {}
+        feats = dict(self.FEATURES, run_heads=self.heads)
         t_out = task_forward(self.teacher_model, teacher_params, batch, train=False, **feats)
+        out = teacher_layers(t_out.encoder, self.mapping, weights)
+        if need_task:
+            out.update({f"task_{k}": v for k, v in task_outputs(t_out, self.task.kind).items()})
+        return out
+
+    def teacher_settings(self):
+        return {"config": self.teacher_spec.run_config.to_dict(), "heads": list(self.heads)}
+
+    def compute_losses(self, stage, params, teacher_params, batch, *, train, rng=None):
+        feats = dict(self.FEATURES, run_heads=self.heads)
+        s_out = task_forward(self.student, params["student"], batch, train=train, rng=rng, **feats)
+        teacher = self.teacher_terms(stage, teacher_params, batch)
         metrics = intermediate_losses(
             s_out.encoder,
-            t_out.encoder,
+            teacher,
             params["proj"],
             self.mapping,
             batch["attention_mask"],
@@ -299,7 +330,8 @@ class TinyBertRecipe(Recipe):
         )
         if self.task is not None:
             kind = self.task.kind
-            s_task, t_task = task_outputs(s_out, kind), task_outputs(t_out, kind)
+            s_task = task_outputs(s_out, kind)
+            t_task = {k[len("task_") :]: v for k, v in teacher.items() if k.startswith("task_")}
             metrics.update(
                 prediction_losses(
                     kind,
