@@ -43,6 +43,23 @@ class Importance:
     batches: int
 
 
+def gated_loss(model: Model, loss_fn: LossFn) -> Callable:
+    """`(params, batch, **gates) -> loss` of the model's deterministic forward with gates."""
+
+    def loss(params, batch, **gates):
+        out = model.apply(
+            {"params": params},
+            batch["input_ids"],
+            batch.get("attention_mask"),
+            batch.get("token_type_ids"),
+            deterministic=True,
+            **gates,
+        )
+        return loss_fn(out, batch)
+
+    return loss
+
+
 def gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Callable:
     """A jitted `(params, batch, gates) -> (head |grads|, neuron |grads|)` at `gates`.
 
@@ -52,18 +69,11 @@ def gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Calla
     gives them (iterative pruning scores a gated model, its removed units at 0).
     """
 
+    gated = gated_loss(model, loss_fn)
+
     def loss(gates, params, batch):
         head_gates, neuron_gates = gates
-        out = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch.get("attention_mask"),
-            batch.get("token_type_ids"),
-            deterministic=True,
-            head_gates=head_gates,
-            neuron_gates=neuron_gates,
-        )
-        return loss_fn(out, batch)
+        return gated(params, batch, head_gates=head_gates, neuron_gates=neuron_gates)
 
     @jax.jit
     def grads(params, batch, gates):
@@ -132,25 +142,16 @@ def layer_losses(model: Model, loss_fn: LossFn = classification_loss) -> Callabl
     """A jitted `(params, batch) -> [num_layers + 1]` losses: the full model's, then with
     block i skipped (`layer_gates` 0 at i: its input passes on), for each i.
 
-    One function per batch: the L + 1 forwards are traced into one program.
+    One function per batch: the L + 1 forwards are one traced forward, mapped over the gates.
     """
     n = model.config.num_layers
-
-    def one(params, batch, layer_gates):
-        out = model.apply(
-            {"params": params},
-            batch["input_ids"],
-            batch.get("attention_mask"),
-            batch.get("token_type_ids"),
-            deterministic=True,
-            layer_gates=layer_gates,
-        )
-        return loss_fn(out, batch)
+    gated = gated_loss(model, loss_fn)
 
     @jax.jit
     def losses(params, batch):
         gates = jnp.concatenate([jnp.ones((1, n)), 1.0 - jnp.eye(n)]).astype(jnp.float32)
-        return jnp.stack([one(params, batch, gates[k]) for k in range(n + 1)])
+        # one traced forward, run for each gate row (a scan: one model in memory at a time)
+        return jax.lax.map(lambda g: gated(params, batch, layer_gates=g), gates)
 
     return losses
 
