@@ -57,6 +57,29 @@ def make_bert(root, variant="tinybert4_micro", heads=(), **overrides):
     return io.save_model(root / "model", cfg, heads, params, vocab)
 
 
+def topic_task_and_classifier(root, num_layers):
+    """A topic task (96 train, 32 dev rows of CSV) and a random micro BERT classifier of its
+    labels: `num_layers` blocks, no dropout, the classifier scaled up so that its logits
+    are far from uniform (a distilling student has something to fit). -> (model dir, train,
+    dev)."""
+    rng = np.random.default_rng(0)
+    train = write_csv(root / "train.csv", "text,label", topic_rows(rng, 96))
+    dev = write_csv(root / "dev.csv", "text,label", topic_rows(rng, 32))
+    labels = tuple(sorted(TOPICS))
+    bert = make_bert(
+        root,
+        "bert_base_micro",
+        heads=("classifier",),
+        num_layers=num_layers,
+        num_labels=len(labels),
+        label_names=labels,
+    )
+    cfg, heads, params = io.load_model(bert)
+    cfg = cfg.replace(hidden_dropout=0.0, attention_dropout=0.0)
+    params["classifier"]["dense"]["kernel"] = params["classifier"]["dense"]["kernel"] * 50.0
+    return io.save_model(root / "teacher", cfg, heads, params, io.vocab_path(bert)), train, dev
+
+
 def run(config_spec, workdir, overrides):
     """Train `configs/...py:arg` with `overrides` (dotted keys); (results' eval, model dir)."""
     module, arg = load_config_module(config_spec)

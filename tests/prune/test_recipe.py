@@ -30,24 +30,7 @@ FFN = "encoder/layers_{}/ffn/ffn_0/intermediate/kernel"
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune_task")
-    rng = np.random.default_rng(0)
-    train = tf.write_csv(root / "train.csv", "text,label", tf.topic_rows(rng, 96))
-    dev = tf.write_csv(root / "dev.csv", "text,label", tf.topic_rows(rng, 32))
-    # A random 4-block classifier (4 heads, FFN 256 per block) of the task's labels, its
-    # classifier scaled up so that its logits are far from uniform (KD has something to fit),
-    # without dropout (recovery then fits the very function the dev KD measures).
-    bert = tf.make_bert(
-        root,
-        "bert_base_micro",
-        heads=("classifier",),
-        num_layers=4,
-        num_labels=len(LABELS),
-        label_names=LABELS,
-    )
-    cfg, heads, params = io.load_model(bert)
-    cfg = cfg.replace(hidden_dropout=0.0, attention_dropout=0.0)
-    params["classifier"]["dense"]["kernel"] = params["classifier"]["dense"]["kernel"] * 50.0
-    bert = io.save_model(root / "teacher", cfg, heads, params, io.vocab_path(bert))
+    bert, train, dev = tf.topic_task_and_classifier(root, num_layers=4)
     return root, bert, train, dev
 
 

@@ -18,21 +18,7 @@ LABELS = tuple(sorted(tf.TOPICS))
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("qat_task")
-    rng = np.random.default_rng(0)
-    train = tf.write_csv(root / "train.csv", "text,label", tf.topic_rows(rng, 96))
-    dev = tf.write_csv(root / "dev.csv", "text,label", tf.topic_rows(rng, 32))
-    bert = tf.make_bert(
-        root,
-        "bert_base_micro",
-        heads=("classifier",),
-        num_layers=2,
-        num_labels=len(LABELS),
-        label_names=LABELS,
-    )
-    cfg, heads, params = io.load_model(bert)
-    cfg = cfg.replace(hidden_dropout=0.0, attention_dropout=0.0)
-    params["classifier"]["dense"]["kernel"] = params["classifier"]["dense"]["kernel"] * 50.0
-    bert = io.save_model(root / "float", cfg, heads, params, io.vocab_path(bert))
+    bert, train, dev = tf.topic_task_and_classifier(root, num_layers=2)
     return root, bert, train, dev
 
 
