@@ -76,18 +76,19 @@ def real_config(tiny: bool = False):
     # 1. the teacher fine-tuned on each task
     c.teacher_steps = ml_collections.ConfigDict({"stdlib": 180, "wordorder": 240})
     c.teacher_learning_rate = 1e-4
-    # 2. students: general distillation on the embedded corpus
+    # 2. students. MobileBERT: fitted to the teacher, progressive transfer on the embedded
+    # corpus, then task distillation from the fine-tuned teacher.
     c.general_seq_len = 64
     c.general_learning_rate = 1e-3
     c.mobilebert_stage_steps = 30  # per layer stage of progressive transfer
-    c.tinybert_layers = 3  # uniform layer map: every 2nd of 6 teacher layers
-    c.tinybert_width = 0.75  # of the teacher's hidden size
-    c.embedding_size = 128  # factorized embeddings, initialized from the teacher's table
-    c.tinybert_general_steps = 180
-    # then task distillation from the fine-tuned teacher
+    # TinyBERT: the fine-tuned teacher's blocks kept (every 2nd of 6), then task distillation.
+    c.tinybert_layers = (0, 2, 4)
     c.intermediate_steps = 60
     c.prediction_steps = 180
-    c.task_learning_rate = 1e-3
+    c.task_learning_rate = ml_collections.ConfigDict({"mobilebert": 1e-3, "tinybert": 1e-4})
+    # Students' vocabularies pruned to the tokens of their task's training split
+    # (mbert_jax/prune/vocabulary.py): the word table is most of a small student.
+    c.prune_vocabulary = True
     # 3. scratch students: as many steps as their distilled twins, all on the task
     c.scratch_learning_rate = 1e-3
     # 5. export
@@ -99,7 +100,6 @@ def real_config(tiny: bool = False):
         c.tasks = ("wordorder",)
         c.teacher_steps.wordorder = 20
         c.mobilebert_stage_steps = 3
-        c.tinybert_general_steps = 10
         c.intermediate_steps = 5
         c.prediction_steps = 10
         c.num_calibration = 8

@@ -55,6 +55,9 @@ def get_config(arg=None):
         projection_bias=arg.official,
         # "factorized": a fresh student's embeddings from the teacher's table (low rank).
         init_embeddings="random",
+        # teacher layers (0-based) copied into the student's, one per student layer
+        # (DistilBERT's initialization; needs the teacher's width); () leaves them random.
+        init_layers=(),
     )
 
     # NSP pairs are not used by the layer-wise losses.

@@ -75,6 +75,9 @@ def get_config(arg=None):
         projection_bias=arg.official,
         # "factorized": a fresh student's embeddings from the teacher's table (low rank).
         init_embeddings="random",
+        # teacher layers (0-based) copied into a fresh student's, one per student layer
+        # (needs the teacher's width); () leaves them random. Not with init_from.
+        init_layers=(),
         intermediate_steps=20_000,
         prediction_steps=6_000,
         intermediate_learning_rate=5e-5,

@@ -132,6 +132,12 @@ def augment_main(argv: list[str]) -> int:
     return main(argv)
 
 
+def prune_vocab_main(argv: list[str]) -> int:
+    from mbert_jax.prune.vocabulary import main
+
+    return main(argv)
+
+
 def baseline_main(argv: list[str]) -> int:
     from mbert_jax.baseline import main
 
@@ -150,6 +156,7 @@ COMMANDS = {
     "convert": (convert_main, "convert between a model directory and transformers", False),
     "augment": (augment_main, "TinyBERT augmentation of a task's training data", False),
     "baseline": (baseline_main, "a bag-of-words naive Bayes baseline on a task", False),
+    "prune-vocab": (prune_vocab_main, "keep only the vocabulary a task's texts use", False),
 }
 
 

@@ -26,10 +26,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.xdist_group("quic
 
 RUNS = (
     "teacher_wordorder",
-    "mobilebert_wordorder",
-    "tinybert_wordorder",
-    "scratch_mobilebert_wordorder",
-    "scratch_tinybert_wordorder",
+    "mobilebert_wordorder_vocab",
+    "tinybert_wordorder_vocab",
+    "scratch_mobilebert_wordorder_vocab",
+    "scratch_tinybert_wordorder_vocab",
 )
 
 
@@ -71,14 +71,15 @@ def test_students_follow_the_teacher(run):
     mobile, _ = io.load_config(workdir / "mobilebert_general" / "model")
     assert (mobile.num_layers, mobile.hidden_size, mobile.num_heads) == (6, 384, 12)
     assert mobile.use_bottleneck and mobile.intra_bottleneck_size == 96
-    tiny, _ = io.load_config(workdir / "tinybert_general" / "model")
-    assert (tiny.num_layers, tiny.hidden_size, tiny.num_heads) == (3, 288, 12)
-    assert tiny.embedding_size == 128
-    # The scratch students have their distilled twins' architectures.
+    tiny, _ = io.load_config(workdir / "tinybert_init_wordorder" / "model")
+    assert (tiny.num_layers, tiny.hidden_size, tiny.num_heads) == (3, 384, 12)
+    # The scratch students have their distilled twins' architectures, and every student its
+    # task's pruned vocabulary.
     for student in ("mobilebert", "tinybert"):
-        a, _ = io.load_config(workdir / f"{student}_wordorder" / "model")
-        b, _ = io.load_config(workdir / f"scratch_{student}_wordorder" / "model")
+        a, _ = io.load_config(workdir / f"{student}_wordorder_vocab" / "model")
+        b, _ = io.load_config(workdir / f"scratch_{student}_wordorder_vocab" / "model")
         assert a.replace(label_names=None) == b.replace(label_names=None), student
+        assert a.vocab_size < teacher.vocab_size
 
 
 def test_report(run):
@@ -88,11 +89,12 @@ def test_report(run):
     assert "naive Bayes" in report and "keeps" in report
     table = [line for line in report.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 1 + len(RUNS), report  # header, naive Bayes, the models
+    assert "vocabularies pruned" in report
     assert "nan" not in "\n".join(table), table
     results = json.loads((workdir / "results.json").read_text())
     rows = {r["name"]: r for r in results["wordorder"]}
     t = rows["teacher_wordorder"]["params"]
     for student in ("mobilebert", "tinybert"):
-        s = rows[f"{student}_wordorder"]["params"]
+        s = rows[f"{student}_wordorder_vocab"]["params"]
         assert s["embeddings"] + s["blocks"] < 0.45 * (t["embeddings"] + t["blocks"]), student
     assert table[2] in done.stdout

@@ -30,7 +30,17 @@ def test_findings_state_each_target_with_its_figure():
         row("scratch_mobilebert_wordorder", 0.6, n, 4_000_000, 3_000_000, 4.0, 0.6),
         row("scratch_tinybert_wordorder", 0.65, n, 4_000_000, 4_000_000, 5.0, 0.65),
     ]
+    rows[3]["vocabulary"] = {
+        "kept": 5692,
+        "of": 30522,
+        "train_texts": 9,
+        "dev_unknown_rate": 0.0125,
+    }
     lines = real_report.findings("wordorder", rows, ("none", "int8"))
+    assert lines[-2] == (
+        "students' vocabularies pruned to the tokens of the wordorder training split: 5,692 of "
+        "30,522 kept; 1.25% of dev tokens became [UNK]"
+    )
     se = lambda p: p * (1 - p) / n
     teacher_nb = math.sqrt(se(0.8) + 0.025**2)
     assert lines[0] == (

@@ -67,3 +67,12 @@ def test_describe_command_prints_both_conventions():
     assert (
         bad.returncode != 0 and "valid variants" in bad.stderr and "mobilebert_tiny" in bad.stderr
     )
+
+
+def test_describe_says_when_a_model_is_quantization_aware():
+    from mbert_jax.models import summary, variants
+
+    config = variants.get("mobilebert_micro")
+    assert "quantization-aware" not in summary.describe("m", config)
+    text = summary.describe("m", config.replace(fake_quant=True, fake_quant_decay=0.99))
+    assert "quantization-aware" in text and "decay 0.99" in text

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbert_jax import losses
+from mbert_jax.distill import layer_init
 from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.losses import token_mask
 from mbert_jax.models import Model, param_shapes
@@ -51,7 +52,6 @@ from mbert_jax.models.variants import from_block
 from mbert_jax.train import inputs
 from mbert_jax.train.forward import masked_accuracy
 from mbert_jax.train.recipe import PretrainingDataRecipe, Stage
-from mbert_jax.tree import shape_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -84,30 +84,8 @@ def init_student_from_teacher(
       ValueError: naming the first parameters whose shapes differ.
     """
     s_enc, t_enc = student["encoder"], teacher["encoder"]
-    n_student = len([k for k in s_enc if k.startswith("layers_")])
-    n_teacher = len([k for k in t_enc if k.startswith("layers_")])
-    if len(layers) != n_student:
-        raise ValueError(
-            f"config.distill.init_layers has {len(layers)} entries for a {n_student}-layer "
-            f"student: give one teacher layer (0-based) per student layer"
-        )
-    bad = [i for i in layers if not 0 <= i < n_teacher]
-    if bad:
-        raise ValueError(f"init_layers {list(layers)}: the teacher has layers 0..{n_teacher - 1}")
-
-    def same(a, b, what):
-        diff = shape_mismatch(a, b, want_name="student", have_name="teacher", limit=10)
-        if diff:
-            raise ValueError(
-                f"cannot initialize the student's {what} from the teacher's; shapes differ:\n  "
-                + "\n  ".join(diff[:10])
-                + "\n(the student needs the teacher's width, heads, FFN size and an unshared "
-                "block; set config.distill.init_layers=() for a random student)"
-            )
-        return jax.tree.map(
-            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x), b
-        )
-
+    enc = layer_init.copy_layers(s_enc, t_enc, layers)
+    same = layer_init.copied
     emb = dict(s_enc["embeddings"])
     t_emb = t_enc["embeddings"]
     for name in emb:
@@ -119,9 +97,7 @@ def init_student_from_teacher(
         type0 = np.asarray(t_emb["token_type_embeddings"]["embedding"])[0]
         pos = np.asarray(emb["position_embeddings"]["embedding"])
         emb["position_embeddings"] = {"embedding": pos + type0[None, :]}
-    enc = {**s_enc, "embeddings": emb}
-    for i, t in enumerate(layers):
-        enc[f"layers_{i}"] = same(s_enc[f"layers_{i}"], t_enc[f"layers_{t}"], f"layers_{i}")
+    enc["embeddings"] = emb
     if "pooler" in s_enc and "pooler" in t_enc:
         enc["pooler"] = same(s_enc["pooler"], t_enc["pooler"], "pooler")
     out = {**student, "encoder": enc}

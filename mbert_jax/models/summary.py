@@ -125,6 +125,11 @@ def describe(name: str, config: ModelConfig, seq_lens=(128, 512)) -> str:
         f"E {c.embed_size} ({c.embedding_transform}), {c.normalization}, {c.hidden_act}, "
         f"sharing {c.layer_sharing}, vocab {c.vocab_size}",
     ]
+    if c.fake_quant:
+        lines.append(
+            "  quantization-aware: every dense input, kernel and output fake-quantized to "
+            f"8 bits, input ranges by moving average (decay {c.fake_quant_decay})"
+        )
     if c.layer_heads is not None or c.layer_intermediate_sizes is not None:
         heads = [c.heads_at(i) for i in range(c.num_layers)]
         widths = [c.intermediate_size_at(i) for i in range(c.num_layers)]

@@ -25,16 +25,28 @@ from mbert_jax.quickstart.phases import load_config
 
 
 def _set(q, item: str) -> None:
+    """`FIELD=VALUE`, or `FIELD.KEY=VALUE` for a per-task or per-student setting."""
     key, _, value = item.partition("=")
-    if key not in q:
-        raise SystemExit(f"unknown quickstart setting {key!r}; settings: {sorted(q)}")
-    old = q[key]
-    if isinstance(old, tuple):
-        q[key] = tuple(value.split(","))
+    parent, _, leaf = key.rpartition(".")
+    node = q
+    for part in parent.split(".") if parent else ():
+        if part not in node or not hasattr(node[part], "keys"):
+            raise SystemExit(f"unknown quickstart setting {key!r}; settings: {sorted(q)}")
+        node = node[part]
+    if leaf not in node:
+        raise SystemExit(f"unknown quickstart setting {key!r}; settings: {sorted(node)}")
+    old = node[leaf]
+    if hasattr(old, "keys"):
+        raise SystemExit(
+            f"quickstart setting {key!r} holds one value per key {sorted(old)}: set {key}.KEY=VALUE"
+        )
+    if isinstance(old, tuple):  # "a,b,c"; "" for an empty tuple; items keep their type
+        kind = type(old[0]) if old else str
+        node[leaf] = tuple(kind(v) for v in value.split(",") if v.strip())
     elif isinstance(old, bool):
-        q[key] = value.lower() in ("1", "true", "yes")
+        node[leaf] = value.lower() in ("1", "true", "yes")
     else:
-        q[key] = type(old)(value)
+        node[leaf] = type(old)(value)
 
 
 def main(argv: list[str]) -> int:

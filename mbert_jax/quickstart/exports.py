@@ -36,6 +36,30 @@ def task_examples(model_dir: Path, task: str, seq_len: int, split: str, limit: i
     return ex
 
 
+def dev_accuracy(model_dir: Path, task: str, seq_len: int, batch: int = 64) -> tuple[float, int]:
+    """(accuracy, rows) of a classifier model directory on a corpus task's whole dev split."""
+    import jax
+
+    from mbert_jax.models import Model
+
+    ex = task_examples(model_dir, task, seq_len, "dev")
+    config, heads, params = io.load_model(model_dir)
+    model = Model(config, heads)
+    logits = jax.jit(lambda p, i, m, t: model.apply({"params": p}, i, m, t).logits)
+    n = len(ex)
+    pad = -n % batch  # whole batches: one compilation
+    arrays = [np.pad(a, ((0, pad), (0, 0))) for a in (ex.input_ids, ex.attention_mask)]
+    types = np.pad(ex.token_type_ids, ((0, pad), (0, 0)))
+    predictions = [
+        np.asarray(
+            logits(params, arrays[0][i : i + batch], arrays[1][i : i + batch], types[i : i + batch])
+        ).argmax(-1)
+        for i in range(0, n + pad, batch)
+    ]
+    correct = np.concatenate(predictions)[:n] == ex.labels["labels"]
+    return float(correct.mean()), n
+
+
 def export_all(
     workdir: Path, q, entries: list[tuple[str, Path, str]], seq_len_of=None
 ) -> dict[str, dict]:

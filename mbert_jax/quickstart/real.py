@@ -14,15 +14,18 @@ config a user would run by hand:
                            heads, a 4x narrower bottleneck, factorized embeddings from
                            the teacher's table), progressive knowledge transfer on
                            the embedded corpus (configs/mobilebert_pkt.py:student=fit)
-    tinybert_general       a 3-layer TinyBERT student (3/4 of the teacher's width,
-                           factorized embeddings), general distillation on the corpus
-                           (configs/tinybert_general.py)
-    <student>_<task>       each student distilled on each task from the fine-tuned
+    tinybert_init_<task>   the TinyBERT student's start: the fine-tuned teacher with
+                           only its blocks 0, 2, 4 (prune.structure.prune; no training)
+    <student>_<task>       each student distilled on its task from the fine-tuned
                            teacher: intermediate layers then predictions
                            (configs/tinybert_task.py), without augmentation
     scratch_<student>_<task>   the same architecture from random weights, fine-tuned
-                           on the task for as many steps as its distilled twin took
-                           in all (general + task)
+                           on the task for as many steps as its distilled twin's
+                           weights were trained in all (the general or teacher
+                           fine-tuning steps they come from, plus the task steps)
+    <run>_vocab            every student (distilled and scratch) with its vocabulary
+                           pruned to the tokens of its task's training split
+                           (prune/vocabulary.py), evaluated on the dev split
     baseline.json          bag-of-words naive Bayes on each task
     export/                every fine-tuned model as float and int8 TFLite, verified
                            on the dev split (metric, latency)
@@ -36,8 +39,18 @@ and only a model of word order does better).
 
 No augmentation: TinyBERT's augmentation needs an MLM head (all-MiniLM-L6-v2
 has none; `configs/fit_mlm_head.py` fits one) and multiplies the task data
-N = 20 times, which this preset's time budget (20 minutes on 2 cores) does
-not have; on `wordorder` replacing words would also change the label.
+N = 20 times, which this preset's time budget does not have; on `wordorder`
+replacing words would also change the label.
+
+No general distillation for the TinyBERT student: it starts from the
+fine-tuned teacher's own blocks 0, 2, 4 (DistilBERT's layer initialization,
+applied to the fine-tuned model) and keeps the teacher's word table, which
+vocabulary pruning then shrinks. Measured on `wordorder` (BENCHMARKS.md):
+a 3-layer student with a rank-96 factorization of the table stays at chance
+after general and task distillation, and so does the same student
+fine-tuned on the task without general distillation: the factorization
+keeps 57% of the table's energy and loses what word order needs; with the
+exact table and the fine-tuned teacher's blocks it learns.
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ import time
 from pathlib import Path
 
 from mbert_jax.models import io
-from mbert_jax.quickstart.phases import add_time, load_config, train
+from mbert_jax.quickstart.phases import add_time, finished, load_config, train
 
 STUDENTS = ("mobilebert", "tinybert")
 
@@ -126,51 +139,40 @@ def mobilebert_general_config(q):
     return c
 
 
-def tinybert_student(q) -> dict:
-    """The TinyBERT student's fields: 4 layers, 3/4 of the teacher's width, E = 128."""
-    from mbert_jax.distill.teacher import read_config, teacher_block
+def tinybert_init(q, task: str, workdir: Path) -> Path:
+    """WORKDIR/tinybert_init_<task>/model: the fine-tuned teacher with only `q.tinybert_layers`."""
+    from mbert_jax.prune.structure import prune
 
-    t = read_config(teacher_block(path=teacher_path(q)))
-    heads = t.num_heads
-    hidden = max(heads, round(t.hidden_size * q.tinybert_width / heads) * heads)
-    return dict(
-        num_layers=q.tinybert_layers,
-        hidden_size=hidden,
-        num_heads=heads,
-        intermediate_size=4 * hidden,
-        embedding_size=min(q.embedding_size, hidden),
-        embedding_transform="dense",  # ALBERT-style: E -> hidden
-        vocab_size=t.vocab_size,
-        max_position_embeddings=t.max_position_embeddings,
-        type_vocab_size=t.type_vocab_size,
-    )
+    out = workdir / f"tinybert_init_{task}" / "model"
+    if io.is_model_dir(out):
+        return out
+    src = workdir / f"teacher_{task}" / "model"
+    config, heads, params = io.load_model(src)
+    config, params = prune(config, params, keep_layers=tuple(q.tinybert_layers))
+    io.save_model(out, config, heads, params, io.vocab_path(src))
+    print(f"== TinyBERT student for {task}: teacher blocks {list(q.tinybert_layers)} -> {out}")
+    return out
 
 
-def tinybert_general_config(q):
-    c = load_config("tinybert_general")
-    c.teacher.path = teacher_path(q)
-    for k, v in tinybert_student(q).items():
-        c.student.overrides[k] = v
-    c.student.overrides.matmul_dtype = q.matmul_dtype or None
-    c.teacher.matmul_dtype = q.matmul_dtype or None
-    c.distill.init_embeddings = "factorized"
-    _corpus_data(c, q)
-    _common(c, q, steps=q.tinybert_general_steps, learning_rate=q.general_learning_rate)
-    c.train.eval_every = 0
-    return c
+def student_start(q, student: str, task: str, workdir: Path) -> Path:
+    """The model directory a student's task distillation starts from."""
+    if student == "tinybert":
+        return tinybert_init(q, task, workdir)
+    return workdir / f"{student}_general" / "model"
 
 
-def general_steps(q, student: str, general_dir: Path) -> int:
+def pretrained_steps(q, student: str, task: str, workdir: Path) -> int:
+    """Steps that trained the student's starting weights: PKT's, or the teacher's fine-tuning."""
     if student == "mobilebert":
-        layers = io.load_config(general_dir / "model")[0].num_layers
+        layers = io.load_config(workdir / "mobilebert_general" / "model")[0].num_layers
         return layers * q.mobilebert_stage_steps
-    return q.tinybert_general_steps
+    return int(q.teacher_steps[task])
 
 
 def task_distill_config(q, student: str, task: str, workdir: Path):
     c = load_config("tinybert_task", f"task={task},augment=0")
     c.teacher.path = str(workdir / f"teacher_{task}" / "model")
-    c.init_from = str(workdir / f"{student}_general" / "model")
+    c.init_from = str(student_start(q, student, task, workdir))
     # The student's architecture comes from init_from (only tunable fields may be set).
     c.student.overrides.matmul_dtype = q.matmul_dtype or None
     c.teacher.matmul_dtype = q.matmul_dtype or None
@@ -178,9 +180,10 @@ def task_distill_config(q, student: str, task: str, workdir: Path):
     d = c.distill
     d.intermediate_steps = q.intermediate_steps
     d.prediction_steps = q.prediction_steps
-    d.intermediate_learning_rate = q.task_learning_rate
-    d.prediction_learning_rate = q.task_learning_rate
-    _common(c, q, steps=0, learning_rate=q.task_learning_rate)
+    learning_rate = q.task_learning_rate[student]
+    d.intermediate_learning_rate = learning_rate
+    d.prediction_learning_rate = learning_rate
+    _common(c, q, steps=0, learning_rate=learning_rate)
     c.train.eval_every = 0
     c.train.checkpoint_every = max(q.intermediate_steps, q.prediction_steps, 1)
     return c
@@ -193,7 +196,8 @@ def task_steps(q) -> int:
 def scratch_config(q, student: str, task: str, workdir: Path, steps: int):
     """The distilled student's architecture from random weights, fine-tuned for `steps`."""
     c = load_config("finetune", f"task={task}")
-    arch, _ = io.load_config(workdir / f"{student}_general" / "model")
+    start = student_start(q, student, task, workdir)
+    arch, _ = io.load_config(start)
     fields = {
         k: v
         for k, v in arch.to_dict().items()
@@ -202,21 +206,59 @@ def scratch_config(q, student: str, task: str, workdir: Path, steps: int):
     for k, v in fields.items():
         c.model.overrides[k] = tuple(v) if isinstance(v, list) else v
     c.model.overrides.matmul_dtype = q.matmul_dtype or None
-    c.data.vocab_file = str(io.vocab_path(workdir / f"{student}_general" / "model"))
+    c.data.vocab_file = str(io.vocab_path(start))
     _task_data(c, q, task)
     _common(c, q, steps=steps, learning_rate=q.scratch_learning_rate)
     c.train.eval_steps = 0
     return c
 
 
+def student_runs(task: str) -> list[str]:
+    """The run names of the students of `task`: distilled, then from scratch."""
+    return [f"{s}_{task}" for s in STUDENTS] + [f"scratch_{s}_{task}" for s in STUDENTS]
+
+
 def models(q) -> list[tuple[str, str]]:
-    """(run name, task) of every fine-tuned model, in report order."""
+    """(run name, task) of every final model, in report order (students after vocabulary
+    pruning when `q.prune_vocabulary`)."""
+    suffix = "_vocab" if q.prune_vocabulary else ""
     out = []
     for task in q.tasks:
         out.append((f"teacher_{task}", task))
-        out += [(f"{s}_{task}", task) for s in STUDENTS]
-        out += [(f"scratch_{s}_{task}", task) for s in STUDENTS]
+        out += [(name + suffix, task) for name in student_runs(task)]
     return out
+
+
+def prune_vocabulary(q, name: str, task: str, workdir: Path) -> None:
+    """WORKDIR/<name>_vocab: run `name`'s model with only its task's training tokens, with
+    its dev accuracy and what was kept in results.json (written last: the phase's mark)."""
+    from mbert_jax.prune import vocabulary
+    from mbert_jax.quickstart import exports as exports_lib
+
+    run_dir = workdir / f"{name}_vocab"
+    if finished(run_dir):
+        print(f"== {name}: vocabulary pruned ({run_dir}), skipped", flush=True)
+        return
+    start = time.monotonic()
+    texts = lambda split: [text for text, _ in exports_lib.corpus_rows(task, split)]
+    pruned = vocabulary.prune_vocabulary(
+        workdir / name / "model", run_dir / "model", texts("train"), held_out=texts("dev")
+    )
+    accuracy, rows = exports_lib.dev_accuracy(run_dir / "model", task, seq_len(q, task))
+    results = {
+        "eval": {"accuracy": accuracy, "examples": rows},
+        "vocabulary": {
+            "kept": len(pruned.kept),
+            "of": pruned.vocab_size,
+            "train_texts": pruned.texts,
+            "dev_unknown_rate": pruned.unknown_rate,
+        },
+    }
+    tmp = run_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(run_dir / "results.json")
+    add_time(workdir, run_dir.name, time.monotonic() - start)
+    print(f"== {pruned.summary()}; dev accuracy {accuracy:.4f}", flush=True)
 
 
 def baselines(q, workdir: Path) -> dict:
@@ -249,11 +291,6 @@ def run(workdir: Path, q) -> Path:
         mobilebert_general_config(q),
         workdir / "mobilebert_general",
     )
-    train(
-        "TinyBERT student: general distillation",
-        tinybert_general_config(q),
-        workdir / "tinybert_general",
-    )
     for task in q.tasks:
         for student in STUDENTS:
             train(
@@ -263,12 +300,16 @@ def run(workdir: Path, q) -> Path:
             )
     for task in q.tasks:
         for student in STUDENTS:
-            steps = general_steps(q, student, workdir / f"{student}_general") + task_steps(q)
+            steps = pretrained_steps(q, student, task, workdir) + task_steps(q)
             train(
                 f"{student} architecture from scratch on {task} ({steps} steps)",
                 scratch_config(q, student, task, workdir, steps),
                 workdir / f"scratch_{student}_{task}",
             )
+    if q.prune_vocabulary:
+        for task in q.tasks:
+            for name in student_runs(task):
+                prune_vocabulary(q, name, task, workdir)
     nb = baselines(q, workdir)
     entries = [(name, workdir / name / "model", task) for name, task in models(q)]
     t = time.monotonic()

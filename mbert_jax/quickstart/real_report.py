@@ -22,7 +22,7 @@ from mbert_jax.quickstart.phases import timings
 
 STUDENT_LABELS = {
     "mobilebert": "MobileBERT student (PKT)",
-    "tinybert": "TinyBERT student (general + task)",
+    "tinybert": "TinyBERT student (teacher blocks 0, 2, 4 + task)",
 }
 
 
@@ -86,6 +86,9 @@ def rows(workdir: Path, q, entries, nb: dict, exports: dict) -> dict[str, list[d
             "stderr": stderr(acc, n),
             "dev_rows": n,
         }
+        vocab = json.loads((run_dir / "results.json").read_text()).get("vocabulary")
+        if vocab:
+            row["vocabulary"] = vocab
         for qz in q.export_quantize:
             e = exports.get(f"{name}/{qz}", {})
             row[qz] = {
@@ -163,6 +166,14 @@ def findings(task: str, task_rows: list[dict], quantize: tuple[str, ...]) -> lis
         scratch = by[f"scratch_{s['name']}"]
         out.append(
             f"{s['label']} vs the same architecture from scratch: {_diff(s, scratch)} (target +10)"
+        )
+    pruned = [s for s in students if s.get("vocabulary")]
+    if pruned:
+        v = pruned[0]["vocabulary"]
+        out.append(
+            f"students' vocabularies pruned to the tokens of the {task} training split: "
+            f"{v['kept']:,} of {v['of']:,} kept; {v['dev_unknown_rate']:.2%} of dev tokens "
+            "became [UNK]"
         )
     if "int8" in quantize and "none" in quantize:
         worst = max(

@@ -50,6 +50,12 @@ word table (`embedding_init.py`: ALBERT-style U_k S_k and V_k^T P for a
 student with embedding width k and a projection, position and type tables
 projected by P, the teacher's PCA basis or the identity at equal width),
 with W_e = P^T; not with `config.init_from`, which brings trained ones.
+Blocks (`distill.init_layers`): empty (default) leaves them random; a list
+copies teacher layer `init_layers[i]` (0-based) into student layer i
+(`layer_init.py`; the student needs the teacher's width, heads and FFN
+size), DistilBERT's initialization, e.g. (0, 2, 4) of a 6-layer teacher
+under the uniform map, so that student layer i starts as the first of the
+two teacher layers it learns to imitate.
 
 Teacher outputs computed once (task mode): `distill.teacher_store=DIR` runs
 the teacher once over the task data and trains from its stored outputs
@@ -69,7 +75,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mbert_jax.distill import embedding_init, layer_map
+from mbert_jax.distill import embedding_init, layer_init, layer_map
 from mbert_jax.distill import teacher as teacher_lib
 from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.distill.tinybert.losses import (
@@ -80,7 +86,7 @@ from mbert_jax.distill.tinybert.losses import (
     prediction_losses,
     teacher_layers,
 )
-from mbert_jax.models import Model, io, resolve
+from mbert_jax.models import Model, io, param_shapes, resolve
 from mbert_jax.models.config import TUNABLE_FIELDS
 from mbert_jax.models.model import dummy_inputs
 from mbert_jax.models.variants import block_overrides, from_block
@@ -120,6 +126,13 @@ class TinyBertRecipe(Recipe):
                 "config.distill.init_embeddings='factorized' initializes a fresh student from "
                 f"the teacher, but config.init_from={config.init_from} brings trained "
                 "embeddings; set one of them"
+            )
+        self.init_layers = tuple(int(i) for i in d.get("init_layers", ()))
+        if self.init_layers and config.get("init_from"):
+            raise ValueError(
+                f"config.distill.init_layers={list(self.init_layers)} initializes a fresh "
+                f"student from teacher layers, but config.init_from={config.init_from} "
+                "brings trained ones; set one of them"
             )
         self.task = None
         if self.mode == "general" and d.get("teacher_store"):
@@ -168,6 +181,12 @@ class TinyBertRecipe(Recipe):
         )
         if self.init_embeddings == "factorized":
             embedding_init.check(s, t, teacher_name=teacher_lib.describe(config.teacher))
+        if self.init_layers:
+            layer_init.copy_layers(  # fail at config time, before anything compiles
+                param_shapes(self.student)["encoder"],
+                param_shapes(self.teacher_model)["encoder"],
+                self.init_layers,
+            )
 
     def _student_config(self, vocab_size, num_labels):
         cfg = self.config
@@ -256,8 +275,12 @@ class TinyBertRecipe(Recipe):
         }
 
     def initial_overrides(self, params):
+        if self.init_layers:
+            params = self._teacher_layers(params)
         if self.init_embeddings == "factorized":
             return self._factorized_embeddings(params)
+        if self.init_layers:
+            return params
         path = self.config.get("init_from")
         if not path:
             return params
@@ -270,6 +293,15 @@ class TinyBertRecipe(Recipe):
             raise ValueError(f"config.init_from={path}: its encoder does not fit the student")
         student["encoder"] = jax.tree.map(jnp.asarray, stored["encoder"])
         log.info("student encoder initialized from %s", path)
+        return {**params, "student": student}
+
+    def _teacher_layers(self, params):
+        """The student's blocks copied from teacher layers `distill.init_layers`."""
+        teacher = io.unflatten(self.teacher_spec.read(("encoder/layers_",)))["encoder"]
+        student = dict(params["student"])
+        encoder = layer_init.copy_layers(student["encoder"], teacher, self.init_layers)
+        student["encoder"] = jax.tree.map(jnp.asarray, encoder)
+        log.info("student layers initialized from teacher layers %s", list(self.init_layers))
         return {**params, "student": student}
 
     def _factorized_embeddings(self, params):
