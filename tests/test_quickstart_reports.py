@@ -35,11 +35,13 @@ def test_findings_state_each_target_with_its_figure():
         "of": 30522,
         "train_texts": 9,
         "dev_unknown_rate": 0.0125,
+        "dev_changed_rate": 0.031,
     }
     lines = real_report.findings("wordorder", rows, ("none", "int8"))
     assert lines[-2] == (
         "students' vocabularies pruned to the tokens of the wordorder training split: 5,692 of "
-        "30,522 kept; 1.25% of dev tokens became [UNK]"
+        "30,522 kept; 3.1% of dev texts tokenized differently (1.25% of their tokens became "
+        "[UNK], others were split into other pieces)"
     )
     se = lambda p: p * (1 - p) / n
     teacher_nb = math.sqrt(se(0.8) + 0.025**2)

@@ -15,9 +15,10 @@ Exactness: WordPiece splits a word by greedy longest match. If the full
 vocabulary splits a word into kept pieces, the reduced vocabulary splits it
 the same way (a longer matching piece in the reduced vocabulary would also
 be in the full one, and longer), so on such text the pruned model computes
-exactly what the unpruned one does. A word that needs a dropped piece
-becomes [UNK] as a whole; `Pruned.unknown_rate` of held-out texts says how
-often that happens.
+exactly what the unpruned one does. A word that needs a dropped piece is
+split into other kept pieces where it can be, else becomes [UNK];
+`Pruned.changed_rate` of held-out texts says how many are tokenized
+differently, and `unknown_rate` how many of their tokens became [UNK].
 
     mbert-jax prune-vocab --model DIR --out DIR --task stdlib
     mbert-jax prune-vocab --model DIR --out DIR --texts train.csv --text-column text
@@ -57,6 +58,8 @@ class Pruned:
       texts: how many texts decided the kept tokens.
       unknown_rate: the fraction of the tokens of `held_out` texts (if given)
         that the reduced vocabulary maps to [UNK] and the full one did not.
+      changed_rate: the fraction of `held_out` texts the reduced vocabulary
+        tokenizes differently from the full one ([UNK]s or other pieces).
     """
 
     path: Path
@@ -64,6 +67,7 @@ class Pruned:
     vocab_size: int
     texts: int
     unknown_rate: float | None = None
+    changed_rate: float | None = None
 
     def summary(self) -> str:
         s = (
@@ -71,7 +75,10 @@ class Pruned:
             f"(those of {self.texts:,} texts)"
         )
         if self.unknown_rate is not None:
-            s += f"; held-out tokens that became [UNK]: {self.unknown_rate:.2%}"
+            s += (
+                f"; held-out texts tokenized differently: {self.changed_rate:.2%}, their "
+                f"tokens that became [UNK]: {self.unknown_rate:.2%}"
+            )
         return s
 
 
@@ -83,14 +90,16 @@ def kept_ids(tokenizer: WordPieceTokenizer, texts: Sequence[str]) -> np.ndarray:
     return np.array(sorted(ids), np.int64)
 
 
-def unknown_rate(full: WordPieceTokenizer, reduced: WordPieceTokenizer, texts) -> float:
-    """Of the tokens `reduced` gives `texts`, the fraction that is [UNK] where `full` had none."""
-    new_unk = total = 0
+def held_out_changes(full: WordPieceTokenizer, reduced: WordPieceTokenizer, texts):
+    """(unknown_rate, changed_rate) of `texts`: of the tokens `reduced` gives them, the fraction
+    that is a new [UNK]; of the texts, the fraction whose tokens differ from `full`'s."""
+    new_unk = total = changed = 0
     for text in texts:
         a, b = full.tokens(text), reduced.tokens(text)
         total += len(b)
         new_unk += max(0, b.count(UNK) - a.count(UNK))
-    return new_unk / total if total else 0.0
+        changed += a != b
+    return (new_unk / total if total else 0.0), (changed / len(texts) if texts else 0.0)
 
 
 def prune_vocabulary(
@@ -134,8 +143,8 @@ def prune_vocabulary(
             io.unflatten(flat),
             vocab_file=path,
         )
-    rate = unknown_rate(full, reduced, held_out) if held_out else None
-    return Pruned(out_dir, kept, full.vocab_size, len(texts), rate)
+    unknown, changed = held_out_changes(full, reduced, held_out) if held_out else (None, None)
+    return Pruned(out_dir, kept, full.vocab_size, len(texts), unknown, changed)
 
 
 def task_texts(task: str, split: str, data_dir: str = "") -> list[str]:
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texts", default="", help="or of this file (.csv/.tsv/.jsonl/.json/.txt)")
     p.add_argument("--text-column", default="text", help="the file's text column")
     p.add_argument("--text-pair-column", default="", help="a second text column (pairs)")
-    p.add_argument("--held-out", default="", help="report [UNK]s on this split of --task")
+    p.add_argument("--held-out", default="", help="report changed tokens on this split of --task")
     args = p.parse_args(argv)
     try:
         if bool(args.task) == bool(args.texts):

@@ -252,6 +252,7 @@ def prune_vocabulary(q, name: str, task: str, workdir: Path) -> None:
             "of": pruned.vocab_size,
             "train_texts": pruned.texts,
             "dev_unknown_rate": pruned.unknown_rate,
+            "dev_changed_rate": pruned.changed_rate,
         },
     }
     tmp = run_dir / "results.json.tmp"

@@ -172,8 +172,9 @@ def findings(task: str, task_rows: list[dict], quantize: tuple[str, ...]) -> lis
         v = pruned[0]["vocabulary"]
         out.append(
             f"students' vocabularies pruned to the tokens of the {task} training split: "
-            f"{v['kept']:,} of {v['of']:,} kept; {v['dev_unknown_rate']:.2%} of dev tokens "
-            "became [UNK]"
+            f"{v['kept']:,} of {v['of']:,} kept; {v['dev_changed_rate']:.1%} of dev texts "
+            f"tokenized differently ({v['dev_unknown_rate']:.2%} of their tokens became [UNK], "
+            "others were split into other pieces)"
         )
     if "int8" in quantize and "none" in quantize:
         worst = max(

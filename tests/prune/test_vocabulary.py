@@ -47,6 +47,7 @@ def test_the_pruned_model_computes_what_the_full_model_did(tmp_path, heads):
     # Held-out words outside the texts become [UNK]; "the team" does not.
     assert "[UNK]" in b.tokenize("peter went to paris")
     assert 0 < pruned.unknown_rate < 1
+    assert pruned.changed_rate == 0.5  # "the team" is tokenized as before
 
 
 def test_bad_input_names_the_problem(tmp_path):
