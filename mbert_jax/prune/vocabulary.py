@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbert_jax.data.tokenizer import SPECIAL_TOKENS, UNK, WordPieceTokenizer, load_tokenizer
+from mbert_jax.data.tokenizer import UNK, WordPieceTokenizer, load_tokenizer
 from mbert_jax.models import io
 
 # Parameters with one row (or entry) per vocabulary token.
@@ -133,7 +133,6 @@ def prune_vocabulary(
         if key in flat:
             flat[key] = flat[key][kept]
     reduced = WordPieceTokenizer(tuple(full.vocab[i] for i in kept), full.lowercase, str(vocab))
-    assert all(t in reduced.vocab for t in SPECIAL_TOKENS)
     with tempfile.TemporaryDirectory() as tmp:
         path = reduced.save(tmp)
         io.save_model(
@@ -189,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.task) == bool(args.texts):
             raise ValueError("give one of --task (a task's train split) and --texts FILE")
+        if args.held_out and not args.task:
+            raise ValueError("--held-out names a split of --task; give --task")
         if args.task:
             texts = task_texts(args.task, "train", args.data_dir)
         else:
