@@ -17,6 +17,10 @@ import os
 
 import jax
 import pytest
+from xla_flags import FAST_COMPILE
+
+# Before any test initializes the backend (a user's own XLA_FLAGS are kept).
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 # Test files whose tests take minutes, longest first; then the other slow
 # tests, then the fast ones. The sort is stable, so order within a group is

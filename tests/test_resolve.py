@@ -307,6 +307,10 @@ def _config(spec, workdir_steps=3, **fields):
 
 
 @pytest.mark.slow
+# Out of CI for time: a transformers directory as the teacher is in CI for MiniLM
+# (test_minilm.py) and TinyBERT (test_tinybert_general_distillation_from_the_real_minilm),
+# DistilBERT's runlocal run in test_distilbert.py.
+@pytest.mark.heavy
 def test_a_transformers_bert_distils_into_distilbert_and_is_fine_tuned(hf_dirs, tmp_path):
     st, bin_ = (str(hf_dirs["root"] / n) for n in ("pretraining", "pretraining_bin"))
     run_config(

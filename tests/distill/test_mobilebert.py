@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from xla_flags import FAST_COMPILE, with_devices
 
 from configs import common
 from mbert_jax import recipes
@@ -421,7 +422,7 @@ def test_pd_needs_the_teachers_mlm_head(stock_bert, monkeypatch):
 def env(tmp_path_factory):
     e = dict(os.environ)
     e["MBERT_JAX_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
-    e.pop("XLA_FLAGS", None)
+    e["XLA_FLAGS"] = FAST_COMPILE
     return e
 
 
@@ -449,7 +450,7 @@ def train(config_file, workdir, env, *extra):
 def test_runlocal_pkt_through_the_cli(tmp_path, env):
     # With the paper's optimizer (LAMB; runlocal configs use AdamW), data-parallel on 2
     # devices, through every stage boundary.
-    two = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    two = {**env, "XLA_FLAGS": with_devices(2)}
     p = train("mobilebert_pkt.py", tmp_path, two, "--config.optimizer.name=lamb")
     assert "RANDOMLY INITIALIZED" in p.stderr and "over 2 cpu devices" in p.stderr
     rows = read_metrics(tmp_path, "train")

@@ -208,6 +208,10 @@ def run_cli(args, env):
 
 
 @pytest.mark.slow
+# Out of CI for time: its parts run there (general distillation through the CLI:
+# test_resolve.py's from the real MiniLM; task distillation with augmentation:
+# test_task_distill.py).
+@pytest.mark.heavy
 def test_general_then_task_distillation_through_the_cli(tmp_path):
     """pretrained BERT (random, with vocab) -> finetune -> general -> task (with augmentation)."""
     from mbert_jax.data import config as data_config

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from xla_flags import FAST_COMPILE, with_devices
 
 from mbert_jax.train.logs import read_metrics
 
@@ -30,7 +31,7 @@ def env(tmp_path_factory):
     e = dict(os.environ)
     e["MBERT_JAX_COMPILE_CACHE"] = str(tmp_path_factory.mktemp("xla_cache"))
     e["PYTHONUNBUFFERED"] = "1"
-    e.pop("XLA_FLAGS", None)
+    e["XLA_FLAGS"] = FAST_COMPILE
     return e
 
 
@@ -90,12 +91,13 @@ def wait_for_step(proc, workdir, step, checkpoint=None, timeout=600):
     "layouts, matmul_dtype",
     [
         ("single,data,fsdp,tensor", None),
-        # bf16 operands: FSDP gathers them, tensor parallelism sums float32 partials.
-        ("single,fsdp,tensor", "bfloat16"),
+        # bf16 operands: FSDP gathers them, tensor parallelism sums float32 partials; one
+        # data x FSDP x tensor mesh (2 x 2 x 2) does both (each layout alone: the run above).
+        ("single,mixed", "bfloat16"),
     ],
 )
 def test_results_do_not_depend_on_the_mesh(env, layouts, matmul_dtype):
-    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    e = dict(env, XLA_FLAGS=with_devices(8))
     p = run(
         [
             sys.executable,
@@ -264,7 +266,7 @@ def _free_port() -> int:
 def test_two_processes_match_one(tmp_path, env, reference):
     port = _free_port()
     workdir = tmp_path / "multihost"
-    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    e = dict(env, XLA_FLAGS=with_devices(2))
     procs = [
         subprocess.Popen(
             train_cmd(
