@@ -1,5 +1,6 @@
 """The real preset's non-training phases on small random models (fast): the TinyBERT
-student's start (the fine-tuned teacher's blocks 0, 2, 4), the students' vocabulary pruning
+student's start (the fine-tuned teacher's blocks 0, 2, 4, with or without some of their FFN
+neurons), the students' vocabulary pruning
 and its dev accuracy, against an independent computation (transformers' tokenizer,
 `Model.apply`, numpy)."""
 
@@ -11,7 +12,7 @@ import transformers
 
 from mbert_jax.models import Model, io, variants
 from mbert_jax.models.model import init_params
-from mbert_jax.quickstart import exports, real
+from mbert_jax.quickstart import exports, real, real_report
 from mbert_jax.quickstart.phases import load_config
 
 VOCAB = real.minilm_dir() / "vocab.txt"  # bert-base-uncased's 30,522 tokens
@@ -61,6 +62,35 @@ def test_tinybert_init_keeps_the_teachers_blocks_0_2_4(tmp_path):
     for key in ("encoder/embeddings/word_embeddings/embedding", "classifier/dense/kernel"):
         if key in a:
             np.testing.assert_array_equal(b[key], a[key])
+
+
+def test_tinybert_init_removes_a_fraction_of_ffn_neurons_as_slices(tmp_path):
+    """`tinybert_neurons=0.25`: each kept block keeps 3/4 of its FFN neurons, the teacher's
+    own columns (in order) of the FFN input kernel and bias and rows of its output kernel;
+    everything else as the teacher's. Which neurons: tests/prune/test_recipe.py."""
+    q = load_config("quickstart", "real")
+    q.tinybert_neurons = 0.25
+    teacher = classifier(tmp_path / "teacher_wordorder" / "model", num_layers=6)
+    out = real.tinybert_init(q, "wordorder", tmp_path)
+    width = io.load_config(teacher)[0].intermediate_size
+    config, _ = io.load_config(out)
+    assert config.num_layers == 3 and config.intermediate_size == width - width // 4
+    a, b = io.read_safetensors(teacher / io.PARAMS_FILE), io.read_safetensors(out / io.PARAMS_FILE)
+    ffn = "encoder/layers_{}/ffn/ffn_0/intermediate/kernel"
+    for i, t in enumerate((0, 2, 4)):
+        full, kept = a[ffn.format(t)], b[ffn.format(i)]
+        # The teacher's column each kept column is (random columns: no two alike).
+        idx = [int(np.flatnonzero((full == kept[:, [j]]).all(0))[0]) for j in range(kept.shape[1])]
+        assert idx == sorted(set(idx)) and len(idx) == width - width // 4
+        for key in (k for k in a if k.startswith(f"encoder/layers_{t}/")):
+            got, want = b[key.replace(f"layers_{t}/", f"layers_{i}/")], a[key]
+            if want.shape != got.shape:
+                axis = want.shape.index(width)
+                want = np.take(want, idx, axis=axis)
+            np.testing.assert_array_equal(got, want, err_msg=key)
+    assert real_report.label("tinybert_wordorder_vocab", q) == (
+        "TinyBERT student (teacher blocks 0, 2, 4, 25% of FFN neurons pruned + task)"
+    )
 
 
 def test_vocabulary_pruning_phase_and_its_dev_accuracy(tmp_path):

@@ -15,7 +15,10 @@ config a user would run by hand:
                            the teacher's table), progressive knowledge transfer on
                            the embedded corpus (configs/mobilebert_pkt.py:student=fit)
     tinybert_init_<task>   the TinyBERT student's start: the fine-tuned teacher with
-                           only its blocks 0, 2, 4 (prune.structure.prune; no training)
+                           only its blocks 0, 2, 4 and, with `tinybert_neurons`, that
+                           fraction of their FFN neurons removed by importance on
+                           the task (the prune recipe's choice, prune/recipe.py; no
+                           training)
     <student>_<task>       each student distilled on its task from the fine-tuned
                            teacher: intermediate layers then predictions
                            (configs/tinybert_task.py), without augmentation
@@ -139,17 +142,32 @@ def mobilebert_general_config(q):
     return c
 
 
+def tinybert_prune_config(q, task: str, teacher: Path):
+    """configs/prune.py choosing the TinyBERT student's start from the fine-tuned teacher."""
+    c = load_config("prune", f"task={task},heads=0,neurons={float(q.tinybert_neurons)}")
+    c.init_from = str(teacher)
+    _task_data(c, q, task)
+    layers = io.load_config(teacher)[0].num_layers
+    kept = set(int(i) for i in q.tinybert_layers)
+    c.prune.layers = ",".join(str(i) for i in range(layers) if i not in kept)
+    c.train.steps = 0  # the choice only: task distillation trains it
+    return c
+
+
 def tinybert_init(q, task: str, workdir: Path) -> Path:
-    """WORKDIR/tinybert_init_<task>/model: the fine-tuned teacher with only `q.tinybert_layers`."""
-    from mbert_jax.prune.structure import prune
+    """WORKDIR/tinybert_init_<task>/model: the fine-tuned teacher with only `q.tinybert_layers`,
+    less `q.tinybert_neurons` of their FFN neurons (the least important on the task)."""
+    import jax
+
+    from mbert_jax.prune.recipe import PruneRecipe
 
     out = workdir / f"tinybert_init_{task}" / "model"
     if io.is_model_dir(out):
         return out
     src = workdir / f"teacher_{task}" / "model"
-    config, heads, params = io.load_model(src)
-    config, params = prune(config, params, keep_layers=tuple(q.tinybert_layers))
-    io.save_model(out, config, heads, params, io.vocab_path(src))
+    recipe = PruneRecipe(tinybert_prune_config(q, task, src))
+    params = jax.device_get(recipe.pruned_params)
+    io.save_model(out, recipe.student_config, recipe.heads, params, io.vocab_path(src))
     print(f"== TinyBERT student for {task}: teacher blocks {list(q.tinybert_layers)} -> {out}")
     return out
 

@@ -26,12 +26,24 @@ STUDENT_LABELS = {
 }
 
 
-def label(name: str) -> str:
+def tinybert_label(q) -> str:
+    """The TinyBERT student's label: which teacher blocks it keeps, and its FFN pruning."""
+    blocks = ", ".join(str(i) for i in q.tinybert_layers)
+    neurons = float(q.get("tinybert_neurons", 0.0) or 0.0)
+    pruned = f", {neurons:.0%} of FFN neurons pruned" if neurons else ""
+    return f"TinyBERT student (teacher blocks {blocks}{pruned} + task)"
+
+
+def label(name: str, q=None) -> str:
+    """A run's row label; `q` (the preset's config) names the TinyBERT student's start."""
     if name.startswith("teacher_"):
         return "teacher (fine-tuned)"
     if name.startswith("scratch_"):
         return STUDENT_LABELS[name.split("_")[1]].split(" (")[0] + ", from scratch"
-    return STUDENT_LABELS[name.split("_")[0]]
+    student = name.split("_")[0]
+    if student == "tinybert" and q is not None:
+        return tinybert_label(q)
+    return STUDENT_LABELS[student]
 
 
 def param_counts(model_dir: Path) -> dict[str, int]:
@@ -80,7 +92,7 @@ def rows(workdir: Path, q, entries, nb: dict, exports: dict) -> dict[str, list[d
         n = n or len(exports_lib.corpus_rows(task, "dev"))
         row = {
             "name": name,
-            "label": label(name),
+            "label": label(name, q),
             "params": param_counts(run_dir / "model"),
             "accuracy": acc,
             "stderr": stderr(acc, n),
