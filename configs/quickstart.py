@@ -99,6 +99,7 @@ def real_config(tiny: bool = False):
     c.export_quantize = ("none", "int8")
     c.num_calibration = 100
     c.export_dev_rows = 0  # verify exported files on this many dev rows (0: all)
+    c.latency_runs = 60  # timed runs of each file, a task's files round-robin
     c.log_every = 30
     if tiny:
         c.tasks = ("wordorder",)
@@ -108,5 +109,6 @@ def real_config(tiny: bool = False):
         c.prediction_steps = 10
         c.num_calibration = 8
         c.export_dev_rows = 200
+        c.latency_runs = 5
         c.log_every = 5
     return c

@@ -51,7 +51,7 @@ def test_findings_state_each_target_with_its_figure():
     )
     assert lines[1].startswith("best distilled student (MobileBERT student (PKT)): keeps 95.0%")
     assert "with 32% of its embedding + block parameters" in lines[1]  # 7M of 22M
-    assert lines[2] == "its float TFLite latency is 2.5x lower than the teacher's (target 2x)"
+    assert lines[2] == "its float TFLite latency is 2.50x lower than the teacher's (target 2x)"
     student_scratch = math.sqrt(se(0.76) + se(0.6))
     assert lines[3].endswith(f"+16.0 ± {100 * student_scratch:.1f} points (target +10)")
     assert lines[-1].startswith("largest int8 - float accuracy gap: -1.5 points (MobileBERT")

@@ -46,16 +46,34 @@ def run_tflite(
 
 def latency_ms(flatbuffer: bytes, seq_len: int, num_threads: int, runs: int = 20) -> float:
     """Median wall time of one batch-1 inference (after one warm-up run)."""
-    runner = interpreter(flatbuffer, num_threads).get_signature_runner()
-    names = [k for k in INPUT_NAMES if k in runner.get_input_details()]
-    inputs = {k: np.ones((1, seq_len), np.int32) for k in names}
-    runner(**inputs)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
+    return float(np.median(round_robin_ms({0: flatbuffer}, seq_len, num_threads, runs)[0]))
+
+
+def round_robin_ms(
+    files: dict, seq_len: int, num_threads: int = 1, runs: int = 20
+) -> dict[object, list[float]]:
+    """{key: `runs` wall times in ms} of batch-1 inferences of several files, timed round-robin.
+
+    After one warm-up run of each, the k-th timed run of every file comes before the
+    (k+1)-th of any, so background load on a shared machine slows them alike: the
+    ratio of two files' medians is then a fair comparison, which timing one file
+    after another is not. `files`: {key: flatbuffer bytes}, all taking [1, seq_len].
+    """
+    calls = {}
+    for key, flatbuffer in files.items():
+        runner = interpreter(flatbuffer, num_threads).get_signature_runner()
+        names = [k for k in INPUT_NAMES if k in runner.get_input_details()]
+        inputs = {k: np.ones((1, seq_len), np.int32) for k in names}
+        calls[key] = (runner, inputs)
+    for runner, inputs in calls.values():
         runner(**inputs)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+    times: dict[object, list[float]] = {key: [] for key in calls}
+    for _ in range(runs):
+        for key, (runner, inputs) in calls.items():
+            t = time.perf_counter()
+            runner(**inputs)
+            times[key].append(1000.0 * (time.perf_counter() - t))
+    return times
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

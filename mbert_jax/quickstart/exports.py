@@ -4,7 +4,8 @@
 (name, model directory, corpus task) and keeps each one's verification
 (size, largest difference from JAX, agreement, dev accuracy of both, median
 latency on one thread) in WORKDIR/export/exports.json; a file already there
-is not exported again.
+is not exported again. `time_side_by_side` then times each task's files of
+one mode round-robin, for latency ratios that background load does not skew.
 """
 
 from __future__ import annotations
@@ -108,4 +109,33 @@ def export_all(
                 "latency_ms": report.latency_ms.get(1),
             }
             summary_path.write_text(json.dumps(done, indent=2) + "\n")
+    return done
+
+
+def time_side_by_side(
+    workdir: Path, q, entries: list[tuple[str, Path, str]], done: dict, seq_len_of
+) -> dict[str, dict]:
+    """Each task's files of each mode timed round-robin (`verify.round_robin_ms`: batch 1, one
+    thread, `q.latency_runs` runs each): their medians become `latency_ms` in `done` and
+    WORKDIR/export/exports.json, the export's own timing (one file after another, while
+    other files were exported) is kept as `latency_ms_alone`. Run every time (seconds)."""
+    from mbert_jax.export.verify import round_robin_ms
+
+    runs = int(q.get("latency_runs", 60))
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name, _, task in entries:
+        for quantize in q.export_quantize:
+            groups.setdefault((task, quantize), []).append(f"{name}/{quantize}")
+    for (task, quantize), keys in groups.items():
+        print(f"== latency of the {task} {quantize} files, side by side ({runs} runs)", flush=True)
+        files = {key: Path(done[key]["path"]).read_bytes() for key in keys}
+        times = round_robin_ms(files, seq_len_of(task), 1, runs)
+        for key in keys:
+            done[key].setdefault("latency_ms_alone", done[key]["latency_ms"])
+            done[key]["latency_ms"] = float(np.median(times[key]))
+            done[key]["latency_runs"] = runs
+    path = workdir / "export" / "exports.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(done, indent=2) + "\n")
+    tmp.replace(path)
     return done

@@ -31,7 +31,8 @@ config a user would run by hand:
                            (prune/vocabulary.py), evaluated on the dev split
     baseline.json          bag-of-words naive Bayes on each task
     export/                every fine-tuned model as float and int8 TFLite, verified
-                           on the dev split (metric, latency)
+                           on the dev split (metric), each task's files then timed
+                           side by side (round-robin)
     report.md              one table per task (real_report.py)
 
 The tasks are the embedded corpus tasks (docs/data.md): `stdlib` (which of
@@ -334,6 +335,9 @@ def run(workdir: Path, q) -> Path:
     t = time.monotonic()
     exports = exports_lib.export_all(workdir, q, entries, lambda task: seq_len(q, task))
     add_time(workdir, "export", time.monotonic() - t)
+    exports = exports_lib.time_side_by_side(
+        workdir, q, entries, exports, lambda task: seq_len(q, task)
+    )
     path = real_report.write_report(workdir, q, models(q), nb, exports)
     print(path.read_text())
     print(f"quickstart finished in {time.monotonic() - start:.0f}s; report: {path}")

@@ -173,7 +173,7 @@ def findings(task: str, task_rows: list[dict], quantize: tuple[str, ...]) -> lis
     )
     if "none" in quantize:
         speed = teacher["none"]["latency_ms"] / best["none"]["latency_ms"]
-        out.append(f"its float TFLite latency is {speed:.1f}x lower than the teacher's (target 2x)")
+        out.append(f"its float TFLite latency is {speed:.2f}x lower than the teacher's (target 2x)")
     for s in students:
         scratch = by[f"scratch_{s['name']}"]
         out.append(
@@ -213,7 +213,9 @@ def write_report(workdir: Path, q, entries, nb: dict, exports: dict) -> Path:
         "on each task; two students distilled from it and the same two architectures trained from "
         "scratch for as many steps; the settings are in `configs/quickstart.py` (real preset). "
         "Dev accuracy from the JAX model over the whole dev split, ± its binomial standard "
-        "error; TFLite: batch 1, median latency on one thread of this CPU, accuracy of the "
+        "error; TFLite: batch 1, median latency on one thread of this CPU (a task's files of "
+        f"one mode timed round-robin, {q.get('latency_runs', 60)} runs each, so that background "
+        "load hits them alike), accuracy of the "
         f"exported file on {dev_rows} of the same dev split. Differences are given ± their "
         "unpaired (conservative) standard error.",
     ]
