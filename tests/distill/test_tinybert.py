@@ -208,9 +208,9 @@ def run_cli(args, env):
 
 
 @pytest.mark.slow
-# Out of CI for time: its parts run there (general distillation through the CLI:
+# Out of CI for time: its parts run there (general distillation, in process:
 # test_resolve.py's from the real MiniLM; task distillation with augmentation:
-# test_task_distill.py).
+# test_task_distill.py; the train CLI: test_mobilebert.py's runlocal runs).
 @pytest.mark.heavy
 def test_general_then_task_distillation_through_the_cli(tmp_path):
     """pretrained BERT (random, with vocab) -> finetune -> general -> task (with augmentation)."""
