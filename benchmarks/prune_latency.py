@@ -33,31 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mbert_jax.export.data import synthetic_examples
 from mbert_jax.export.exporter import TFLiteOptions, export_tflite, load_for_export
+from mbert_jax.export.verify import round_robin_ms
 from mbert_jax.models import io
-
-
-def tflite_runner(path: Path, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = Interpreter(model_path=str(path), num_threads=threads).get_signature_runner()
-    names = runner.get_input_details()
-    return lambda inputs: runner(**{k: v for k, v in inputs.items() if k in names})
-
-
-def timed(runners: dict, inputs, runs: int) -> dict[str, list[float]]:
-    """Milliseconds of each runner's calls, round-robin after two warm-up calls each."""
-    for run in runners.values():
-        run(inputs)
-        run(inputs)
-    times = {k: [] for k in runners}
-    for _ in range(runs):
-        for k, run in runners.items():
-            t = time.perf_counter()
-            run(inputs)
-            times[k].append(1000.0 * (time.perf_counter() - t))
-    return times
 
 
 def read_run(workdir: Path) -> dict:
@@ -178,12 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                     "size": path.stat().st_size,
                 }
             )
-        config = load_for_export(runs[0][1] / "model").config
-        inputs = synthetic_examples(config, args.seq_len, 1, seed=2).inputs()
-        inputs = {k: v[:1] for k, v in inputs.items()}
-        inputs["attention_mask"][:] = 1
-        runners = {label: tflite_runner(path, args.threads) for label, path in files.items()}
-        times = timed(runners, inputs, args.runs)
+        # The files timed in turns (export.verify.round_robin_ms), so load hits them alike.
+        flatbuffers = {label: path.read_bytes() for label, path in files.items()}
+        times = round_robin_ms(flatbuffers, args.seq_len, args.threads, args.runs)
     for r in rows:
         r["times"] = times[r["label"]]
     text = render(rows, args, command, n_dev)
