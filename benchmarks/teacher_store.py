@@ -10,9 +10,9 @@ twice per repeat in fresh processes, alternating:
 - stored: `config.distill.teacher_store=DIR` (a fresh DIR): the teacher runs
   once over the 1,452 training rows, the steps read its outputs from DIR.
 
-The student is the preset's TinyBERT task student (3 layers, 3/4 of the width, as
-`real.tinybert_student`) but freshly initialized: the preset starts it from
-its general-distilled student, which changes no step's cost. Each figure is
+The student is the preset's TinyBERT start (`real.tinybert_init`: the fine-
+tuned teacher's blocks 0, 2, 4, less the preset's `tinybert_neurons`), built
+once in WORKDIR before the runs. Each figure is
 the wall time of the whole `run_config` (set-up, compilation, the store's
 build, every step of both stages, the final evaluation and model), and the
 store's build alone (fingerprint + teacher pass + writing).
@@ -20,9 +20,9 @@ store's build alone (fingerprint + teacher pass + writing).
     python benchmarks/teacher_store.py --teacher /work/runs/real/teacher_stdlib/model \
         --workdir /tmp/teacher_store_bench --repeats 2
 
-`--intermediate-steps` / `--prediction-steps` (default: the preset's 60 / 180)
-shorten the phase. Results (with the command) go to
-benchmarks/results/teacher_store.md and .json.
+`--intermediate-steps` / `--prediction-steps` (default: the preset's TinyBERT
+steps) shorten the phase; `--teacher` must be a `<run>/model` directory.
+Results (with the command) go to benchmarks/results/teacher_store.md and .json.
 """
 
 from __future__ import annotations
@@ -37,6 +37,19 @@ import time
 from pathlib import Path
 
 
+def student_start(teacher: str, root: Path) -> Path:
+    """The preset's TinyBERT start from `teacher` (ROOT/tinybert_init_stdlib/model)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs.quickstart import real_config
+    from mbert_jax.quickstart import real
+
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "teacher_stdlib"
+    if not link.exists():
+        link.symlink_to(Path(teacher).resolve().parent)
+    return real.tinybert_init(real_config(), "stdlib", root)
+
+
 def one_run(teacher: str, workdir: str, store: str, inter: int, pred: int, queue) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from configs.quickstart import real_config
@@ -46,12 +59,10 @@ def one_run(teacher: str, workdir: str, store: str, inter: int, pred: int, queue
 
     q = real_config()
     q.teacher = teacher
-    q.intermediate_steps, q.prediction_steps = inter, pred
-    c = real.task_distill_config(q, "tinybert", "stdlib", Path(workdir))
+    q.intermediate_steps, q.prediction_steps.tinybert = inter, pred
+    # from WORKDIR/.. : its teacher_stdlib link and the start `student_start` built there
+    c = real.task_distill_config(q, "tinybert", "stdlib", Path(workdir).parent)
     c.teacher.path = teacher
-    c.init_from = ""
-    for k, v in real.tinybert_student(q).items():
-        c.student.overrides[k] = v
     c.data.cache_dir = str(Path(workdir).parent / "cache")
     c.distill.teacher_store = store
     build = {"seconds": 0.0, "cpu": 0.0}
@@ -125,10 +136,19 @@ def main():
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--intermediate-steps", type=int, default=60)
-    ap.add_argument("--prediction-steps", type=int, default=180)
+    ap.add_argument("--intermediate-steps", type=int, default=None)
+    ap.add_argument("--prediction-steps", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/teacher_store")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from configs.quickstart import real_config
+
+    q = real_config()
+    if args.intermediate_steps is None:
+        args.intermediate_steps = q.intermediate_steps
+    if args.prediction_steps is None:
+        args.prediction_steps = q.prediction_steps.tinybert
+    student_start(args.teacher, Path(args.workdir))
     rows = {"live": [], "stored": []}
     for r in range(args.repeats):
         for mode in ("live", "stored") if r % 2 == 0 else ("stored", "live"):

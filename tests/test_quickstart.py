@@ -3,7 +3,8 @@
 Checks every artifact of the report, that distillation does what it is for
 (the distilled student beats the scratch student on held-out MLM accuracy
 after the same number of student steps), and that a second run redoes
-nothing: every phase is skipped and the report is written again.
+nothing: every phase is skipped and the report is written again, while a
+run with another setting stops before it reuses a phase made otherwise.
 """
 
 import json
@@ -21,10 +22,15 @@ MODELS = ("teacher", "distilled", "scratch")
 pytestmark = [pytest.mark.slow, pytest.mark.heavy, pytest.mark.xdist_group("quickstart")]
 
 
-def quickstart(workdir: Path, env: dict) -> subprocess.CompletedProcess:
+def quickstart(workdir: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "mbert_jax", "quickstart", "--workdir", str(workdir)]
     return subprocess.run(
-        [*cmd, "--config", "tiny"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+        [*cmd, "--config", "tiny", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
 
 
@@ -88,3 +94,14 @@ def test_a_second_run_redoes_nothing(run):
     assert "== export" not in second.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert "| distilled student |" in second.stdout
+
+
+def test_a_run_with_another_setting_stops_and_changes_nothing(run):
+    workdir, env, _ = run
+    before = {p: p.stat().st_mtime_ns for p in workdir.glob("*/model/params.safetensors")}
+    changed = quickstart(workdir, env, "--set", "finetune_steps=7")
+    assert changed.returncode != 0
+    last = changed.stderr.strip().splitlines()[-1]
+    assert f"phase {workdir / 'finetune_teacher'} was made with other settings" in last, last
+    assert "train.steps" in last and "-> 7" in last and "on_change=redo" in last
+    assert {p: p.stat().st_mtime_ns for p in before} == before

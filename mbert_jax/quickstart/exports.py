@@ -4,7 +4,8 @@
 (name, model directory, corpus task) and keeps each one's verification
 (size, largest difference from JAX, agreement, dev accuracy of both, median
 latency on one thread) in WORKDIR/export/exports.json; a file already there
-is not exported again. `time_side_by_side` then times each task's files of
+is not exported again unless its model or settings changed (records.py).
+`time_side_by_side` then times each task's files of
 one mode round-robin, for latency ratios that background load does not skew.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mbert_jax.models import io
+from mbert_jax.quickstart import records
 
 
 def corpus_rows(task: str, split: str) -> list[tuple[str, str]]:
@@ -74,13 +76,34 @@ def export_all(
     out_dir.mkdir(exist_ok=True)
     summary_path = out_dir / "exports.json"
     done = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    on_change = records.check_on_change(q.get("on_change", "stop"))
     for name, model_dir, task in entries:
         seq_len = seq_len_of(task) if seq_len_of else q.export_seq_len
         for quantize in q.export_quantize:
             key = f"{name}/{quantize}"
             path = out_dir / f"{name}_{quantize}.tflite"
+            made_from = records.record(
+                {
+                    "model": str(model_dir),
+                    "task": task,
+                    "quantize": quantize,
+                    "seq_len": seq_len,
+                    "num_calibration": q.num_calibration,
+                    "dev_rows": q.get("export_dev_rows") or 0,
+                },
+                workdir,
+            )
             if key in done and path.is_file():
-                continue
+                if "made_from" not in done[key]:
+                    print(f"== {path.name}: its source was not recorded (an older mbert_jax)")
+                    continue
+                changes = records.differences(done[key]["made_from"], made_from)
+                if not changes:
+                    continue
+                if on_change == "stop":
+                    hint = "the file is exported again"
+                    raise SystemExit(records.stale_message(str(path), changes, hint))
+                print(f"== {path.name}: made with {records.summary(changes)}; exporting it again")
             print(f"== export {name} ({quantize}) -> {path}", flush=True)
             calibration = (
                 task_examples(model_dir, task, seq_len, "train", q.num_calibration)
@@ -107,6 +130,7 @@ def export_all(
                 "accuracy_jax": report.metric_jax,
                 "accuracy_tflite": report.metric_tflite,
                 "latency_ms": report.latency_ms.get(1),
+                "made_from": made_from,
             }
             summary_path.write_text(json.dumps(done, indent=2) + "\n")
     return done

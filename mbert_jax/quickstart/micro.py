@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from mbert_jax.models import io
+from mbert_jax.quickstart import records
 from mbert_jax.quickstart.phases import load_config, train
 
 MODELS = ("teacher", "distilled", "scratch")
@@ -102,9 +103,15 @@ def held_out_mlm(q, workdir: Path, teacher_dir: Path) -> dict[str, dict[str, flo
     data_cfg = teacher_config(q).data
     data_cfg.vocab_file = str(teacher_dir / "model" / io.VOCAB_FILE)
     for name in MODELS:
-        if name not in results:
-            results[name] = evaluate_pretraining(workdir / name / "model", data_cfg)
-            path.write_text(json.dumps(results, indent=2) + "\n")
+        model = workdir / name / "model"
+        made_from = records.record({"model": str(model), "data": data_cfg.to_dict()}, workdir)
+        old = results.get(name)
+        # evaluated again when its model or data changed (a legacy entry has no record)
+        if old is None or records.differences(old.get("made_from", made_from), made_from):
+            results[name] = {**evaluate_pretraining(model, data_cfg), "made_from": made_from}
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2) + "\n")
+            tmp.replace(path)
     return results
 
 
@@ -113,18 +120,21 @@ def run(workdir: Path, q) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     teacher_dir = workdir / "teacher"
-    train("teacher pretraining (micro IB-BERT)", teacher_config(q), teacher_dir)
+    train("teacher pretraining (micro IB-BERT)", teacher_config(q), teacher_dir, q.on_change)
     distill = distill_config(q, teacher_dir)
-    train("progressive transfer + PD (micro MobileBERT)", distill, workdir / "distilled")
+    train(
+        "progressive transfer + PD (micro MobileBERT)", distill, workdir / "distilled", q.on_change
+    )
     layers = io.load_model(workdir / "distilled" / "model")[0].num_layers
     steps = student_steps(q, layers)
     scratch = scratch_config(q, teacher_dir, steps)
-    train(f"student from scratch ({steps} steps)", scratch, workdir / "scratch")
+    train(f"student from scratch ({steps} steps)", scratch, workdir / "scratch", q.on_change)
     for name in MODELS:
         train(
             f"fine-tuning {name} on stdlib",
             finetune_config(q, workdir / name / "model"),
             workdir / f"finetune_{name}",
+            q.on_change,
         )
     mlm = held_out_mlm(q, workdir, teacher_dir)
     from mbert_jax.quickstart import micro_report as report_lib

@@ -64,7 +64,7 @@ import time
 from pathlib import Path
 
 from mbert_jax.models import io
-from mbert_jax.quickstart.phases import add_time, finished, load_config, train
+from mbert_jax.quickstart.phases import add_time, check_phase, finished, load_config, train
 
 STUDENTS = ("mobilebert", "tinybert")
 
@@ -163,10 +163,12 @@ def tinybert_init(q, task: str, workdir: Path) -> Path:
     from mbert_jax.prune.recipe import PruneRecipe
 
     out = workdir / f"tinybert_init_{task}" / "model"
+    src = workdir / f"teacher_{task}" / "model"
+    config = tinybert_prune_config(q, task, src)
+    check_phase(out.parent, config, q.on_change)
     if io.is_model_dir(out):
         return out
-    src = workdir / f"teacher_{task}" / "model"
-    recipe = PruneRecipe(tinybert_prune_config(q, task, src))
+    recipe = PruneRecipe(config)
     params = jax.device_get(recipe.pruned_params)
     io.save_model(out, recipe.student_config, recipe.heads, params, io.vocab_path(src))
     print(f"== TinyBERT student for {task}: teacher blocks {list(q.tinybert_layers)} -> {out}")
@@ -198,18 +200,18 @@ def task_distill_config(q, student: str, task: str, workdir: Path):
     _task_data(c, q, task)
     d = c.distill
     d.intermediate_steps = q.intermediate_steps
-    d.prediction_steps = q.prediction_steps
+    d.prediction_steps = q.prediction_steps[student]
     learning_rate = q.task_learning_rate[student]
     d.intermediate_learning_rate = learning_rate
     d.prediction_learning_rate = learning_rate
     _common(c, q, steps=0, learning_rate=learning_rate)
     c.train.eval_every = 0
-    c.train.checkpoint_every = max(q.intermediate_steps, q.prediction_steps, 1)
+    c.train.checkpoint_every = max(q.intermediate_steps, q.prediction_steps[student], 1)
     return c
 
 
-def task_steps(q) -> int:
-    return q.intermediate_steps + q.prediction_steps
+def task_steps(q, student: str) -> int:
+    return q.intermediate_steps + q.prediction_steps[student]
 
 
 def scratch_config(q, student: str, task: str, workdir: Path, steps: int):
@@ -255,6 +257,8 @@ def prune_vocabulary(q, name: str, task: str, workdir: Path) -> None:
     from mbert_jax.quickstart import exports as exports_lib
 
     run_dir = workdir / f"{name}_vocab"
+    source = {"model": str(workdir / name / "model"), "task": task, "seq_len": seq_len(q, task)}
+    check_phase(run_dir, source, q.on_change)
     if finished(run_dir):
         print(f"== {name}: vocabulary pruned ({run_dir}), skipped", flush=True)
         return
@@ -304,12 +308,16 @@ def run(workdir: Path, q) -> Path:
     start = time.monotonic()
     for task in q.tasks:
         train(
-            f"teacher fine-tuning on {task}", teacher_config(q, task), workdir / f"teacher_{task}"
+            f"teacher fine-tuning on {task}",
+            teacher_config(q, task),
+            workdir / f"teacher_{task}",
+            q.on_change,
         )
     train(
         "MobileBERT student: progressive transfer",
         mobilebert_general_config(q),
         workdir / "mobilebert_general",
+        q.on_change,
     )
     for task in q.tasks:
         for student in STUDENTS:
@@ -317,14 +325,16 @@ def run(workdir: Path, q) -> Path:
                 f"{student} student: task distillation on {task}",
                 task_distill_config(q, student, task, workdir),
                 workdir / f"{student}_{task}",
+                q.on_change,
             )
     for task in q.tasks:
         for student in STUDENTS:
-            steps = pretrained_steps(q, student, task, workdir) + task_steps(q)
+            steps = pretrained_steps(q, student, task, workdir) + task_steps(q, student)
             train(
                 f"{student} architecture from scratch on {task} ({steps} steps)",
                 scratch_config(q, student, task, workdir, steps),
                 workdir / f"scratch_{student}_{task}",
+                q.on_change,
             )
     if q.prune_vocabulary:
         for task in q.tasks:
