@@ -103,5 +103,5 @@ def test_a_run_with_another_setting_stops_and_changes_nothing(run):
     assert changed.returncode != 0
     last = changed.stderr.strip().splitlines()[-1]
     assert f"phase {workdir / 'finetune_teacher'} was made with other settings" in last, last
-    assert "train.steps" in last and "-> 7" in last and "on_change=redo" in last
+    assert "train.steps: " in last and ", 7 now" in last and "on_change=redo" in last
     assert {p: p.stat().st_mtime_ns for p in before} == before

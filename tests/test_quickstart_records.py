@@ -85,7 +85,7 @@ def test_a_rerun_with_other_settings_stops_and_says_what_changed(tmp_path, runs)
         phases.train("a", config(steps=20), tmp_path / "a")
     msg = str(e.value)
     assert f"phase {tmp_path / 'a'} was made with other settings or inputs" in msg
-    assert "train.steps 10 -> 20" in msg and "on_change=redo" in msg and "\n" not in msg
+    assert "train.steps: 10 then, 20 now" in msg and "on_change=redo" in msg and "\n" not in msg
     assert runs == ["a"]
     assert (tmp_path / "a" / "model" / io.PARAMS_FILE).read_text() == before  # untouched
 
@@ -141,8 +141,8 @@ def test_the_real_presets_students_each_have_their_own_task_steps(tmp_path):
     q.prediction_steps.mobilebert += 100
     after = records.record(real.task_distill_config(q, "mobilebert", "stdlib", tmp_path), tmp_path)
     assert records.differences(before, after) == [
-        f"distill.prediction_steps {q.prediction_steps.mobilebert - 100} -> "
-        f"{q.prediction_steps.mobilebert}"
+        f"distill.prediction_steps: {q.prediction_steps.mobilebert - 100} then, "
+        f"{q.prediction_steps.mobilebert} now"
     ]
 
 

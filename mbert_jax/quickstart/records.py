@@ -7,8 +7,8 @@ directory or file that the config names (the teacher, the previous phases'
 models, a vocabulary). The export keeps the same record with each file in
 export/exports.json. A rerun compares the records:
 
-- the same settings and inputs: a finished phase is skipped, a started one
-  resumes;
+- the same settings (compared as the sweep compares its runs) and inputs:
+  a finished phase is skipped, a started one resumes;
 - others: with `on_change="stop"` (the default) the quickstart stops, naming
   what changed; with `on_change="redo"` the phase's directory is moved aside
   to `<phase>.old-N` (kept, not deleted) and the phase runs again. The phases
@@ -24,25 +24,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from mbert_jax.models import io
+from mbert_jax.train import sweep
 
 RECORD = "phase.json"
 ON_CHANGE = ("stop", "redo")
 WORKDIR = "$WORKDIR"
 # Settings that change no result: how often a run logs and checkpoints (resume is exact).
 IGNORED = frozenset({"train.log_every", "train.checkpoint_every"})
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def _files(path: Path) -> list[Path]:
@@ -67,10 +57,9 @@ def _is_input(path: str) -> bool:
 
 def record(settings, workdir: Path) -> dict:
     """{"settings": flat settings, "inputs": {setting: digest}} of a ConfigDict or dict."""
-    tree = json.loads(settings.to_json_best_effort()) if hasattr(settings, "to_json") else settings
     root = os.path.abspath(workdir) + os.sep
     flat, inputs = {}, {}
-    for key, value in sorted(_flatten(json.loads(json.dumps(tree))).items()):
+    for key, value in sorted(sweep.settings_of(settings).items()):
         if key in IGNORED:
             continue
         if isinstance(value, str) and value and os.sep in value:
@@ -84,15 +73,12 @@ def record(settings, workdir: Path) -> dict:
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """What changed between two records, one item per setting or input."""
-    out = []
-    before, after = old.get("settings", {}), new.get("settings", {})
-    for key in sorted(set(before) | set(after)):
-        if before.get(key, "unset") != after.get(key, "unset"):
-            out.append(f"{key} {before.get(key, 'unset')!r} -> {after.get(key, 'unset')!r}")
+    """What changed between two records: each setting (as the sweep compares them,
+    `train/sweep.py`), then each input model that is not the one it was."""
+    out = sweep.differences(old.get("settings", {}), new.get("settings", {}))
     before, after = old.get("inputs", {}), new.get("inputs", {})
-    for key in sorted(set(before) | set(after)):
-        if key in after and before.get(key) != after[key]:
+    for key in sorted(after):
+        if before.get(key) != after[key]:
             shown = new.get("settings", {}).get(key, key)
             out.append(f"{key} ({shown}) is not the model it was made from")
     return out

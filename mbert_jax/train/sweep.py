@@ -152,20 +152,23 @@ def _as_json(values: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def _flat(config: ml_collections.ConfigDict | None) -> dict[str, Any]:
-    """A config as `field.path: JSON value` pairs, for comparing the settings of two runs."""
+def settings_of(config: ml_collections.ConfigDict | dict | None) -> dict[str, Any]:
+    """A config (or a nested dict) as `field.path: JSON value` pairs, for comparing the
+    settings of two runs."""
     if config is None:
         return {}
-    return _as_json(flatten(config.to_dict()))
+    return _as_json(flatten(config.to_dict() if hasattr(config, "to_dict") else config))
 
 
-def _first_difference(old: dict, new: dict) -> str:
-    """The first field whose value differs ('' if none). A field only one side has counts
-    as unset there, so a field a newer version adds, left unset (None), changes nothing."""
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            return f"{key}: {old.get(key)!r} then, {new.get(key)!r} now"
-    return ""
+def differences(old: dict, new: dict) -> list[str]:
+    """Each field whose value differs, as 'field: old then, new now'. A field only one side
+    has counts as unset there, so a field a newer version adds, left unset (None), changes
+    nothing."""
+    return [
+        f"{key}: {old.get(key)!r} then, {new.get(key)!r} now"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
 
 
 def finished_row(run_dir: Path, settings: dict[str, Any], which: str) -> dict | None:
@@ -178,7 +181,7 @@ def finished_row(run_dir: Path, settings: dict[str, Any], which: str) -> dict | 
         old, row = marker["settings"], marker["row"]
     except (ValueError, KeyError, TypeError):
         return None  # unreadable (e.g. written by hand): run it (it resumes or is kept)
-    difference = _first_difference(old, settings)
+    difference = next(iter(differences(old, settings)), "")
     if difference:
         raise SystemExit(
             f"{which}: {run_dir} holds a finished run with other settings "
@@ -218,7 +221,10 @@ def run_sweep(
         except SystemExit as e:
             raise SystemExit(f"{which}: {e}") from None
         # What the run's figures depend on: its config and its fine-tuning's, field by field.
-        settings = {**_flat(config), **{f"finetune {k}": v for k, v in _flat(ft_config).items()}}
+        settings = {
+            **settings_of(config),
+            **{f"finetune {k}": v for k, v in settings_of(ft_config).items()},
+        }
         row = finished_row(run_dir, settings, which)
         if row is not None:
             print(f"=== {which}: finished before, kept", flush=True)
