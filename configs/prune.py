@@ -8,7 +8,10 @@ of each block's FFN neurons, `--config.prune.layers` whole blocks
 (`every_other` or a list such as `1,3`) or `--config.prune.drop_layers` (a
 fraction or count of blocks, those whose skipping costs least);
 `--config.prune.params_budget` (with heads=0,neurons=0) a parameter budget
-instead of fractions. The pruned, smaller dense model then recovers by
+instead of fractions, or `--config.prune.latency_budget=0.5` a latency budget
+(half the unpruned model's float TFLite latency on this machine, predicted by
+a latency model measured first; `--config.prune.latency_model=FILE` keeps it
+for later runs). The pruned, smaller dense model then recovers by
 distilling the unpruned model's logits (KL at `prune.temperature`, plus
 `prune.ce_weight` x the hard-label loss and `prune.hidden_weight` x the
 per-block hidden-state MSE) for `train.steps` steps;
@@ -72,6 +75,16 @@ def get_config(arg=None):
         layers="",  # blocks dropped: "", "every_other", or a list ("1,3")
         drop_layers=0.0,  # or: blocks dropped by skip importance, a fraction in [0, 1) or a count
         params_budget=0.0,  # or (with heads=neurons=0): fraction in (0, 1] or count of parameters
+        # or (with heads=neurons=0): a fraction in (0, 1) of the unpruned model's TFLite latency,
+        # under a latency model measured on this machine (mbert_jax/prune/latency.py)
+        latency_budget=0.0,
+        latency_model="",  # a JSON file: read when it fits this model, else measured and written
+        latency_seq_len=0,  # the length it is timed at (0: data.max_seq_length)
+        latency_threads=1,
+        latency_runs=20,  # timed runs of each of the six structures
+        # how a budget is spread: "greedy" (raw score per parameter / ms saved) or "uniform"
+        # (one fraction of heads and neurons alike, the smallest that fits)
+        budget_allocation="greedy",
         iterations=1,  # N > 1: N steps of prune-then-recover, train.steps / N each
         hidden_weight=0.0,  # per-block hidden-state MSE against the unpruned model
         importance_batches=32,  # training batches the importance is averaged over

@@ -11,8 +11,10 @@ they are removed again first and the removed sets only grow.
   per block, so every block keeps one width;
 - blocks: a fixed list or `every_other` (`layers_kept`), or the `count`
   blocks whose skipping raises the loss least (`choose_layers`);
-- a parameter budget (`choose_budget`): heads and neurons removed greedily
-  by raw importance per parameter saved until the model fits.
+- a parameter or latency budget: `choose_budget` ("greedy") removes heads and
+  neurons by raw importance per parameter (or predicted ms) saved until the
+  model fits; `choose_uniform` ("uniform") removes the same fraction of heads
+  and of neurons, the smallest that fits, chosen as the fractions are.
 """
 
 from __future__ import annotations
@@ -185,12 +187,14 @@ def choose_budget(
     costs: tuple[Mapping[int, int], Mapping[int, int]],
     layers: Sequence[int],
     total: int,
-    target: int,
+    target: float,
     field: str = "prune.params_budget",
+    unit: str = "parameters",
 ) -> tuple[dict, dict]:
-    """Heads and neurons kept so that the model has at most `target` parameters.
+    """Heads and neurons kept so that the model has at most `target` parameters (or
+    milliseconds of predicted latency, with `costs` in ms: `prune/latency.py`).
 
-    Greedy by first-order loss increase per parameter saved: candidates are
+    Greedy by first-order loss increase per parameter (or ms) saved: candidates are
     every head and neuron of `layers` except each block's best head and
     best neuron, removed in increasing `score / cost` (ties: earlier block,
     heads before neurons, lower index) until `total` minus their costs is
@@ -199,11 +203,12 @@ def choose_budget(
 
     Args:
       scores: an `Importance` (raw), -inf on units already removed.
-      costs: `unit_costs(...)`.
+      costs: `unit_costs(...)`, or each unit's predicted ms.
       layers: the blocks pruned.
-      total: the model's parameter count with every unit of `layers` kept.
-      target: the count aimed at.
+      total: the model's parameter count (or ms) with every unit of `layers` kept.
+      target: the count (or ms) aimed at.
       field: the config field named in errors.
+      unit: what `total` and `target` count, for errors: "parameters" or "ms".
 
     Returns:
       `(keep_heads, keep_neurons)`, block -> sorted indices kept.
@@ -227,10 +232,11 @@ def choose_budget(
         removed.add((layer, kind, i))
         size -= c
     if size > target:
+        shown = (lambda x: f"{x:,}") if unit == "parameters" else (lambda x: f"{x:.3f}")
         raise ValueError(
-            f"config.{field}: {target:,} parameters, but with every block keeping one head and "
-            f"one FFN neuron the model still has {size:,}; raise the budget or drop blocks "
-            "(config.prune.drop_layers)"
+            f"config.{field}: {shown(target)} {unit}, but with every block keeping one head "
+            f"and one FFN neuron the model still has {shown(size)}; raise the budget or drop "
+            "blocks (config.prune.drop_layers)"
         )
 
     def kept(kind, s, layer):
@@ -239,3 +245,66 @@ def choose_budget(
     keep_heads = {layer: kept(0, scores.heads[layer], layer) for layer in layers}
     keep_neurons = {layer: kept(1, scores.neurons[layer], layer) for layer in layers}
     return keep_heads, keep_neurons
+
+
+def removal_cost(costs, keep_heads, keep_neurons, sizes) -> float:
+    """What removing the units not in `keep_*` saves: `costs` per head and neuron of each
+    block, `sizes` block -> (heads, neurons) before."""
+    head_cost, neuron_cost = costs
+    return sum(
+        head_cost[layer] * (h - len(keep_heads[layer]))
+        + neuron_cost[layer] * (n - len(keep_neurons[layer]))
+        for layer, (h, n) in sizes.items()
+    )
+
+
+def choose_uniform(
+    scores,
+    costs: tuple[Mapping[int, float], Mapping[int, float]],
+    layers: Sequence[int],
+    total: float,
+    target: float,
+    field: str = "prune.params_budget",
+    unit: str = "parameters",
+) -> tuple[dict, dict]:
+    """Heads and neurons kept so that the model costs at most `target`: one sparsity s for
+    heads and neurons alike, the smallest that fits (to 1e-6), the units chosen as
+    `choose_heads` and `choose_neurons` choose them for fraction s. A head fraction stops
+    where each block keeps one head, a neuron fraction where each keeps one neuron.
+
+    `scores`: per-layer normalized scores (`normalized`), -inf on units already removed;
+    `costs`, `total`, `target`, `field`, `unit`: as `choose_budget`'s.
+    """
+    sizes = {layer: (len(scores.heads[layer]), np.size(scores.neurons[layer])) for layer in layers}
+    all_heads = sum(h for h, _ in sizes.values())
+    head_max = (all_heads - len(layers)) / all_heads
+    neuron_max = min((n - 1) / n for _, n in sizes.values())
+
+    def keeps(s: float):
+        h = min(s, head_max)
+        heads = choose_heads(scores.heads, layers, h) if h > 0 else _all(sizes, 0)
+        neurons = choose_neurons(scores.neurons, layers, min(s, neuron_max))
+        return heads, neurons
+
+    def cost(s: float) -> float:
+        return total - removal_cost(costs, *keeps(s), sizes)
+
+    if cost(0.0) <= target:
+        return keeps(0.0)
+    top = max(head_max, neuron_max)
+    if cost(top) > target:
+        shown = (lambda x: f"{x:,}") if unit == "parameters" else (lambda x: f"{x:.3f}")
+        raise ValueError(
+            f"config.{field}: {shown(target)} {unit}, but with every block keeping one head "
+            f"and one FFN neuron the model still has {shown(cost(top))}; raise the budget or "
+            "drop blocks (config.prune.drop_layers)"
+        )
+    lo, hi = 0.0, top  # cost(lo) > target >= cost(hi); the cost only falls as s grows
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
+    return keeps(hi)
+
+
+def _all(sizes, which: int) -> dict:
+    return {layer: list(range(size[which])) for layer, size in sizes.items()}

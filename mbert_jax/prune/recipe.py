@@ -20,6 +20,15 @@ WORKDIR/model of configs/finetune.py) on the task of `config.data`:
    - `prune.params_budget` (a fraction in (0, 1] of the parameters, or a
      count): heads and neurons removed greedily by raw score per parameter
      saved until the model fits (the cuts go where they cost least);
+   - `prune.latency_budget` (a fraction in (0, 1) of the unpruned model's
+     latency): the same greedy choice by raw score per millisecond saved,
+     under a latency model of the model's TFLite file on this machine
+     (`prune/latency.py`: measured on six sliced structures and fitted, or
+     read from `prune.latency_model`), until the predicted latency fits;
+   - with either budget, `prune.budget_allocation="uniform"` instead removes
+     one fraction of the heads and of the neurons, the smallest that fits,
+     chosen as the fractions are (the greedy allocation ranks raw scores,
+     which can put nearly every cut on heads);
 4. recovery: `kd_weight x KD + ce_weight x CE + hidden_weight x hidden`: KD
    the logit distillation of `losses/logits.py` against the frozen unpruned
    model (`prune.kd`: "kl", the default, or "soft_cross_entropy", at
@@ -66,6 +75,7 @@ from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.losses import LossSum
 from mbert_jax.models import Model
 from mbert_jax.models.model import dummy_inputs
+from mbert_jax.prune import latency
 from mbert_jax.prune.choose import (  # noqa: F401 (re-exported: the recipe's choices)
     EVERY_OTHER,
     budget_target,
@@ -73,6 +83,7 @@ from mbert_jax.prune.choose import (  # noqa: F401 (re-exported: the recipe's ch
     choose_heads,
     choose_layers,
     choose_neurons,
+    choose_uniform,
     count_params,
     fraction,
     heads_removed,
@@ -87,6 +98,7 @@ from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metric
 from mbert_jax.train.recipe import Stage, TaskDataRecipe
 
 KD_LOSSES = {"soft_cross_entropy": losses.soft_cross_entropy, "kl": losses.kl_divergence}
+ALLOCATIONS = ("greedy", "uniform")  # how a budget is spread (prune/choose.py)
 
 
 def _gate_tree(gates) -> dict:
@@ -126,6 +138,26 @@ class PruneRecipe(TaskDataRecipe):
                     f"config.prune.params_budget={self.budget} with prune.heads / prune.neurons: "
                     "set a budget or fractions, not both (heads=0, neurons=0 with a budget)"
                 )
+        self.latency_budget = float(p.get("latency_budget", 0.0) or 0.0)
+        if self.latency_budget:
+            if not 0.0 < self.latency_budget < 1.0:
+                raise ValueError(
+                    f"config.prune.latency_budget={self.latency_budget}: a fraction in (0, 1) of "
+                    "the unpruned model's predicted latency (0.5: twice as fast)"
+                )
+            if self.heads_fraction or self.neurons_fraction or self.budget:
+                raise ValueError(
+                    f"config.prune.latency_budget={self.latency_budget} with prune.heads / "
+                    "prune.neurons / prune.params_budget: one target (heads=0, neurons=0, no "
+                    "params_budget with a latency budget)"
+                )
+        self.budgeted = bool(self.budget or self.latency_budget)
+        self.allocation = str(p.get("budget_allocation", "greedy"))
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(
+                f"config.prune.budget_allocation={self.allocation!r}: "
+                f"one of {', '.join(ALLOCATIONS)}"
+            )
         self.iterations = int(p.get("iterations", 1))
         steps = int(config.train.steps)
         if self.iterations < 1:
@@ -174,8 +206,8 @@ class PruneRecipe(TaskDataRecipe):
                 f"{t_cfg.layer_sharing!r}: one block shared by every layer cannot keep other "
                 "heads, neurons or blocks per layer; prune a model with layer_sharing='none'"
             )
-        if (self.neurons_fraction or self.budget) and t_cfg.num_feedforward_networks != 1:
-            field = "neurons" if self.neurons_fraction else "params_budget"
+        if (self.neurons_fraction or self.budgeted) and t_cfg.num_feedforward_networks != 1:
+            field = "neurons" if self.neurons_fraction else self._budget_field()
             raise ValueError(
                 f"config.prune.{field}: the model has ModelConfig.num_feedforward_networks="
                 f"{t_cfg.num_feedforward_networks} stacked FFNs, whose neurons are unrelated; "
@@ -215,13 +247,30 @@ class PruneRecipe(TaskDataRecipe):
         )
         if self.budget:
             self.budget_count = budget_target(self.budget, self.unpruned_params)
+        self.latency = None
+        if self.latency_budget:
+            self.latency = latency.load_or_measure(
+                str(p.get("latency_model", "") or ""),
+                t_cfg.replace(dtype="float32", matmul_dtype=None),
+                self.heads,
+                teacher,
+                "classification",
+                int(p.get("latency_seq_len", 0) or config.data.max_seq_length),
+                int(p.get("latency_threads", 1)),
+                int(p.get("latency_runs", 20)),
+            )
+            print(f"prune: {self.latency.summary()}", flush=True)
+            self.unpruned_ms = self.latency.predict_config(t_cfg)
+            self.latency_target = self.latency_budget * self.unpruned_ms
+            self.base_ms = self.latency.predict_config(self.base_config)
         self.scores = None
         gates = self.choose(1, self.base_params, ones_gates(self.base_config))
         # What each block of the unpruned model keeps (its own block indices).
         self.keep_heads, self.keep_neurons = (
             {self.keep_layers[j]: _kept(g) for j, g in enumerate(part)} if on else {}
             for part, on in zip(
-                gates, (self.heads_fraction or self.budget, self.neurons_fraction or self.budget)
+                gates,
+                (self.heads_fraction or self.budgeted, self.neurons_fraction or self.budgeted),
             )
         )
         if self.iterations == 1:
@@ -238,7 +287,10 @@ class PruneRecipe(TaskDataRecipe):
 
     # ----------------------------------------------------------------- choice
     def _active(self) -> bool:
-        return bool(self.heads_fraction or self.neurons_fraction or self.budget)
+        return bool(self.heads_fraction or self.neurons_fraction or self.budgeted)
+
+    def _budget_field(self) -> str:
+        return "latency_budget" if self.latency_budget else "params_budget"
 
     def choose(self, k: int, params, gates):
         """The gates of step k (1..N): units removed up to k/N of the target, scored on the
@@ -255,27 +307,39 @@ class PruneRecipe(TaskDataRecipe):
         self.scores = raw
         n = self.iterations
         layers = list(range(self.base_config.num_layers))
-        if self.budget:
-            cut = self.base_count - self.budget_count
-            target = self.base_count - (cut * k) // n if cut > 0 else self.base_count
-            keep_heads, keep_neurons = choose_budget(
-                raw, self.costs, layers, self.base_count, target
+        norm = normalized(
+            Importance(
+                tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.heads),
+                tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.neurons),
+                raw.batches,
             )
-        else:
-            norm = normalized(
-                Importance(
-                    tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.heads),
-                    tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.neurons),
-                    raw.batches,
+        )
+        norm = Importance(off(norm.heads, heads_g), off(norm.neurons, neurons_g), raw.batches)
+        if self.budgeted:
+            if self.latency is not None:
+                costs = tuple(
+                    {i: ms for i in layers} for ms in (self.latency.head_ms, self.latency.neuron_ms)
                 )
-            )
-            heads = off(norm.heads, heads_g)
-            neurons = off(norm.neurons, neurons_g)
+                total, cut = self.base_ms, self.base_ms - self.latency_target
+                target = total - cut * k / n if cut > 0 else total
+                where = ("prune.latency_budget", "ms (predicted)")
+            else:
+                costs, total = self.costs, self.base_count
+                cut = self.base_count - self.budget_count
+                target = total - (cut * k) // n if cut > 0 else total
+                where = ("prune.params_budget", "parameters")
+            if self.allocation == "uniform":
+                keep_heads, keep_neurons = choose_uniform(
+                    norm, costs, layers, total, target, *where
+                )
+            else:
+                keep_heads, keep_neurons = choose_budget(raw, costs, layers, total, target, *where)
+        else:
             keep_heads = keep_neurons = {}
             if self.heads_fraction:
-                keep_heads = choose_heads(heads, layers, self.heads_fraction * k / n)
+                keep_heads = choose_heads(norm.heads, layers, self.heads_fraction * k / n)
             if self.neurons_fraction:
-                keep_neurons = choose_neurons(neurons, layers, self.neurons_fraction * k / n)
+                keep_neurons = choose_neurons(norm.neurons, layers, self.neurons_fraction * k / n)
         return gates_from_keep(self.base_config, keep_heads, keep_neurons)
 
     def _keeps(self, gates) -> tuple[dict, dict]:
@@ -303,11 +367,18 @@ class PruneRecipe(TaskDataRecipe):
         if self.layer_scores is not None:
             shown = ", ".join(f"{s:.4g}" for s in self.layer_scores)
             print(f"prune: loss increase without each block: [{shown}]", flush=True)
+        ms = ""
+        if self.latency is not None:
+            predicted = self.latency.predict(len(kept), sum(kept), sum(widths))
+            ms = (
+                f"; predicted latency {self.unpruned_ms:.3f} -> {predicted:.3f} ms "
+                f"({predicted / self.unpruned_ms:.1%}; budget {self.latency_budget:.1%})"
+            )
         print(
             f"prune{where}: blocks kept {self.keep_layers} of {teacher.num_layers}; heads "
             f"{kept} (of {teacher.num_heads}); FFN widths {widths} (of "
             f"{teacher.intermediate_size}); parameters {self.unpruned_params:,} -> "
-            f"{count:,} ({count / self.unpruned_params:.1%})",
+            f"{count:,} ({count / self.unpruned_params:.1%}){ms}",
             flush=True,
         )
 
@@ -429,6 +500,9 @@ class PruneRecipe(TaskDataRecipe):
         values = {**values, "unpruned_params": float(self.unpruned_params)}
         if self.iterations == 1:
             values["params"] = float(self.pruned_count)
+            if self.latency is not None:  # the latency model's, not a timing
+                values["predicted_ms"] = self.latency.predict_config(self.student_config)
+                values["unpruned_predicted_ms"] = self.unpruned_ms
         return values
 
     def final_model(self, params: Any):

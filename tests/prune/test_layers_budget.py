@@ -159,3 +159,39 @@ def test_the_budget_removes_the_cheapest_loss_per_parameter_first():
     # Smallest possible: one head and one neuron per block: 740 - 2 x (200 + 30) = 280.
     with pytest.raises(ValueError, match="the model still has 280"):
         choose_budget(scores, costs, [0, 1], 740, 279)
+
+
+def test_the_uniform_allocation_cuts_one_fraction_of_heads_and_neurons():
+    """Same blocks as above (740 parameters; heads of 100, neurons of 10); scores taken as
+    normalized. By hand, sparsity s removes floor(6 s) heads (globally, each block keeping its
+    best) and floor(4 s) neurons per block:
+      s < 1/6: nothing (740); [1/6, 1/4): head (1, 2) -> 640;
+      [1/4, 1/3): + neurons (0, 3), (1, 2) -> 620; [1/3, 1/2): + head (0, 1) -> 520;
+      [1/2, 2/3): + head (1, 0), neurons (0, 1), (1, 1) (of the tied 0.3s the later) -> 400;
+      [2/3, 3/4): + head (0, 2), the last a block may lose -> 300; 3/4: + a neuron per
+      block -> 280, the smallest model."""
+    from mbert_jax.prune.choose import choose_uniform
+
+    scores = Importance(
+        heads=(np.array([5.0, 1.0, 3.0]), np.array([2.0, 8.0, 0.5])),
+        neurons=(np.array([0.2, 0.06, 0.4, 0.01]), np.array([0.3, 0.3, 0.02, 0.9])),
+        batches=1,
+    )
+    costs = ({0: 100.0, 1: 100.0}, {0: 10.0, 1: 10.0})
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 740)
+    assert keep_h == {0: [0, 1, 2], 1: [0, 1, 2]} and keep_n == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 700)
+    assert keep_h == {0: [0, 1, 2], 1: [0, 1]} and keep_n == {0: [0, 1, 2, 3], 1: [0, 1, 2, 3]}
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 630)
+    assert keep_h == {0: [0, 1, 2], 1: [0, 1]} and keep_n == {0: [0, 1, 2], 1: [0, 1, 3]}
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 520)
+    assert keep_h == {0: [0, 2], 1: [0, 1]} and keep_n == {0: [0, 1, 2], 1: [0, 1, 3]}
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 519)
+    assert keep_h == {0: [0, 2], 1: [1]} and keep_n == {0: [0, 2], 1: [0, 3]}
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 300)
+    assert keep_h == {0: [0], 1: [1]} and keep_n == {0: [0, 2], 1: [0, 3]}
+    # The smallest: one head per block (s = 2/3 of 6 heads) and one neuron (s = 3/4).
+    keep_h, keep_n = choose_uniform(scores, costs, [0, 1], 740, 280)
+    assert keep_h == {0: [0], 1: [1]} and keep_n == {0: [2], 1: [3]}
+    with pytest.raises(ValueError, match=r"279\.000 ms, but .* the model still has 280\.000"):
+        choose_uniform(scores, costs, [0, 1], 740, 279, "prune.latency_budget", "ms")
