@@ -1,8 +1,9 @@
-"""Structured pruning of a fine-tuned classifier: heads, FFN neurons and blocks, then recovery.
+"""Structured pruning of a fine-tuned model: heads, FFN neurons and blocks, then recovery.
 
 From a fine-tuned model directory (`config.init_from`, WORKDIR/model of
-configs/finetune.py), head and FFN-neuron importance on the task's training
-batches (Michel et al. 2019) chooses what is removed: `heads=F` the fraction
+configs/finetune.py; any task kind fine-tuning has: classification,
+regression, tagging, SQuAD), head and FFN-neuron importance on the task's
+training batches (Michel et al. 2019) chooses what is removed: `heads=F` the fraction
 of heads (ranked globally, each block keeping one), `neurons=F` the fraction
 of each block's FFN neurons, `--config.prune.layers` whole blocks
 (`every_other` or a list such as `1,3`) or `--config.prune.drop_layers` (a

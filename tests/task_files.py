@@ -1,8 +1,9 @@
 """Small labelled task files, a "my own BERT" directory, runs and independent metrics.
 
 Shared by the fine-tuning tests of the user's own data
-(tests/train/test_finetune_custom.py) and the task-distillation tests
-(tests/distill/test_task_distill.py): the files are written here (CSV with
+(tests/train/test_finetune_custom.py), the task-distillation tests
+(tests/distill/test_task_distill.py) and the pruning tests of every kind
+(tests/prune/test_recipe_kinds.py): the files are written here (CSV with
 string labels, regression CSV, sentence pairs in JSON lines, CoNLL tagging,
 SQuAD v1.1 JSON), the runs go through the same entry point as the command
 line, and the metrics of a saved model are recomputed from the model
@@ -20,6 +21,7 @@ from collections import Counter
 
 import jax
 import numpy as np
+import pytest
 import transformers
 from scipy import stats
 
@@ -331,3 +333,85 @@ def squad_metrics(model_dir, examples, max_answer_length=30):
         same = sum((Counter(p) & Counter(g)).values())
         f1.append(0.0 if same == 0 else 2 * same / (len(p) + len(g)))
     return config, {"exact": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
+
+
+# ------------------------------------------ every task kind, with a fine-tuned teacher
+KINDS = ("multiclass", "regression", "pairs", "tagging", "squad")
+
+
+def write_task(kind, d, rng):
+    """(config arg `task=...`, `data.*` fields, metrics of a model directory on the dev split)."""
+    n_train, n_dev = 64, 24
+    if kind == "multiclass":
+        rows, dev = topic_rows(rng, n_train), topic_rows(rng, n_dev)
+        fields = dict(
+            train_file=str(write_csv(d / "train.csv", "text,topic", rows)),
+            eval_file=str(write_csv(d / "dev.csv", "text,topic", dev)),
+            label_column="topic",
+        )
+        texts, labels = [t for t, _ in dev], [y for _, y in dev]
+        return "custom", fields, lambda m: classification_metrics(m, texts, labels)
+    if kind == "regression":
+        rows, dev = score_rows(rng, n_train), score_rows(rng, n_dev)
+        fields = dict(
+            train_file=str(write_csv(d / "train.csv", "review,score", rows)),
+            eval_file=str(write_csv(d / "dev.csv", "review,score", dev)),
+            task_kind="regression",
+            text_column="review",
+            label_column="score",
+        )
+        texts, scores = [t for t, _ in dev], [float(y) for _, y in dev]
+        return "custom", fields, lambda m: regression_metrics(m, texts, scores)
+    if kind == "pairs":
+        rows, dev = pair_rows(rng, n_train), pair_rows(rng, n_dev)
+        fields = dict(
+            train_file=str(write_jsonl(d / "train.jsonl", rows)),
+            eval_file=str(write_jsonl(d / "dev.jsonl", dev)),
+            text_column="first",
+            text_pair_column="second",
+        )
+        first, second, labels = ([r[k] for r in dev] for k in ("first", "second", "label"))
+        return "custom", fields, lambda m: classification_metrics(m, first, labels, second)
+    if kind == "tagging":
+        rows = [tagged_sentence(rng) for _ in range(n_train)]
+        dev = [tagged_sentence(rng) for _ in range(n_dev)]
+        fields = dict(
+            train_file=str(write_conll(d / "train.conll", rows)),
+            eval_file=str(write_conll(d / "dev.conll", dev)),
+            task_kind="tagging",
+        )
+        return "custom", fields, lambda m: tagging_metrics(m, dev)
+    rows, dev = squad_examples(rng, n_train), squad_examples(rng, n_dev)
+    fields = dict(
+        train_file=str(write_squad(d / "train.json", rows)),
+        eval_file=str(write_squad(d / "dev.json", dev)),
+        max_query_length=12,
+        n_best_size=SEQ,  # every position: the same search as squad_metrics'
+    )
+    return "squad_v1", fields, lambda m: squad_metrics(m, dev)
+
+
+class Tasks:
+    """Each kind's files and fine-tuned teacher, made on first use."""
+
+    def __init__(self, root):
+        self.root = root
+        self.bert = make_bert(root / "bert", "bert_base_micro", heads=("mlm",))
+        self._made = {}
+
+    def __call__(self, kind):
+        if kind not in self._made:
+            d = self.root / kind
+            d.mkdir()
+            task, fields, metrics = write_task(kind, d, np.random.default_rng(KINDS.index(kind)))
+            data = {f"data.{k}": v for k, v in fields.items()}
+            data["data.cache_dir"] = str(self.root / "cache")
+            data["data.max_seq_length"] = SEQ
+            steps = {"train.log_every": 100, "train.checkpoint_every": 100}
+            overrides = {"init_from": str(self.bert), "train.steps": 30, **data, **steps}
+            overrides["train.eval_every"] = 30
+            results, teacher = run(f"configs/finetune.py:runlocal,task={task}", d / "ft", overrides)
+            for name, value in metrics(teacher)[1].items():
+                assert results[name] == pytest.approx(value, abs=1e-5), name
+            self._made[kind] = task, data, metrics, teacher
+        return self._made[kind]

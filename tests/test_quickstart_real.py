@@ -50,11 +50,11 @@ def run(tmp_path_factory):
         timeout=2400,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return workdir, done
+    return workdir, done, env
 
 
 def test_every_model_and_export(run):
-    workdir, _ = run
+    workdir, *_ = run
     for name in RUNS:
         assert io.is_model_dir(workdir / name / "model"), name
     exports = json.loads((workdir / "export" / "exports.json").read_text())
@@ -65,7 +65,7 @@ def test_every_model_and_export(run):
 
 
 def test_students_follow_the_teacher(run):
-    workdir, _ = run
+    workdir, *_ = run
     teacher, _ = io.load_config(workdir / "teacher_wordorder" / "model")
     assert (teacher.num_layers, teacher.hidden_size, teacher.num_heads) == (6, 384, 12)
     mobile, _ = io.load_config(workdir / "mobilebert_general" / "model")
@@ -83,7 +83,7 @@ def test_students_follow_the_teacher(run):
 
 
 def test_report(run):
-    workdir, done = run
+    workdir, done, _ = run
     report = (workdir / "report.md").read_text()
     assert "## wordorder" in report
     assert "naive Bayes" in report and "keeps" in report
@@ -99,3 +99,26 @@ def test_report(run):
         s = rows[f"{student}_wordorder_vocab"]["params"]
         assert s["embeddings"] + s["blocks"] < 0.45 * (t["embeddings"] + t["blocks"]), student
     assert table[2] in done.stdout
+
+
+def test_a_rerun_with_another_setting_stops_at_the_phase_it_changes(run):
+    """Only the TinyBERT student's task phase depends on its prediction steps: the phases
+    before it are reused, and it stops there, naming the setting."""
+    workdir, _, env = run
+    before = {p: p.stat().st_mtime_ns for p in workdir.glob("*/model/params.safetensors")}
+    cmd = [sys.executable, "-m", "mbert_jax", "quickstart", "--workdir", str(workdir)]
+    done = subprocess.run(
+        [*cmd, "--config", "real,tiny", "--set", "prediction_steps.tinybert=11"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"phase {workdir / 'tinybert_wordorder'} was made with other settings" in last, last
+    assert "distill.prediction_steps: 10 then, 11 now" in last
+    # the teacher, progressive transfer and the MobileBERT student's task phase
+    assert done.stdout.count("skipped") == 3, done.stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before

@@ -22,6 +22,9 @@ official TinyBERT reduction of the kind it has (classification: the soft CE
 also divided by the number of classes); the kinds the official code lacks
 (tagging, qa) have no official variant and ignore it. The temperature does
 not apply to regression.
+
+`logit_distillation` is the same table with a choice of divergence (KL or
+soft cross-entropy, times T^2), for the prune recipe's recovery.
 """
 
 from __future__ import annotations
@@ -59,17 +62,22 @@ def regression_loss(student, teacher, batch, *, temperature, official) -> LossSu
     return LossSum(jnp.sum(err * valid), jnp.sum(valid))
 
 
-def tagging_loss(student, teacher, batch, *, temperature, official) -> LossSum:
+def tagging_loss(
+    student, teacher, batch, *, temperature, official, divergence=None, scale=False
+) -> LossSum:
     del official
-    return losses.soft_cross_entropy(
+    return (divergence or losses.soft_cross_entropy)(
         student["token_logits"],
         teacher["token_logits"],
         temperature=temperature,
         weights=tagged_positions(batch),
+        scale_by_temperature_squared=scale,
     )
 
 
-def span_loss(student, teacher, batch, *, temperature, official) -> LossSum:
+def span_loss(
+    student, teacher, batch, *, temperature, official, divergence=None, scale=False
+) -> LossSum:
     del official
     valid = batch["valid"].astype(jnp.float32)
     real = batch["attention_mask"] > 0
@@ -77,9 +85,41 @@ def span_loss(student, teacher, batch, *, temperature, official) -> LossSum:
     for field in ("start_logits", "end_logits"):
         s, t = (jnp.where(real, x[field].astype(jnp.float32), _MASKED) for x in (student, teacher))
         total = (
-            total + losses.soft_cross_entropy(s, t, temperature=temperature, weights=valid).total
+            total
+            + (divergence or losses.soft_cross_entropy)(
+                s, t, temperature=temperature, weights=valid, scale_by_temperature_squared=scale
+            ).total
         )
     return LossSum(total / 2, jnp.sum(valid))
+
+
+def logit_distillation(
+    kind: str, student: dict, teacher: dict, batch, *, divergence, temperature: float
+) -> LossSum:
+    """Any kind's logits distilled with `divergence` (`losses.kl_divergence` or
+    `soft_cross_entropy`) at `temperature`, times T^2, over the items the kind's
+    prediction loss counts (the prune recipe's recovery); regression: the squared error."""
+    if kind == "classification":
+        return divergence(
+            student["logits"],
+            teacher["logits"],
+            temperature=temperature,
+            weights=batch["valid"].astype(jnp.float32),
+            scale_by_temperature_squared=True,
+        )
+    if kind == "regression":
+        return regression_loss(student, teacher, batch, temperature=temperature, official=False)
+    if kind not in PREDICTION_LOSSES:
+        raise ValueError(f"task kind {kind!r}: one of {sorted(PREDICTION_LOSSES)}")
+    return PREDICTION_LOSSES[kind](
+        student,
+        teacher,
+        batch,
+        temperature=temperature,
+        official=False,
+        divergence=divergence,
+        scale=True,
+    )
 
 
 PREDICTION_LOSSES: dict[str, Callable[..., LossSum]] = {

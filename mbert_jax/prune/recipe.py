@@ -1,8 +1,9 @@
-"""Recipe "prune": structured pruning of a fine-tuned classifier, then recovery
+"""Recipe "prune": structured pruning of a fine-tuned model, then recovery
 distillation from the unpruned model, in one shot or iteratively.
 
-From the fine-tuned model directory `config.init_from` (a classifier, e.g.
-WORKDIR/model of configs/finetune.py) on the task of `config.data`:
+From the fine-tuned model directory `config.init_from` (e.g. WORKDIR/model
+of configs/finetune.py) on the task of `config.data`, of any kind
+fine-tuning has (classification, regression, tagging, SQuAD-style QA):
 
 1. blocks: `prune.layers` drops a fixed set ("" none, "every_other" the
    odd-numbered blocks 1, 3, 5, ..., Fan et al. 2019, "Reducing Transformer
@@ -11,8 +12,8 @@ WORKDIR/model of configs/finetune.py) on the task of `config.data`:
    loss least (`layer_importance`, one jitted pass per batch);
 2. importance: head and FFN-neuron importance (`prune.importance`, Michel
    et al. 2019: mean |d loss / d gate|) over the first
-   `prune.importance_batches` training batches, with the classifier's
-   cross-entropy;
+   `prune.importance_batches` training batches, with the kind's fine-tuning
+   loss (cross-entropy over rows, tagged words or answer spans; squared error);
 3. choice (`prune/choose.py`), for one of two kinds of target:
    - fractions: `prune.heads` of the kept blocks' heads, ranked globally
      on per-layer normalized scores, each block keeping its best head;
@@ -32,8 +33,11 @@ WORKDIR/model of configs/finetune.py) on the task of `config.data`:
 4. recovery: `kd_weight x KD + ce_weight x CE + hidden_weight x hidden`: KD
    the logit distillation of `losses/logits.py` against the frozen unpruned
    model (`prune.kd`: "kl", the default, or "soft_cross_entropy", at
-   `prune.temperature`, times T^2), CE the hard-label cross-entropy (metric
-   "loss"), hidden the MSE of each kept block's output against the unpruned
+   `prune.temperature`, times T^2; per row, per tagged word, or over each
+   window's real positions for the start and end of a span, as
+   `distill/prediction.py` counts them; regression: the squared error to the
+   unpruned model's score), CE the kind's hard-label loss (metric "loss"),
+   hidden the MSE of each kept block's output against the unpruned
    model's same block (`losses.tinybert_hidden_loss` without projection:
    pruning keeps the hidden width), averaged over blocks and tokens.
 
@@ -70,6 +74,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbert_jax import losses
+from mbert_jax.distill import prediction
 from mbert_jax.distill.task_data import TaskSetup
 from mbert_jax.distill.teacher import teacher_block
 from mbert_jax.losses import LossSum
@@ -98,6 +103,25 @@ from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metric
 from mbert_jax.train.recipe import Stage, TaskDataRecipe
 
 KD_LOSSES = {"soft_cross_entropy": losses.soft_cross_entropy, "kl": losses.kl_divergence}
+# The TFLite task each kind's model exports as (the latency model's structures).
+EXPORT_TASKS = {
+    "classification": "classification",
+    "regression": "classification",
+    "tagging": "token_classification",
+    "qa": "qa",
+}
+
+
+def task_loss(kind: str):
+    """The kind's fine-tuning loss as importance scores it: `(ModelOutput, batch) -> mean`."""
+
+    def loss(out, batch):
+        value = task_metrics(task_outputs(out, kind), batch, kind)["loss"]
+        return value.total / jnp.maximum(value.count, 1.0)
+
+    return loss
+
+
 ALLOCATIONS = ("greedy", "uniform")  # how a budget is spread (prune/choose.py)
 
 
@@ -192,11 +216,7 @@ class PruneRecipe(TaskDataRecipe):
             )
         self.task = TaskSetup(config.data, config.init_from)
         self.kind, self.heads = self.task.kind, (self.task.head,)
-        if self.kind != "classification":
-            raise ValueError(
-                f"config.data.task={config.data.task}: task kind {self.kind!r}; the prune "
-                "recipe distils classifier logits (classification tasks only)"
-            )
+        self.loss_fn = task_loss(self.kind)
         block = teacher_block(path=str(config.init_from))
         self.teacher_spec = self.task.load_teacher(block, what="init_from")
         t_cfg = self.teacher_spec.config
@@ -232,7 +252,7 @@ class PruneRecipe(TaskDataRecipe):
         self.layer_scores = None
         if drop_count:
             t_model = Model(t_cfg, heads=self.heads)
-            self.layer_scores = layer_importance(t_model, teacher, self.batches)
+            self.layer_scores = layer_importance(t_model, teacher, self.batches, self.loss_fn)
             self.keep_layers = choose_layers(self.layer_scores, drop_count)
             heads_removed([t_cfg.heads_at(i) for i in self.keep_layers], self.heads_fraction)
         else:
@@ -254,7 +274,7 @@ class PruneRecipe(TaskDataRecipe):
                 t_cfg.replace(dtype="float32", matmul_dtype=None),
                 self.heads,
                 teacher,
-                "classification",
+                EXPORT_TASKS[self.kind],
                 int(p.get("latency_seq_len", 0) or config.data.max_seq_length),
                 int(p.get("latency_threads", 1)),
                 int(p.get("latency_runs", 20)),
@@ -297,7 +317,9 @@ class PruneRecipe(TaskDataRecipe):
         base model `params` gated by `gates` (the last step's), removed units at -inf."""
         if not self._active():
             return gates
-        raw = importance(self.base_model, params, self.batches, normalize=False, gates=gates)
+        raw = importance(
+            self.base_model, params, self.batches, self.loss_fn, normalize=False, gates=gates
+        )
         heads_g, neurons_g = (tuple(np.asarray(jax.device_get(g)) for g in t) for t in gates)
 
         def off(scores, g):
@@ -451,12 +473,13 @@ class PruneRecipe(TaskDataRecipe):
         out = task_outputs(s_out, self.kind)
         metrics = task_metrics(out, batch, self.kind)
         p = self.config.prune
-        metrics["kd"] = KD_LOSSES[p.kd](
-            out["logits"],
-            t_out.logits,
+        metrics["kd"] = prediction.logit_distillation(
+            self.kind,
+            out,
+            task_outputs(t_out, self.kind),
+            batch,
+            divergence=KD_LOSSES[p.kd],
             temperature=float(p.temperature),
-            weights=batch["valid"].astype(jnp.float32),
-            scale_by_temperature_squared=True,
         )
         if hidden:
             # Student block j is the unpruned model's block keep_layers[j] (same hidden width).

@@ -13,7 +13,9 @@ workdir, run with the same configs a user would run by hand:
                 a naive Bayes baseline; TFLite export; report.md (real_report.py)
 
 The settings are `configs/quickstart.py`; `--set FIELD=VALUE` changes one.
-`phases.py` holds what the presets share.
+`phases.py` holds what the presets share; `records.py` what made each phase,
+so that a rerun with other settings never reuses one (it stops, or with
+`--set on_change=redo` redoes the phase and what was made from it).
 """
 
 from __future__ import annotations
