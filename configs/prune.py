@@ -83,9 +83,10 @@ def get_config(arg=None):
         latency_seq_len=0,  # the length it is timed at (0: data.max_seq_length)
         latency_threads=1,
         latency_runs=20,  # timed runs of each of the six structures
-        # how a budget is spread: "greedy" (raw score per parameter / ms saved) or "uniform"
-        # (one fraction of heads and neurons alike, the smallest that fits)
-        budget_allocation="greedy",
+        # how a budget is spread: "uniform" (one fraction of heads and neurons alike, the
+        # smallest that fits) or "greedy" (raw score per parameter / ms saved; it cut all but
+        # one head per block on the real teacher and fitted it 2.5x worse: BENCHMARKS.md)
+        budget_allocation="uniform",
         iterations=1,  # N > 1: N steps of prune-then-recover, train.steps / N each
         hidden_weight=0.0,  # per-block hidden-state MSE against the unpruned model
         importance_batches=32,  # training batches the importance is averaged over

@@ -270,7 +270,9 @@ def choose_uniform(
     """Heads and neurons kept so that the model costs at most `target`: one sparsity s for
     heads and neurons alike, the smallest that fits (to 1e-6), the units chosen as
     `choose_heads` and `choose_neurons` choose them for fraction s. A head fraction stops
-    where each block keeps one head, a neuron fraction where each keeps one neuron.
+    where each block keeps one head, a neuron fraction where each keeps one neuron. Units
+    go in steps of s (a head, or a neuron of every block, or both at once), so the model
+    ends below the target by less than one head plus one neuron per block.
 
     `scores`: per-layer normalized scores (`normalized`), -inf on units already removed;
     `costs`, `total`, `target`, `field`, `unit`: as `choose_budget`'s.

@@ -19,17 +19,17 @@ fine-tuning has (classification, regression, tagging, SQuAD-style QA):
      on per-layer normalized scores, each block keeping its best head;
      `prune.neurons` of each block's FFN neurons (one width for all blocks);
    - `prune.params_budget` (a fraction in (0, 1] of the parameters, or a
-     count): heads and neurons removed greedily by raw score per parameter
-     saved until the model fits (the cuts go where they cost least);
+     count): heads and neurons removed until the model fits;
    - `prune.latency_budget` (a fraction in (0, 1) of the unpruned model's
-     latency): the same greedy choice by raw score per millisecond saved,
-     under a latency model of the model's TFLite file on this machine
-     (`prune/latency.py`: measured on six sliced structures and fitted, or
-     read from `prune.latency_model`), until the predicted latency fits;
-   - with either budget, `prune.budget_allocation="uniform"` instead removes
-     one fraction of the heads and of the neurons, the smallest that fits,
-     chosen as the fractions are (the greedy allocation ranks raw scores,
-     which can put nearly every cut on heads);
+     latency): the same until its predicted latency fits, under a latency
+     model of the model's TFLite file on this machine (`prune/latency.py`:
+     measured on six sliced structures and fitted, or read from
+     `prune.latency_model`);
+   - with either budget, `prune.budget_allocation` says how the cuts are
+     spread: "uniform" (the default) removes one fraction of the heads and
+     of the neurons, the smallest that fits, chosen as the fractions are;
+     "greedy" removes units in increasing raw score per parameter (or ms)
+     saved, which on the real teacher put nearly every cut on heads;
 4. recovery: `kd_weight x KD + ce_weight x CE + hidden_weight x hidden`: KD
    the logit distillation of `losses/logits.py` against the frozen unpruned
    model (`prune.kd`: "kl", the default, or "soft_cross_entropy", at
@@ -176,7 +176,7 @@ class PruneRecipe(TaskDataRecipe):
                     "params_budget with a latency budget)"
                 )
         self.budgeted = bool(self.budget or self.latency_budget)
-        self.allocation = str(p.get("budget_allocation", "greedy"))
+        self.allocation = str(p.get("budget_allocation", "uniform"))
         if self.allocation not in ALLOCATIONS:
             raise ValueError(
                 f"config.prune.budget_allocation={self.allocation!r}: "

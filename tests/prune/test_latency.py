@@ -173,6 +173,7 @@ def test_a_latency_budget_is_met_under_the_latency_model(task, tmp_path):  # noq
         "prune.neurons": 0.0,
         "prune.latency_budget": 0.6,
         "prune.latency_model": str(path),
+        "prune.budget_allocation": "greedy",
         "train.steps": 2,
         "train.eval_every": 2,
         "train.checkpoint_every": 2,

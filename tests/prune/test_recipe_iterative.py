@@ -37,7 +37,9 @@ def test_blocks_by_importance_are_those_whose_skipping_costs_least(task, tmp_pat
     want = sorted(int(i) for i in np.argsort(scores, kind="stable")[2:])
     recipe = PruneRecipe(config)
     assert recipe.keep_layers == want
-    np.testing.assert_allclose(recipe.layer_scores, scores)
+    # The recipe scores with the task's loss (a float32 sum over valid rows / their count),
+    # `layer_importance`'s default with a plain mean: equal up to float32 rounding.
+    np.testing.assert_allclose(recipe.layer_scores, scores, rtol=0, atol=1e-6)
     assert recipe.student_config.num_layers == 2
     flat0, flat = io.flatten(params), io.flatten(recipe.pruned_params)
     for new, old in enumerate(want):
@@ -48,7 +50,8 @@ def test_blocks_by_importance_are_those_whose_skipping_costs_least(task, tmp_pat
 @pytest.mark.slow
 # One shot out of CI for time: the iterative run meets the budget through the same choice.
 @pytest.mark.parametrize("iterations", [pytest.param(1, marks=pytest.mark.heavy), 2])
-def test_a_parameter_budget_is_met_tightly(task, tmp_path, iterations):  # noqa: F811
+@pytest.mark.parametrize("allocation", ["uniform", "greedy"])
+def test_a_parameter_budget_is_met_tightly(task, tmp_path, iterations, allocation):  # noqa: F811
     _, bert, _, _ = task
     original = count(io.load_model(bert)[2])
     values, model_dir = run(
@@ -58,6 +61,7 @@ def test_a_parameter_budget_is_met_tightly(task, tmp_path, iterations):  # noqa:
             "prune.heads": 0.0,
             "prune.neurons": 0.0,
             "prune.params_budget": 0.8,
+            "prune.budget_allocation": allocation,
             "prune.iterations": iterations,
             "train.steps": 4,
         },
@@ -65,10 +69,15 @@ def test_a_parameter_budget_is_met_tightly(task, tmp_path, iterations):  # noqa:
     small_cfg, _, small = io.load_model(model_dir)
     target = int(0.8 * original)
     head = 4 * 64 * 16 + 3 * 16  # bert_base_micro: hidden 64, 4 heads of 16
-    assert target - head < count(small) <= target
+    # greedy: within one head; uniform: within one head and one neuron of each of the 4 blocks
+    # (a head and a neuron per block can go at the same sparsity step)
+    slack = head if allocation == "greedy" else head + 4 * (2 * 64 + 1)
+    assert target - slack < count(small) <= target
     assert values["params"] == count(small) and values["unpruned_params"] == original
-    # Per-block shapes come out of the allocation (not one fraction everywhere).
-    assert small_cfg.layer_intermediate_sizes is not None or small_cfg.layer_heads is not None
+    if allocation == "greedy":  # per-block shapes come out of the allocation
+        assert small_cfg.layer_intermediate_sizes is not None or small_cfg.layer_heads is not None
+    else:  # one width for every block, heads ranked globally
+        assert small_cfg.layer_intermediate_sizes is None
 
 
 def stop_after(position):
