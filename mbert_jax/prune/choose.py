@@ -232,12 +232,7 @@ def choose_budget(
         removed.add((layer, kind, i))
         size -= c
     if size > target:
-        shown = (lambda x: f"{x:,}") if unit == "parameters" else (lambda x: f"{x:.3f}")
-        raise ValueError(
-            f"config.{field}: {shown(target)} {unit}, but with every block keeping one head "
-            f"and one FFN neuron the model still has {shown(size)}; raise the budget or drop "
-            "blocks (config.prune.drop_layers)"
-        )
+        raise unreachable(field, unit, target, size)
 
     def kept(kind, s, layer):
         return [i for i in range(np.size(s)) if (layer, kind, i) not in removed]
@@ -295,12 +290,7 @@ def choose_uniform(
         return keeps(0.0)
     top = max(head_max, neuron_max)
     if cost(top) > target:
-        shown = (lambda x: f"{x:,}") if unit == "parameters" else (lambda x: f"{x:.3f}")
-        raise ValueError(
-            f"config.{field}: {shown(target)} {unit}, but with every block keeping one head "
-            f"and one FFN neuron the model still has {shown(cost(top))}; raise the budget or "
-            "drop blocks (config.prune.drop_layers)"
-        )
+        raise unreachable(field, unit, target, cost(top))
     lo, hi = 0.0, top  # cost(lo) > target >= cost(hi); the cost only falls as s grows
     while hi - lo > 1e-6:
         mid = (lo + hi) / 2
@@ -310,3 +300,13 @@ def choose_uniform(
 
 def _all(sizes, which: int) -> dict:
     return {layer: list(range(size[which])) for layer, size in sizes.items()}
+
+
+def unreachable(field: str, unit: str, target: float, smallest: float) -> ValueError:
+    """The error of a budget below the smallest model (one head and neuron per block)."""
+    shown = (lambda x: f"{x:,}") if unit == "parameters" else (lambda x: f"{x:.3f}")
+    return ValueError(
+        f"config.{field}: {shown(target)} {unit}, but with every block keeping one head "
+        f"and one FFN neuron the model still has {shown(smallest)}; raise the budget or drop "
+        "blocks (config.prune.drop_layers)"
+    )
