@@ -237,5 +237,6 @@ def load_or_measure(
     )
     model = measure(config, heads, params, task, seq_len, threads, runs)
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         files.write_bytes(path, model.to_json().encode())
     return check_usable(model, where)

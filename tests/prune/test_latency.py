@@ -60,9 +60,10 @@ def test_the_fit_recovers_a_linear_latency(task):  # noqa: F811
         latency.fit(points[:3], {})
 
 
-def test_measuring_exports_each_structure_and_fits_its_timings(task, monkeypatch):  # noqa: F811
+def test_measuring_exports_each_structure_and_fits_its_timings(task, tmp_path, monkeypatch):  # noqa: F811
     """Real exports of the six structures; timings from a stub linear in what each file holds
-    (its FULLY_CONNECTED kernels' widths, read from the file)."""
+    (its FULLY_CONNECTED kernels' widths, read from the file); the fit is written where
+    `prune.latency_model` says (its directory made) and read back."""
     from ai_edge_litert.tools import flatbuffer_utils as fu
 
     from mbert_jax.export.tflite import _read
@@ -100,7 +101,9 @@ def test_measuring_exports_each_structure_and_fits_its_timings(task, monkeypatch
         return out
 
     monkeypatch.setattr("mbert_jax.export.verify.round_robin_ms", round_robin_ms)
-    model = latency.measure(config, heads, params, "classification", 16, 1, 3)
+    path = tmp_path / "new" / "latency.json"
+    model = latency.load_or_measure(str(path), config, heads, params, "classification", 16, 1, 3)
+    assert latency.LatencyModel.from_json(path.read_text()) == model
     want = []
     for blocks, kept_heads, kept_neurons in latency.structures(config):
         want.append(
