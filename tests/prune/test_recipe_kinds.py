@@ -91,7 +91,16 @@ def tasks(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["regression", "tagging", "squad"])
+# Regression and SQuAD end to end out of CI for time (each fine-tunes its own teacher): CI runs
+# tagging end to end and every kind's KD term above; `pytest -m heavy` runs all three.
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("regression", marks=pytest.mark.heavy),
+        "tagging",
+        pytest.param("squad", marks=pytest.mark.heavy),
+    ],
+)
 def test_prune_recovers_each_kind(tasks, kind, tmp_path):
     task, data, metrics, teacher = tasks(kind)
     overrides = {
