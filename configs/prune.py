@@ -54,10 +54,13 @@ is 0.167) and the dev split small (one example is 0.27 points): these are a
 smoke test of the chain, not a benchmark.
 
 Options: `runlocal`, `task=NAME`, `heads=F` (default 0.5), `neurons=F`
-(default 0.5).
+(default 0.5), `sweep=sparsity|allocation` (which sweep).
 
-Sweep (`mbert-jax sweep`): sparsity 0.25 / 0.5 / 0.75 of heads and neurons
-together; each run reports eval_accuracy and eval_params.
+Sweeps (`mbert-jax sweep`; each run reports eval_accuracy, eval_kd and eval_params):
+- `sweep=sparsity` (default): 0.25 / 0.5 / 0.75 of heads and neurons together;
+- `sweep=allocation`: a latency budget of half the unpruned model's latency,
+  spread by each `prune.budget_allocation` (fisher, uniform, greedy); give
+  `--config.prune.latency_model=FILE` so that it is measured once.
 """
 
 from configs import common
@@ -66,7 +69,7 @@ from mbert_jax.train.config import base_config, parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, runlocal=False, task="", heads=0.5, neurons=0.5)
+    arg = _args(arg)
     task = arg.task or ("stdlib" if arg.runlocal else "mrpc")
     config = base_config("prune")
     config.init_from = ""
@@ -84,8 +87,9 @@ def get_config(arg=None):
         latency_threads=1,
         latency_runs=20,  # timed runs of each of the six structures
         # how a budget is spread: "uniform" (one fraction of heads and neurons alike, the
-        # smallest that fits) or "greedy" (raw score per parameter / ms saved; it cut all but
-        # one head per block on the real teacher and fitted it 2.5x worse: BENCHMARKS.md)
+        # smallest that fits), "fisher" (Fisher importance, the head/neuron split that keeps
+        # the most of it: Kwon et al. 2022) or "greedy" (raw score per parameter / ms saved;
+        # it cut all but one head per block on the real teacher: BENCHMARKS.md)
         budget_allocation="uniform",
         iterations=1,  # N > 1: N steps of prune-then-recover, train.steps / N each
         hidden_weight=0.0,  # per-block hidden-state MSE against the unpruned model
@@ -120,13 +124,34 @@ def get_config(arg=None):
     return config
 
 
-sweep_metrics = ("eval_accuracy", "eval_params")  # the pruned, recovered model's
+def _args(arg):
+    return parse_arg(arg, runlocal=False, task="", heads=0.5, neurons=0.5, sweep="sparsity")
 
 
-def sweep(add):
-    """Sparsity: the same fraction of heads and of FFN neurons removed, 0.25 / 0.5 / 0.75."""
-    for sparsity in (0.25, 0.5, 0.75):
+sweep_metrics = ("eval_accuracy", "eval_kd", "eval_params")  # the pruned, recovered model's
+SWEEPS = ("sparsity", "allocation")
+
+
+def sweep(add, arg=None):
+    """`sweep=sparsity`: the same fraction of heads and of FFN neurons removed, 0.25 / 0.5 /
+    0.75. `sweep=allocation`: a latency budget of 0.5 spread by each allocation."""
+    which = _args(arg).sweep
+    if which not in SWEEPS:
+        raise ValueError(f"configs/prune.py:sweep={which}: one of {', '.join(SWEEPS)}")
+    if which == "sparsity":
+        for sparsity in (0.25, 0.5, 0.75):
+            add(
+                name=f"sparsity_{sparsity}",
+                **{"prune.heads": sparsity, "prune.neurons": sparsity},
+            )
+        return
+    for allocation in ("fisher", "uniform", "greedy"):
         add(
-            name=f"sparsity_{sparsity}",
-            **{"prune.heads": sparsity, "prune.neurons": sparsity},
+            name=f"latency_0.5_{allocation}",
+            **{
+                "prune.heads": 0.0,
+                "prune.neurons": 0.0,
+                "prune.latency_budget": 0.5,
+                "prune.budget_allocation": allocation,
+            },
         )

@@ -42,6 +42,7 @@ EXAMPLE_VALUES = {
     "augment": "0",
     "heads": "0.25",
     "neurons": "0.25",
+    "prune.py:sweep": "allocation",
 }
 
 
@@ -131,6 +132,21 @@ def test_every_sweep_run_is_accepted_by_the_locked_config(name, arg):
     assert config.train.seed == base.train.seed + 1 and config.data.seed == base.data.seed + 1
     declared = getattr(module, "sweep_metrics", None)
     assert declared and all(Metric.parse(m).name.startswith("eval_") for m in declared), name
+
+
+def test_the_prune_config_sweeps_the_budget_allocations_too():
+    module = load("prune.py")
+    base = module.get_config("runlocal,sweep=allocation")
+    runs = sweep_runs(module, "runlocal,sweep=allocation")
+    assert [r["name"] for r in runs] == [
+        "latency_0.5_fisher", "latency_0.5_uniform", "latency_0.5_greedy",
+    ]  # fmt: skip
+    for overrides in runs:
+        config = apply_overrides(base, overrides)
+        assert config.prune.latency_budget == 0.5 and config.prune.heads == 0.0
+        assert config.prune.budget_allocation == overrides["name"].split("_")[-1]
+    with pytest.raises(ValueError, match="sweep=even: one of sparsity, allocation"):
+        sweep_runs(module, "sweep=even")
 
 
 def test_a_sweep_override_of_a_missing_field_is_refused():

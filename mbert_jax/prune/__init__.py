@@ -4,7 +4,9 @@
   model's forward takes (`Model.__call__(head_gates=..., neuron_gates=...)`);
   a gate of 0 acts as the removed head or neuron.
 - `importance`: Michel et al. (2019) first-order importance of each head and
-  neuron, the expected |d loss / d gate| over a data set.
+  neuron, the expected |d loss / d gate| over a data set;
+  `fisher_importance` the diagonal Fisher information of each gate (Kwon et
+  al. 2022), an estimate of the loss increase when the unit is removed.
 - `importance.layer_importance`: the loss increase when each block is
   skipped (`Model.__call__(layer_gates=...)`, one jitted pass per batch).
 - `choose`: what a target removes (fractions, blocks, a parameter budget).
@@ -23,6 +25,7 @@ from mbert_jax.prune.gates import gates_from_keep, ones_gates
 from mbert_jax.prune.importance import (
     Importance,
     classification_loss,
+    fisher_importance,
     importance,
     layer_importance,
 )
@@ -32,6 +35,7 @@ __all__ = [
     "Importance",
     "PruneError",
     "classification_loss",
+    "fisher_importance",
     "gates_from_keep",
     "importance",
     "layer_importance",

@@ -14,7 +14,9 @@ they are removed again first and the removed sets only grow.
 - a parameter or latency budget: `choose_budget` ("greedy") removes heads and
   neurons by raw importance per parameter (or predicted ms) saved until the
   model fits; `choose_uniform` ("uniform") removes the same fraction of heads
-  and of neurons, the smallest that fits, chosen as the fractions are.
+  and of neurons, the smallest that fits, chosen as the fractions are;
+  `choose_search` ("fisher") searches the split between heads and neurons
+  that keeps the most Fisher importance (Kwon et al., 2022).
 """
 
 from __future__ import annotations
@@ -296,6 +298,84 @@ def choose_uniform(
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if cost(mid) <= target else (mid, hi)
     return keeps(hi)
+
+
+def choose_search(
+    scores,
+    costs: tuple[Mapping[int, float], Mapping[int, float]],
+    layers: Sequence[int],
+    total: float,
+    target: float,
+    field: str = "prune.params_budget",
+    unit: str = "parameters",
+) -> tuple[dict, dict]:
+    """Heads and neurons kept so that the model costs at most `target`, keeping the most
+    importance: the mask search of Kwon et al. (2022), "A Fast Post-Training Pruning
+    Framework for Transformers".
+
+    The scores estimate each unit's loss increase when removed (`fisher_importance`), so
+    a head and a neuron are compared directly and the kept set's importance is their sum.
+    Each block keeps its best head and best neuron. For every number h of the other heads
+    kept (the h best, globally), the neurons that fit in the rest of the budget are added
+    in decreasing score per cost (the best first, globally, when every neuron costs the
+    same, as in a BERT); the h whose kept set has the largest importance wins (ties: fewer
+    heads). Units already removed (-inf) stay removed.
+
+    Arguments as `choose_budget`'s, with Fisher scores.
+    """
+    head_cost, neuron_cost = costs
+
+    def candidates(kind_scores, cost):
+        out = []  # (score, cost, layer, index) of every unit but each block's best
+        for layer in layers:
+            s = np.asarray(kind_scores[layer], np.float64).reshape(-1)
+            best = int(np.argmax(s))
+            out += [
+                (float(s[i]), cost[layer], layer, i)
+                for i in range(len(s))
+                if i != best and np.isfinite(s[i])
+            ]
+        return out
+
+    heads = sorted(candidates(scores.heads, head_cost), key=lambda u: (-u[0], u[2], u[3]))
+    neurons = sorted(
+        candidates(scores.neurons, neuron_cost), key=lambda u: (-u[0] / u[1], u[2], u[3])
+    )
+    # Every block with only its best head and neuron (units already removed stay out).
+    smallest = total - sum(
+        (np.size(scores.heads[layer]) - 1) * head_cost[layer]
+        + (np.size(scores.neurons[layer]) - 1) * neuron_cost[layer]
+        for layer in layers
+    )
+    slack = 1e-9 * max(abs(target), 1.0)
+    if smallest > target + slack:
+        raise unreachable(field, unit, target, smallest)
+    head_cost_sum = np.concatenate([[0.0], np.cumsum([c for _, c, _, _ in heads])])
+    head_score_sum = np.concatenate([[0.0], np.cumsum([s for s, _, _, _ in heads])])
+    neuron_cost_sum = np.concatenate([[0.0], np.cumsum([c for _, c, _, _ in neurons])])
+    neuron_score_sum = np.concatenate([[0.0], np.cumsum([s for s, _, _, _ in neurons])])
+    room = target - smallest - head_cost_sum  # what is left for neurons, per head count
+    best_h, best_n, best_value = 0, 0, -np.inf
+    for h in range(len(heads) + 1):
+        if room[h] < -slack:
+            break  # more heads only cost more
+        n = int(np.searchsorted(neuron_cost_sum, room[h] + slack, "right")) - 1
+        value = head_score_sum[h] + neuron_score_sum[n]
+        if value > best_value:
+            best_h, best_n, best_value = h, n, value
+    gone = {(0, layer, i) for _, _, layer, i in heads[best_h:]}
+    gone |= {(1, layer, i) for _, _, layer, i in neurons[best_n:]}
+
+    def kept(kind, s, layer):
+        return [
+            i
+            for i, v in enumerate(np.asarray(s, np.float64).reshape(-1))
+            if np.isfinite(v) and (kind, layer, i) not in gone
+        ]
+
+    keep_heads = {layer: kept(0, scores.heads[layer], layer) for layer in layers}
+    keep_neurons = {layer: kept(1, scores.neurons[layer], layer) for layer in layers}
+    return keep_heads, keep_neurons
 
 
 def _all(sizes, which: int) -> dict:

@@ -10,10 +10,26 @@ the paper finds makes scores of different layers comparable). The same
 score on a per-neuron gate ranks FFN neurons. The gradient of every gate of
 every block comes from one backward pass, in one jitted function per batch;
 the gates are the model's own inputs (`prune.gates`).
+
+`fisher_importance` scores each gate by the diagonal of its empirical Fisher
+information, the mean over examples of (d loss_i / d gate)^2 (Kwon et al.,
+2022, "A Fast Post-Training Pruning Framework for Transformers"): to second
+order, the loss increase when the unit is removed, in the same units for
+heads and neurons, so the two can be traded against each other under a
+budget (`choose.choose_search`).
+
+Multi-host: each process scores its own slice of every global batch (the
+data pipeline's `batch_fn`), and the sums are added over processes before
+anything is divided or ranked, so every process gets the scores of the whole
+global batches and chooses the same structure. A loss function that returns a
+`LossSum` (sum and item count) makes that exact: a batch's gradient is the
+gradient of the summed loss over every process's items, divided by their
+count; a plain mean loss weighs each process's slice equally.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 
@@ -21,11 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
+from mbert_jax.losses import LossSum
 from mbert_jax.models.model import Model, ModelOutput
 from mbert_jax.prune.gates import ones_gates
 
-LossFn = Callable[[ModelOutput, Mapping[str, jax.Array]], jax.Array]
+# `(ModelOutput, batch) -> loss`: a scalar mean, or a `LossSum` (sum and item count).
+LossFn = Callable[[ModelOutput, Mapping[str, jax.Array]], jax.Array | LossSum]
 
 
 def classification_loss(out: ModelOutput, batch: Mapping[str, jax.Array]) -> jax.Array:
@@ -43,8 +62,15 @@ class Importance:
     batches: int
 
 
+def _sum_and_count(value) -> tuple[jax.Array, jax.Array]:
+    """A loss as (sum, item count): a `LossSum` as it is, a mean as (mean, 1)."""
+    if isinstance(value, LossSum):
+        return value.total, value.count
+    return value, jnp.float32(1.0)
+
+
 def gated_loss(model: Model, loss_fn: LossFn) -> Callable:
-    """`(params, batch, **gates) -> loss` of the model's deterministic forward with gates."""
+    """`(params, batch, **gates) -> (loss sum, count)` of the deterministic forward with gates."""
 
     def loss(params, batch, **gates):
         out = model.apply(
@@ -55,13 +81,38 @@ def gated_loss(model: Model, loss_fn: LossFn) -> Callable:
             deterministic=True,
             **gates,
         )
-        return loss_fn(out, batch)
+        return _sum_and_count(loss_fn(out, batch))
 
     return loss
 
 
+def process_sum(tree):
+    """Each leaf summed over the processes (float64 numpy); the tree itself with one."""
+    tree = jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+    if jax.process_count() == 1:
+        return tree
+    gathered = multihost_utils.process_allgather(jax.tree.map(np.float32, tree))
+    return jax.tree.map(lambda x: np.asarray(x, np.float64).sum(axis=0), gathered)
+
+
+@contextlib.contextmanager
+def on_this_process():
+    """Run per-process work whatever mesh the caller set (the trainer's, over every process's
+    devices, during iterative pruning): a one-device mesh of this process's first device
+    with the same axis names, so that the model's sharding constraints stay on it."""
+    names = jax.sharding.get_abstract_mesh().axis_names
+    if not names:
+        yield
+        return
+    devices = np.array(jax.local_devices()[:1]).reshape((1,) * len(names))
+    with jax.set_mesh(jax.sharding.Mesh(devices, names)):
+        yield
+
+
 def gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Callable:
-    """A jitted `(params, batch, gates) -> (head |grads|, neuron |grads|)` at `gates`.
+    """A jitted `(params, batch, gates) -> ((head grads, neuron grads), count)`: the
+    gradient of the batch's summed loss (a mean loss: of the mean) at `gates`, and the
+    items it sums over (1 for a mean loss).
 
     The batch holds `input_ids` and optionally `attention_mask` and
     `token_type_ids` (the model's inputs), and whatever `loss_fn` reads.
@@ -77,10 +128,40 @@ def gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Calla
 
     @jax.jit
     def grads(params, batch, gates):
-        g = jax.grad(loss)(gates, params, batch)
-        return jax.tree.map(jnp.abs, g)
+        return jax.grad(loss, has_aux=True)(gates, params, batch)
 
     return grads
+
+
+def example_gate_gradients(model: Model, loss_fn: LossFn = classification_loss) -> Callable:
+    """A jitted `(params, batch, gates) -> ((head sq. grads, neuron sq. grads), examples)`:
+    the sum over the batch's rows of (d loss_row / d gate)^2, each row's loss its mean over
+    its items, and the rows counted (rows with no item, such as padding rows, are not).
+
+    One backward pass for the batch: the per-row gradients come from `jax.vmap`.
+    """
+
+    gated = gated_loss(model, loss_fn)
+
+    def row_loss(gates, params, row):
+        head_gates, neuron_gates = gates
+        one = jax.tree.map(lambda x: x[None], row)
+        total, count = gated(params, one, head_gates=head_gates, neuron_gates=neuron_gates)
+        return total / jnp.maximum(count, 1e-9), count > 0
+
+    @jax.jit
+    def squares(params, batch, gates):
+        g, counted = jax.vmap(jax.grad(row_loss, has_aux=True), in_axes=(None, None, 0))(
+            gates, params, dict(batch)
+        )
+        w = counted.astype(jnp.float32)
+
+        def total(x):
+            return jnp.einsum("b,b...->...", w, jnp.square(x))
+
+        return jax.tree.map(total, g), jnp.sum(w)
+
+    return squares
 
 
 def _normalize(scores: np.ndarray) -> np.ndarray:
@@ -103,23 +184,26 @@ def importance(
       model: the model (with the heads `loss_fn` reads; no layer sharing
         needed: shared blocks get per-layer scores too).
       params: its parameters.
-      batches: the data set, batches of the model's inputs and labels.
-      loss_fn: `(ModelOutput, batch) -> scalar`; default: classification
-        cross-entropy.
+      batches: the data set, batches of the model's inputs and labels (with
+        several processes: this process's slice of each global batch).
+      loss_fn: `(ModelOutput, batch) -> scalar` mean or `LossSum`; default:
+        classification cross-entropy.
       normalize: divide each layer's head scores, and each layer's neuron
         scores, by their L2 norm (Michel et al.).
       gates: `(head_gates, neuron_gates)` the gradients are taken at (default:
         all ones, the ungated model).
 
     Returns:
-      An `Importance`, numpy float64 scores.
+      An `Importance`, numpy float64 scores, the same on every process.
     """
     grads = gate_gradients(model, loss_fn)
     gates = ones_gates(model.config) if gates is None else gates
     total, count = None, 0
     for batch in batches:
-        g = jax.device_get(grads(params, dict(batch), gates))
-        g = jax.tree.map(lambda x: np.asarray(x, np.float64), g)
+        with on_this_process():
+            local = jax.device_get(grads(params, dict(batch), gates))
+        g, items = process_sum(local)
+        g = jax.tree.map(lambda x, items=items: np.abs(x / max(items, 1e-12)), g)
         total = g if total is None else jax.tree.map(np.add, total, g)
         count += 1
     if not count:
@@ -127,6 +211,39 @@ def importance(
     heads, neurons = jax.tree.map(lambda x: x / count, total)
     scores = Importance(heads=tuple(heads), neurons=tuple(neurons), batches=count)
     return normalized(scores) if normalize else scores
+
+
+def fisher_importance(
+    model: Model,
+    params: Mapping,
+    batches: Iterable[Mapping[str, jax.Array]],
+    loss_fn: LossFn = classification_loss,
+    *,
+    gates=None,
+) -> Importance:
+    """Head and neuron importance: the diagonal empirical Fisher information of each gate,
+    the mean over examples of (d loss_example / d gate)^2 (Kwon et al., 2022).
+
+    Arguments as `importance`'s; each example's loss is its mean over its items (one
+    row, or the tagged words or answer spans of a row). Not normalized: the scores
+    estimate loss increases, comparable across layers and between heads and neurons.
+    """
+    squares = example_gate_gradients(model, loss_fn)
+    gates = ones_gates(model.config) if gates is None else gates
+    total, examples, count = None, 0.0, 0
+    for batch in batches:
+        with on_this_process():
+            sq, rows = jax.device_get(squares(params, dict(batch), gates))
+        total = sq if total is None else jax.tree.map(np.add, total, sq)
+        examples += float(rows)
+        count += 1
+    if not count:
+        raise ValueError("importance needs at least one batch; the data set is empty")
+    total, examples = process_sum((total, examples))
+    if not examples > 0:
+        raise ValueError("Fisher importance: no batch has an example with a counted item")
+    heads, neurons = jax.tree.map(lambda x: x / examples, total)
+    return Importance(heads=tuple(heads), neurons=tuple(neurons), batches=count)
 
 
 def normalized(scores: Importance) -> Importance:
@@ -139,8 +256,8 @@ def normalized(scores: Importance) -> Importance:
 
 
 def layer_losses(model: Model, loss_fn: LossFn = classification_loss) -> Callable:
-    """A jitted `(params, batch) -> [num_layers + 1]` losses: the full model's, then with
-    block i skipped (`layer_gates` 0 at i: its input passes on), for each i.
+    """A jitted `(params, batch) -> ([num_layers + 1] loss sums, counts)`: the full model's,
+    then with block i skipped (`layer_gates` 0 at i: its input passes on), for each i.
 
     One function per batch: the L + 1 forwards are one traced forward, mapped over the gates.
     """
@@ -167,17 +284,22 @@ def layer_importance(
     Args:
       model: the model (without layer sharing or with: each layer is skipped alone).
       params: its parameters.
-      batches: the data set, batches of the model's inputs and labels.
-      loss_fn: `(ModelOutput, batch) -> scalar`; default: classification cross-entropy.
+      batches: the data set, batches of the model's inputs and labels (with several
+        processes: this process's slice of each global batch).
+      loss_fn: `(ModelOutput, batch) -> scalar` mean or `LossSum`; default:
+        classification cross-entropy.
 
     Returns:
-      [num_layers] float64: how much the loss rises without each block
+      [num_layers] float64 (the same on every process): how much the loss rises without each block
       (negative: the model is better without it). Higher is more important.
     """
     fn = layer_losses(model, loss_fn)
     total, count = None, 0
     for batch in batches:
-        values = np.asarray(jax.device_get(fn(params, dict(batch))), np.float64)
+        with on_this_process():
+            local = jax.device_get(fn(params, dict(batch)))
+        sums, items = process_sum(local)
+        values = sums / np.maximum(items, 1e-12)
         total = values if total is None else total + values
         count += 1
     if not count:

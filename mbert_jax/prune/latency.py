@@ -21,7 +21,10 @@ and its largest relative residual, and is written to a JSON file that later
 runs of a model of the same shape and settings read instead of measuring.
 
 The model is this machine's: a budget for a phone needs that phone's
-figures, in the same JSON form (`LatencyModel.to_json`).
+figures, in the same JSON form (`LatencyModel.to_json`). With several
+processes (a pod), process 0 reads or measures it and sends it to the others
+(`from_lead`), so every process prunes to the same structure; on a pod, give
+`prune.latency_model` a file measured on the target device.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mbert_jax import files
 
@@ -240,3 +245,25 @@ def load_or_measure(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         files.write_bytes(path, model.to_json().encode())
     return check_usable(model, where)
+
+
+def from_lead(make) -> LatencyModel:
+    """`make()` (a LatencyModel) on process 0, sent to every process; one process: `make()`.
+
+    A ValueError on process 0 is raised on every process (none waits forever for it).
+    """
+    if jax.process_count() == 1:
+        return make()
+    text = b""
+    if jax.process_index() == 0:
+        try:
+            text = json.dumps({"model": make().to_json()}).encode()
+        except ValueError as e:
+            text = json.dumps({"error": str(e)}).encode()
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
+    buf = np.zeros(size, np.uint8)
+    buf[: len(text)] = np.frombuffer(text, np.uint8)
+    got = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
+    if "error" in got:
+        raise ValueError(got["error"])
+    return LatencyModel.from_json(got["model"])

@@ -28,6 +28,8 @@ fine-tuning has (classification, regression, tagging, SQuAD-style QA):
    - with either budget, `prune.budget_allocation` says how the cuts are
      spread: "uniform" (the default) removes one fraction of the heads and
      of the neurons, the smallest that fits, chosen as the fractions are;
+     "fisher" scores units by Fisher importance and searches the split
+     between heads and neurons that keeps the most of it (Kwon et al. 2022);
      "greedy" removes units in increasing raw score per parameter (or ms)
      saved, which on the real teacher put nearly every cut on heads;
 4. recovery: `kd_weight x KD + ce_weight x CE + hidden_weight x hidden`: KD
@@ -58,7 +60,11 @@ plus the KD term; the evaluations also report `params` (the pruned model's
 parameter count at that point) and `unpruned_params`. A run with
 `train.steps=0` evaluates the (first step's) pruned model before recovery.
 
-One process only (each process would score its own training batches).
+Multi-host: every process scores its own slice of the same importance
+batches and the sums are added over processes (`prune/importance.py`), the
+latency model is process 0's (`latency.from_lead`), and the gates of
+iterative pruning are gathered from the sharded parameters, so every process
+chooses the same structure and the run matches one process.
 Every target is checked before anything compiles (a fraction outside [0, 1),
 a block out of range, a head fraction that would empty a block, a budget the
 model cannot reach, stacked FFNs or shared layers), with one-line errors
@@ -72,6 +78,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mbert_jax import losses
 from mbert_jax.distill import prediction
@@ -88,6 +95,7 @@ from mbert_jax.prune.choose import (  # noqa: F401 (re-exported: the recipe's ch
     choose_heads,
     choose_layers,
     choose_neurons,
+    choose_search,
     choose_uniform,
     count_params,
     fraction,
@@ -97,7 +105,13 @@ from mbert_jax.prune.choose import (  # noqa: F401 (re-exported: the recipe's ch
     unit_costs,
 )
 from mbert_jax.prune.gates import gates_from_keep, ones_gates
-from mbert_jax.prune.importance import Importance, importance, layer_importance, normalized
+from mbert_jax.prune.importance import (
+    Importance,
+    fisher_importance,
+    importance,
+    layer_importance,
+    normalized,
+)
 from mbert_jax.prune.structure import prune
 from mbert_jax.train.forward import evaluator_outputs, task_forward, task_metrics, task_outputs
 from mbert_jax.train.recipe import Stage, TaskDataRecipe
@@ -113,16 +127,16 @@ EXPORT_TASKS = {
 
 
 def task_loss(kind: str):
-    """The kind's fine-tuning loss as importance scores it: `(ModelOutput, batch) -> mean`."""
+    """The kind's fine-tuning loss as importance scores it: `(ModelOutput, batch) ->
+    LossSum` (its sum and item count, so that processes' slices add up exactly)."""
 
     def loss(out, batch):
-        value = task_metrics(task_outputs(out, kind), batch, kind)["loss"]
-        return value.total / jnp.maximum(value.count, 1.0)
+        return task_metrics(task_outputs(out, kind), batch, kind)["loss"]
 
     return loss
 
 
-ALLOCATIONS = ("greedy", "uniform")  # how a budget is spread (prune/choose.py)
+ALLOCATIONS = ("fisher", "greedy", "uniform")  # how a budget is spread (prune/choose.py)
 
 
 def _gate_tree(gates) -> dict:
@@ -139,6 +153,19 @@ def _gate_tuples(tree: dict) -> tuple:
         tuple(tree["heads"][f"layers_{i}"] for i in range(n)),
         tuple(tree["neurons"][f"layers_{i}"] for i in range(n)),
     )
+
+
+def _say(line: str) -> None:
+    """A line of the pruning report, from process 0 only (every process chooses alike)."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
+def _host(tree):
+    """A tree of (possibly sharded, multi-host) arrays as numpy arrays on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _kept(gate) -> list[int]:
@@ -204,11 +231,6 @@ class PruneRecipe(TaskDataRecipe):
                 "config.prune.kd_weight / ce_weight / hidden_weight: non-negative, at least "
                 "one of them > 0"
             )
-        if jax.process_count() > 1:
-            raise ValueError(
-                f"the prune recipe runs in one process (here {jax.process_count()}): each "
-                "process would score its own batches and could choose another structure"
-            )
         if not config.get("init_from"):
             raise ValueError(
                 "config.init_from: the fine-tuned model directory to prune (WORKDIR/model of "
@@ -269,17 +291,19 @@ class PruneRecipe(TaskDataRecipe):
             self.budget_count = budget_target(self.budget, self.unpruned_params)
         self.latency = None
         if self.latency_budget:
-            self.latency = latency.load_or_measure(
-                str(p.get("latency_model", "") or ""),
-                t_cfg.replace(dtype="float32", matmul_dtype=None),
-                self.heads,
-                teacher,
-                EXPORT_TASKS[self.kind],
-                int(p.get("latency_seq_len", 0) or config.data.max_seq_length),
-                int(p.get("latency_threads", 1)),
-                int(p.get("latency_runs", 20)),
+            self.latency = latency.from_lead(
+                lambda: latency.load_or_measure(
+                    str(p.get("latency_model", "") or ""),
+                    t_cfg.replace(dtype="float32", matmul_dtype=None),
+                    self.heads,
+                    teacher,
+                    EXPORT_TASKS[self.kind],
+                    int(p.get("latency_seq_len", 0) or config.data.max_seq_length),
+                    int(p.get("latency_threads", 1)),
+                    int(p.get("latency_runs", 20)),
+                )
             )
-            print(f"prune: {self.latency.summary()}", flush=True)
+            _say(f"prune: {self.latency.summary()}")
             self.unpruned_ms = self.latency.predict_config(t_cfg)
             self.latency_target = self.latency_budget * self.unpruned_ms
             self.base_ms = self.latency.predict_config(self.base_config)
@@ -317,18 +341,30 @@ class PruneRecipe(TaskDataRecipe):
         base model `params` gated by `gates` (the last step's), removed units at -inf."""
         if not self._active():
             return gates
-        raw = importance(
-            self.base_model, params, self.batches, self.loss_fn, normalize=False, gates=gates
-        )
         heads_g, neurons_g = (tuple(np.asarray(jax.device_get(g)) for g in t) for t in gates)
 
         def off(scores, g):
             return tuple(np.where(gi > 0.5, s, -np.inf) for s, gi in zip(scores, g))
 
-        raw = Importance(off(raw.heads, heads_g), off(raw.neurons, neurons_g), raw.batches)
+        def removed_off(scores: Importance) -> Importance:
+            return Importance(
+                off(scores.heads, heads_g), off(scores.neurons, neurons_g), scores.batches
+            )
+
+        layers = list(range(self.base_config.num_layers))
+        if self.budgeted and self.allocation == "fisher":
+            raw = fisher_importance(
+                self.base_model, params, self.batches, self.loss_fn, gates=gates
+            )
+            self.scores = removed_off(raw)
+            keep_heads, keep_neurons = choose_search(self.scores, *self._budget(k, layers))
+            return gates_from_keep(self.base_config, keep_heads, keep_neurons)
+        raw = importance(
+            self.base_model, params, self.batches, self.loss_fn, normalize=False, gates=gates
+        )
+        raw = removed_off(raw)
         self.scores = raw
         n = self.iterations
-        layers = list(range(self.base_config.num_layers))
         norm = normalized(
             Importance(
                 tuple(np.where(np.isfinite(s), s, 0.0) for s in raw.heads),
@@ -336,26 +372,13 @@ class PruneRecipe(TaskDataRecipe):
                 raw.batches,
             )
         )
-        norm = Importance(off(norm.heads, heads_g), off(norm.neurons, neurons_g), raw.batches)
+        norm = removed_off(norm)
         if self.budgeted:
-            if self.latency is not None:
-                costs = tuple(
-                    {i: ms for i in layers} for ms in (self.latency.head_ms, self.latency.neuron_ms)
-                )
-                total, cut = self.base_ms, self.base_ms - self.latency_target
-                target = total - cut * k / n if cut > 0 else total
-                where = ("prune.latency_budget", "ms (predicted)")
-            else:
-                costs, total = self.costs, self.base_count
-                cut = self.base_count - self.budget_count
-                target = total - (cut * k) // n if cut > 0 else total
-                where = ("prune.params_budget", "parameters")
+            budget = self._budget(k, layers)
             if self.allocation == "uniform":
-                keep_heads, keep_neurons = choose_uniform(
-                    norm, costs, layers, total, target, *where
-                )
+                keep_heads, keep_neurons = choose_uniform(norm, *budget)
             else:
-                keep_heads, keep_neurons = choose_budget(raw, costs, layers, total, target, *where)
+                keep_heads, keep_neurons = choose_budget(raw, *budget)
         else:
             keep_heads = keep_neurons = {}
             if self.heads_fraction:
@@ -363,6 +386,22 @@ class PruneRecipe(TaskDataRecipe):
             if self.neurons_fraction:
                 keep_neurons = choose_neurons(norm.neurons, layers, self.neurons_fraction * k / n)
         return gates_from_keep(self.base_config, keep_heads, keep_neurons)
+
+    def _budget(self, k: int, layers: list[int]) -> tuple:
+        """`(costs, layers, total, target, field, unit)` of step k for the budget choosers:
+        the budget k/N of the way from the base model's size (or predicted ms)."""
+        n = self.iterations
+        if self.latency is not None:
+            costs = tuple(
+                {i: ms for i in layers} for ms in (self.latency.head_ms, self.latency.neuron_ms)
+            )
+            total, cut = self.base_ms, self.base_ms - self.latency_target
+            target = total - cut * k / n if cut > 0 else total
+            return costs, layers, total, target, "prune.latency_budget", "ms (predicted)"
+        total = self.base_count
+        cut = self.base_count - self.budget_count
+        target = total - (cut * k) // n if cut > 0 else total
+        return self.costs, layers, total, target, "prune.params_budget", "parameters"
 
     def _keeps(self, gates) -> tuple[dict, dict]:
         heads, neurons = gates
@@ -388,7 +427,7 @@ class PruneRecipe(TaskDataRecipe):
         where = f" (step {step}/{self.iterations})" if self.iterations > 1 else ""
         if self.layer_scores is not None:
             shown = ", ".join(f"{s:.4g}" for s in self.layer_scores)
-            print(f"prune: loss increase without each block: [{shown}]", flush=True)
+            _say(f"prune: loss increase without each block: [{shown}]")
         ms = ""
         if self.latency is not None:
             predicted = self.latency.predict(len(kept), sum(kept), sum(widths))
@@ -396,12 +435,11 @@ class PruneRecipe(TaskDataRecipe):
                 f"; predicted latency {self.unpruned_ms:.3f} -> {predicted:.3f} ms "
                 f"({predicted / self.unpruned_ms:.1%}; budget {self.latency_budget:.1%})"
             )
-        print(
+        _say(
             f"prune{where}: blocks kept {self.keep_layers} of {teacher.num_layers}; heads "
             f"{kept} (of {teacher.num_heads}); FFN widths {widths} (of "
             f"{teacher.intermediate_size}); parameters {self.unpruned_params:,} -> "
-            f"{count:,} ({count / self.unpruned_params:.1%}){ms}",
-            flush=True,
+            f"{count:,} ({count / self.unpruned_params:.1%}){ms}"
         )
 
     # ----------------------------------------------------------------- stages
@@ -421,7 +459,7 @@ class PruneRecipe(TaskDataRecipe):
     def begin_stage(self, index, stage, params, teacher_params):
         if self.iterations == 1:
             return params
-        host = jax.device_get(params)
+        host = _host(params)
         gates = self.choose(index + 1, host["model"], _gate_tuples(host["gates"]))
         self._report(gates, index + 1)
         return {"model": host["model"], "gates": _gate_tree(gates)}

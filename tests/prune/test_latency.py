@@ -247,7 +247,7 @@ def test_the_uniform_allocation_meets_a_latency_budget_with_one_width(task, tmp_
         ({"prune.latency_budget": 1.2}, r"config.prune.latency_budget=1.2: a fraction in \(0, 1\)"),
         (
             {"prune.latency_budget": 0.5, "prune.budget_allocation": "even"},
-            r"config.prune.budget_allocation='even': one of greedy, uniform",
+            r"config.prune.budget_allocation='even': one of fisher, greedy, uniform",
         ),
         (
             {"prune.latency_budget": 0.5, "prune.params_budget": 0.5},

@@ -20,6 +20,7 @@ from mbert_jax.prune.choose import (
     budget_target,
     choose_budget,
     choose_layers,
+    choose_search,
     count_params,
     layer_count,
     unit_costs,
@@ -195,3 +196,58 @@ def test_the_uniform_allocation_cuts_one_fraction_of_heads_and_neurons():
     assert keep_h == {0: [0], 1: [1]} and keep_n == {0: [2], 1: [3]}
     with pytest.raises(ValueError, match=r"279\.000 ms, but .* the model still has 280\.000"):
         choose_uniform(scores, costs, [0, 1], 740, 279, "prune.latency_budget", "ms")
+
+
+def test_the_fisher_search_keeps_the_most_importance_a_brute_force_finds():
+    """Every set of units (each block keeping a head and a neuron) within the budget is
+    tried here; the search keeps one of the largest importance, within the budget."""
+    rng = np.random.default_rng(0)
+    layers, n_heads, n_neurons = [0, 1], 3, 4
+    costs = ({0: 10.0, 1: 10.0}, {0: 3.0, 1: 3.0})
+    total = 5.0 + 2 * (n_heads * 10.0 + n_neurons * 3.0)
+    units = [(k, layer, i) for layer in layers for k, n in ((0, n_heads), (1, n_neurons))
+             for i in range(n)]  # fmt: skip
+    for trial in range(6):
+        scores = Importance(
+            heads=tuple(rng.exponential(1.0, n_heads) for _ in layers),
+            neurons=tuple(rng.exponential(0.3, n_neurons) for _ in layers),
+            batches=1,
+        )
+        target = total - rng.uniform(10.0, 55.0)
+        best = -np.inf
+        for mask in range(1 << len(units)):
+            kept = [u for j, u in enumerate(units) if mask >> j & 1]
+            if any(
+                not any(u[0] == k and u[1] == layer for u in kept)
+                for layer in layers
+                for k in (0, 1)
+            ):
+                continue
+            cost = 5.0 + sum(costs[k][layer] for k, layer, _ in kept)
+            if cost <= target:
+                value = sum((scores.heads, scores.neurons)[k][layer][i] for k, layer, i in kept)
+                best = max(best, value)
+        keep_heads, keep_neurons = choose_search(scores, costs, layers, total, target)
+        cost = 5.0 + sum(10.0 * len(keep_heads[la]) + 3.0 * len(keep_neurons[la]) for la in layers)
+        value = sum(scores.heads[la][keep_heads[la]].sum() for la in layers)
+        value += sum(scores.neurons[la][keep_neurons[la]].sum() for la in layers)
+        assert cost <= target, trial
+        assert value == pytest.approx(best, rel=1e-12), trial
+
+    # Units already removed (-inf) stay out; a budget below one head and neuron per block fails.
+    removed = Importance(
+        heads=(np.array([1.0, -np.inf, 0.5]), np.array([0.2, 0.1, 0.3])),
+        neurons=(np.array([0.1, 0.2, -np.inf, 0.4]), np.ones(4)),
+        batches=1,
+    )
+    keep_heads, keep_neurons = choose_search(removed, costs, layers, total, total)
+    assert keep_heads == {0: [0, 2], 1: [0, 1, 2]}
+    assert keep_neurons == {0: [0, 1, 3], 1: [0, 1, 2, 3]}
+    smallest = 5.0 + 2 * (10.0 + 3.0)
+    with pytest.raises(
+        ValueError, match=r"config.prune.params_budget: 30.0 parameters.* still has 31.0;"
+    ):
+        choose_search(scores, costs, layers, total, smallest - 1)
+    assert choose_search(scores, costs, layers, total, smallest)[0] == {
+        layer: [int(np.argmax(scores.heads[layer]))] for layer in layers
+    }
