@@ -82,14 +82,29 @@ def finite_difference_gradients(config, params, batch, eps=1e-5):
     return heads, neurons
 
 
+def uneven_micro():
+    """A micro TinyBERT whose two blocks have other head counts and FFN widths."""
+    return variants.get(
+        "tinybert4_micro",
+        intermediate_size=24,
+        num_labels=3,
+        layer_heads=(4, 3),
+        layer_intermediate_sizes=(24, 10),
+    )
+
+
+def _mean_of(config, params, batches, f, eps):
+    """The mean over `batches` of f(central-difference gradient), per block: (heads, neurons)."""
+    grads = [finite_difference_gradients(config, params, b, eps) for b in batches]
+    layers = range(config.num_layers)
+    return tuple(
+        [np.mean([f(g[part][i]) for g in grads], axis=0) for i in layers] for part in (0, 1)
+    )
+
+
 def finite_difference_scores(config, params, batches, eps=1e-5):
     """Mean over batches of |d loss / d gate| by central differences, per block."""
-    total = None
-    for batch in batches:
-        g = finite_difference_gradients(config, params, batch, eps)
-        g = [[np.abs(x) / len(batches) for x in part] for part in g]
-        total = g if total is None else [[a + b for a, b in zip(*p)] for p in zip(total, g)]
-    return total
+    return _mean_of(config, params, batches, np.abs, eps)
 
 
 def finite_difference_fisher(config, params, batches, eps=1e-5):
@@ -97,22 +112,11 @@ def finite_difference_fisher(config, params, batches, eps=1e-5):
     rows = [
         {k: v[i : i + 1] for k, v in b.items()} for b in batches for i in range(len(b["labels"]))
     ]
-    total = None
-    for row in rows:
-        g = finite_difference_gradients(config, params, row, eps)
-        g = [[np.square(x) / len(rows) for x in part] for part in g]
-        total = g if total is None else [[a + b for a, b in zip(*p)] for p in zip(total, g)]
-    return total
+    return _mean_of(config, params, rows, np.square, eps)
 
 
 def test_importance_equals_finite_differences_of_an_independent_forward():
-    config = variants.get(
-        "tinybert4_micro",
-        intermediate_size=24,
-        num_labels=3,
-        layer_heads=(4, 3),
-        layer_intermediate_sizes=(24, 10),
-    )
+    config = uneven_micro()
     params = random_params(config)
     batches = make_batches(config)
     fd_heads, fd_neurons = finite_difference_scores(config, params, batches)
@@ -130,13 +134,7 @@ def test_importance_equals_finite_differences_of_an_independent_forward():
 
 
 def test_fisher_importance_equals_squared_per_row_finite_differences():
-    config = variants.get(
-        "tinybert4_micro",
-        intermediate_size=24,
-        num_labels=3,
-        layer_heads=(4, 3),
-        layer_intermediate_sizes=(24, 10),
-    )
+    config = uneven_micro()
     params = random_params(config)
     batches = make_batches(config)  # 2 batches of 3 rows, padded tokens in one row
     fd_heads, fd_neurons = finite_difference_fisher(config, params, batches)
