@@ -48,9 +48,15 @@ def test_blocks_by_importance_are_those_whose_skipping_costs_least(task, tmp_pat
 
 
 @pytest.mark.slow
-# One shot out of CI for time: the iterative run meets the budget through the same choice.
+# Out of CI for time: one shot (the iterative run meets the budget through the same choice),
+# and the greedy and Fisher allocations (their choices are checked by hand and by a brute
+# force in test_layers_budget.py; a Fisher-allocated iterative run is in test_multihost.py).
 @pytest.mark.parametrize("iterations", [pytest.param(1, marks=pytest.mark.heavy), 2])
-@pytest.mark.parametrize("allocation", ["uniform", "greedy", "fisher"])
+@pytest.mark.parametrize(
+    "allocation",
+    ["uniform", pytest.param("greedy", marks=pytest.mark.heavy),
+     pytest.param("fisher", marks=pytest.mark.heavy)],
+)  # fmt: skip
 def test_a_parameter_budget_is_met_tightly(task, tmp_path, iterations, allocation):  # noqa: F811
     _, bert, _, _ = task
     original = count(io.load_model(bert)[2])
