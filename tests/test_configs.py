@@ -153,3 +153,22 @@ def test_a_sweep_override_of_a_missing_field_is_refused():
     module = load("pretrain_ibbert.py")
     with pytest.raises(SystemExit, match="no field"):
         apply_overrides(module.get_config("runlocal"), {"optimizer.no_such_rate": 1.0})
+
+
+def test_per_layer_fields_are_given_as_comma_lists_in_a_config_block():
+    """`--config.teacher.overrides.layer_heads=4,2,4,4` (the block holds the string)."""
+    from mbert_jax.models.variants import block_overrides, from_block
+    from mbert_jax.train.config import model_block
+
+    block = model_block("bert_base_micro", num_layers=4)
+    block.overrides.layer_heads = "4,2,4,4"
+    block.overrides.layer_intermediate_sizes = "(64, 32, 64, 16)"
+    assert block_overrides(block) == {
+        "num_layers": 4,
+        "layer_heads": (4, 2, 4, 4),
+        "layer_intermediate_sizes": (64, 32, 64, 16),
+    }
+    assert from_block(block).heads_at(1) == 2
+    block.overrides.layer_heads = "4,two"
+    with pytest.raises(ValueError, match=r"overrides.layer_heads='4,two': whole numbers"):
+        block_overrides(block)

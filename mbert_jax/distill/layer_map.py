@@ -109,3 +109,25 @@ def from_config(spec, student_layers: int, teacher_layers: int) -> tuple[int, ..
         return layer_map(spec, student_layers, teacher_layers)
     except LayerMapError as e:
         raise LayerMapError(f"config.distill.layer_map={spec!r}: {e}") from None
+
+
+def check_heads(student, teacher, mapping: Sequence[int], fix: str) -> None:
+    """Attention maps are compared head by head: each student block needs as many heads as
+    the teacher block it learns from (per block: a pruned model's `ModelConfig.layer_heads`
+    gives blocks their own counts). A `ValueError` naming the blocks, ending with `fix`."""
+    for m in range(1, len(mapping)):
+        if mapping[m] < 1:
+            continue  # learns from the embedding output: no map
+        sb, tb = m - 1, mapping[m] - 1
+        sh, th = student.heads_at(sb), teacher.heads_at(tb)
+        if sh == th:
+            continue
+        if student.layer_heads is None and teacher.layer_heads is None:
+            which = f"the student has {sh} heads and the teacher {th}"
+        else:
+            which = (
+                f"student block {sb} has {sh} heads and teacher block {tb}, which it learns "
+                f"from, has {th} (ModelConfig.layer_heads: a pruned model's blocks keep their "
+                "own head counts)"
+            )
+        raise ValueError(f"the attention loss compares maps head by head: {which}; {fix}")

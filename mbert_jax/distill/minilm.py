@@ -106,19 +106,28 @@ class MiniLMRecipe(PretrainingDataRecipe):
         s, t = self.student_config, self.teacher_spec.config
         self.teacher_layer = resolve_layer(int(d.teacher_layer), t.num_layers)
         self.relation_heads = int(d.relation_heads)
-        if self.variant == "minilm" and s.num_heads != t.num_heads:
+        # The blocks compared: the teacher's chosen one and the student's last (a pruned
+        # model's blocks keep their own head counts, ModelConfig.layer_heads).
+        s_heads = s.heads_at(s.num_layers - 1)
+        t_heads = t.heads_at(self.teacher_layer - 1)
+        if self.variant == "minilm" and s_heads != t_heads:
+            which = (
+                f"the student has {s_heads} heads and the teacher {t_heads}"
+                if s.layer_heads is None and t.layer_heads is None
+                else f"the student's last block has {s_heads} heads and teacher layer "
+                f"{self.teacher_layer} {t_heads} (ModelConfig.layer_heads: a pruned model)"
+            )
             raise ValueError(
-                f"config.distill.variant='minilm' compares heads one to one: the student has "
-                f"{s.num_heads} heads and the teacher {t.num_heads}; match "
+                f"config.distill.variant='minilm' compares heads one to one: {which}; match "
                 "config.student.overrides.num_heads or use variant='minilmv2'"
             )
         if self.variant == "minilmv2":
-            for who, c in (("student", s), ("teacher", t)):
-                width = c.num_heads * c.head_dim
+            for who, c, heads in (("student", s, s_heads), ("teacher", t, t_heads)):
+                width = heads * c.head_dim
                 if self.relation_heads < 1 or width % self.relation_heads:
                     raise ValueError(
                         f"config.distill.relation_heads={self.relation_heads} must divide the "
-                        f"{who}'s attention width {width} ({c.num_heads} heads x {c.head_dim})"
+                        f"{who}'s attention width {width} ({heads} heads x {c.head_dim})"
                     )
 
     def stages(self) -> list[Stage]:

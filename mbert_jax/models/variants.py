@@ -157,9 +157,29 @@ def get(name: str, **overrides) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+# Tuple-valued ModelConfig fields; a config block holds them as the command line gives
+# them, a string "4,2,4,4".
+TUPLE_FIELDS = ("layer_heads", "layer_intermediate_sizes")
+
+
 def block_overrides(block) -> dict:
-    """The overrides a config block sets (unset fields are None and are left out)."""
-    return {k: v for k, v in dict(block.get("overrides", {}) or {}).items() if v is not None}
+    """The overrides a config block sets (unset fields are None and are left out; the
+    per-layer fields' strings "4,2,4,4" become tuples of ints)."""
+    out = {k: v for k, v in dict(block.get("overrides", {}) or {}).items() if v is not None}
+    for name in TUPLE_FIELDS:
+        if isinstance(out.get(name), str):
+            out[name] = _int_tuple(out[name], name)
+    return out
+
+
+def _int_tuple(text: str, name: str) -> tuple[int, ...]:
+    items = text.strip().strip("()[]").replace(" ", "").split(",")
+    try:
+        return tuple(int(x) for x in items if x)
+    except ValueError:
+        raise ValueError(
+            f"overrides.{name}={text!r}: whole numbers, one per block, e.g. {name}=4,2,4,4"
+        ) from None
 
 
 def from_block(block, **forced) -> ModelConfig:

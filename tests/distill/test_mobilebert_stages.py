@@ -163,6 +163,11 @@ def no_compiling(monkeypatch):
         ),
         ({"student.overrides": {"hidden_size": 128}}, r"config\.student\.overrides\.hidden_size"),
         ({"student.overrides": {"num_heads": 2}}, r"config\.student\.overrides\.num_heads"),
+        (  # a pruned teacher: its block 1 kept 2 of its 4 heads
+            {"teacher.overrides.layer_heads": "4,2,4,4"},
+            r"head by head: student block 1 has 4 heads and teacher block 1, which it learns "
+            r"from, has 2 \(ModelConfig.layer_heads.*config\.distill\.attention_factor=0",
+        ),
         (
             {"student.overrides": {"embedding_size": 16}},
             r"config\.student\.overrides\.embedding_size",

@@ -144,6 +144,22 @@ def test_heads_must_match_for_the_attention_loss():
     tinybert.TinyBertRecipe(c)  # hidden and embedding losses only: fine
 
 
+def test_a_pruned_teacher_needs_the_heads_of_each_mapped_block():
+    """Student blocks 0 and 1 learn from teacher blocks 2 and 5 (uniform map, 6 / 2)."""
+    c = config()
+    c.teacher.overrides["layer_heads"] = "2,2,4,2,2,4"  # the mapped blocks keep 4
+    tinybert.TinyBertRecipe(c)
+    c.teacher.overrides["layer_heads"] = "4,4,2,4,4,4"
+    with pytest.raises(
+        ValueError,
+        match=r"head by head: student block 0 has 4 heads and teacher block 2, which it "
+        r"learns from, has 2 \(ModelConfig.layer_heads",
+    ):
+        tinybert.TinyBertRecipe(c)
+    c.distill.loss_weights.attention = 0.0
+    tinybert.TinyBertRecipe(c)
+
+
 @pytest.mark.parametrize("student", ["tinybert4_micro", "albert_base_micro"])
 def test_a_step_lowers_the_general_distillation_loss(student):
     """Also for an ALBERT-style student (factorized embedding, every layer shared)."""

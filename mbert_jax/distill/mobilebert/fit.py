@@ -226,6 +226,13 @@ def check_fit(
             f"({longest}); lower it"
         )
     mapping = layer_map_lib.from_config(distill.layer_map, student.num_layers, teacher.num_layers)
+    if distill.attention_factor > 0:  # per block: a pruned teacher or student
+        layer_map_lib.check_heads(
+            student,
+            teacher,
+            mapping,
+            "set config.distill.attention_factor=0 to transfer feature maps only",
+        )
     return Fit(
         layer_map=mapping,
         embeddings=embeddings,

@@ -166,11 +166,13 @@ class TinyBertRecipe(Recipe):
         self.student = Model(self.student_config, heads=heads)
         s, t = self.student_config, self.teacher_spec.config
         self.mapping = layer_map.from_config(d.layer_map, s.num_layers, t.num_layers)
-        if s.num_heads != t.num_heads and active(d.loss_weights).get("attention"):
-            raise ValueError(
-                f"the attention loss compares maps head by head: the student has {s.num_heads} "
-                f"heads and the teacher {t.num_heads}; match them or set "
-                "config.distill.loss_weights.attention=0"
+        if active(d.loss_weights).get("attention"):
+            layer_map.check_heads(
+                s,
+                t,
+                self.mapping,
+                "match them or set config.distill.loss_weights.attention=0 (MiniLMv2 relations, "
+                "configs/minilm.py, leave the head counts free)",
             )
         self.projections = Projections(
             s.hidden_size,
