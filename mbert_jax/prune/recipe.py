@@ -161,13 +161,6 @@ def _say(line: str) -> None:
         print(line, flush=True)
 
 
-def _host(tree):
-    """A tree of (possibly sharded, multi-host) arrays as numpy arrays on every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    return multihost_utils.process_allgather(tree, tiled=True)
-
-
 def _kept(gate) -> list[int]:
     return [int(i) for i in np.flatnonzero(np.asarray(jax.device_get(gate)).reshape(-1) > 0.5)]
 
@@ -459,7 +452,7 @@ class PruneRecipe(TaskDataRecipe):
     def begin_stage(self, index, stage, params, teacher_params):
         if self.iterations == 1:
             return params
-        host = _host(params)
+        host = multihost_utils.process_allgather(params, tiled=True)  # numpy, every process
         gates = self.choose(index + 1, host["model"], _gate_tuples(host["gates"]))
         self._report(gates, index + 1)
         return {"model": host["model"], "gates": _gate_tree(gates)}

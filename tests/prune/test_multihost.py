@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import task_files as tf
+from processes import run_processes
 from xla_flags import with_devices
 
 from mbert_jax.models import io
@@ -28,12 +28,6 @@ from mbert_jax.train.logs import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def prune_cmd(workdir, bert, train, dev, model_file, *extra):
@@ -89,30 +83,21 @@ def test_two_processes_prune_to_the_model_of_one(tmp_path):
     one_lines = [line for line in p.stdout.splitlines() if line.startswith("prune")]
 
     two = tmp_path / "two"
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            prune_cmd(
-                two,
-                bert,
-                train,
-                dev,
-                model_file,
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            cwd=ROOT,
-            env=dict(env, XLA_FLAGS=with_devices(1)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [q.communicate(timeout=900) for q in procs]
-    for q, (_, err) in zip(procs, outs):
-        assert q.returncode == 0, err[-3000:]
+    outs = run_processes(
+        lambda port, i: prune_cmd(
+            two,
+            bert,
+            train,
+            dev,
+            model_file,
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        ),
+        2,
+        dict(env, XLA_FLAGS=with_devices(1)),
+        cwd=ROOT,
+    )
     assert "process 0 of 2, 1 local / 2 global devices" in outs[0][1]
     two_lines = [line for line in outs[0][0].splitlines() if line.startswith("prune")]
     # Process 0 reports; the other process says nothing of the choice it made alike.
@@ -148,20 +133,7 @@ def test_importance_over_two_processes_equals_one_process(tmp_path):
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
     p = subprocess.run([*script, str(one)], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    port = _free_port()
-    procs = [
-        subprocess.Popen(
-            [*script, str(two), str(port), "2", str(i)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    for q in procs:
-        _, err = q.communicate(timeout=600)
-        assert q.returncode == 0, err[-3000:]
+    run_processes(lambda port, i: [*script, str(two), str(port), "2", str(i)], 2, env)
     want, got = np.load(one), np.load(two)
     assert sorted(got.files) == sorted(want.files) and len(want.files) == 9
     for key in want.files:

@@ -10,13 +10,13 @@ The same faults in process, on a tiny recipe: `test_run_faults.py`.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from processes import run_processes
 from xla_flags import FAST_COMPILE, with_devices
 
 from mbert_jax.train.logs import read_metrics
@@ -257,35 +257,19 @@ def test_checkpoint_of_another_shape_names_the_parameters(tmp_path, env):
     assert "word_embeddings" in p.stderr and "(2048, 32)" in p.stderr and "(1024, 32)" in p.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path, env, reference):
-    port = _free_port()
     workdir = tmp_path / "multihost"
-    e = dict(env, XLA_FLAGS=with_devices(2))
-    procs = [
-        subprocess.Popen(
-            train_cmd(
-                workdir,
-                f"--coordinator_address=localhost:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            cwd=ROOT,
-            env=e,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    outs = run_processes(
+        lambda port, i: train_cmd(
+            workdir,
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+        ),
+        2,
+        dict(env, XLA_FLAGS=with_devices(2)),
+        cwd=ROOT,
+    )
     assert "process 0 of 2, 2 local / 4 global devices" in outs[0][1]
     got = losses(workdir)
     for step, value in reference.items():
